@@ -1,0 +1,27 @@
+# `make demo`: install, then a real 3D-JEPA pretraining run on the built-in shapes (CPU: ~3 min).
+# `make test`: install with test extras, then the test suite (CI runs exactly this).
+PYTHON ?= python3
+# Installed only when no torch is importable yet. The pin matches a wheel that is cached on our
+# CI machines; on PyPI the same pin is the CUDA build on Linux, so GPU users get CUDA. Override
+# with e.g. `make install TORCH="torch --index-url https://download.pytorch.org/whl/cpu"`.
+TORCH ?= torch==2.13.0
+RUN ?= runs/demo
+
+.PHONY: install demo test clean
+
+install:
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "$(TORCH)"
+	$(PYTHON) -m pip install -q -e ".[test]"
+
+demo: install
+	rm -rf $(RUN)
+	# half the run, then resume it from its checkpoint to the end, then look at the masks
+	$(PYTHON) -m jepa3d pretrain --preset tiny --out $(RUN) --max-steps 185
+	$(PYTHON) -m jepa3d pretrain --out $(RUN) --resume
+	$(PYTHON) -m jepa3d mask-preview --checkpoint $(RUN)/checkpoint.safetensors --out $(RUN)/mask_preview.ply
+
+test: install
+	$(PYTHON) -m pytest -q
+
+clean:
+	rm -rf runs build *.egg-info .pytest_cache

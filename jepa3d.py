@@ -1,0 +1,1014 @@
+"""jepa3d: 3D-JEPA self-supervised learning on point clouds, in one file of pure torch.
+
+Implements "3D-JEPA: A Joint Embedding Predictive Architecture for 3D Self-Supervised
+Representation Learning" (Hu, Cheng, Xie, Li, Zhu; arXiv 2409.15803). A cloud is cut into
+patches (FPS centres + KNN groups), each embedded by a mini-PointNet; a Transformer context
+encoder sees a context block; an EMA target encoder sees the whole cloud; a predictor (the
+paper's context-aware decoder, or I-JEPA's concatenating predictor) predicts the target
+encoder's features for M spatially contiguous target blocks. The loss lives in feature space.
+
+`import jepa3d` needs torch alone; click, numpy and safetensors are imported where used,
+so this file can be copied into another repository.
+
+Tensor dimension legend, used in every shape comment:
+    B batch            P points per cloud      G groups (patches) per cloud
+    K neighbours/group D encoder width         Dp predictor width
+    M target blocks    T patches per target block   Nc context patches
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__version__ = "0.1.0"
+FORMAT_VERSION = 1  # checkpoint format; bump when tensor names or metadata change meaning
+
+
+# ----------------------------------------------------------------------------- configs
+# Frozen dataclasses are the only home of defaults. Each field's help text is also its
+# --help line in the CLI, so the paper's value and its reason live in exactly one place.
+
+def _opt(default, help: str, **check):
+    """A config field with its CLI help; `check` holds click hints (choices, min, max)."""
+    return field(default=default, metadata={"help": help, **check})
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    num_points: int = _opt(1024, "points per cloud fed to the model (larger clouds are FPS-subsampled)", min=16)
+    num_groups: int = _opt(64, "patches per cloud (FPS centres)", min=4)
+    group_size: int = _opt(32, "points per patch (KNN neighbours of each centre)", min=2)
+    dim: int = _opt(384, "encoder width D", min=8)
+    depth: int = _opt(12, "encoder Transformer blocks", min=1)
+    heads: int = _opt(6, "encoder attention heads", min=1)
+    mlp_ratio: float = _opt(4.0, "MLP hidden width as a multiple of the block width", min=0.5)
+    drop_path: float = _opt(0.1, "stochastic depth of the encoder (Point-MAE's value)", min=0.0, max=0.9)
+    predictor: str = _opt("cross", "cross: the paper's context-aware decoder (cross-attends to the context in every "
+                          "block); concat: I-JEPA's predictor (context tokens + mask tokens, one sequence)",
+                          choices=("cross", "concat"))
+    pred_dim: int = _opt(384, "predictor width Dp (I-JEPA allows a narrower predictor)", min=8)
+    pred_depth: int = _opt(6, "predictor blocks (6 as in the I-JEPA-style 3D-JEPA recipe)", min=1)
+    pred_heads: int = _opt(6, "predictor attention heads", min=1)
+    sampler: str = _opt("context-block", "context-block: the paper's M small target blocks + one large context "
+                        "block minus the targets; knn-blocks: M disjoint seed+nearest-patch blocks covering "
+                        "--mask-ratio, context = the rest", choices=("context-block", "knn-blocks"))
+    num_targets: int = _opt(4, "M, target blocks per cloud (the paper's ablation: M=4 is best)", min=1)
+    target_scale: tuple = _opt((0.15, 0.2), "context-block: fraction of patches in each target block, "
+                               "drawn once per batch (I-JEPA's range)", min=0.0, max=1.0)
+    context_scale: tuple = _opt((0.85, 1.0), "context-block: fraction of patches in the context block "
+                                "before the targets are removed (I-JEPA's range)", min=0.0, max=1.0)
+    mask_ratio: float = _opt(0.6, "knn-blocks: fraction of patches covered by the target blocks "
+                             "(flat in [0.5, 0.7] in the paper's ablation)", min=0.01, max=0.99)
+    loss: str = _opt("cosine", "cosine (the paper), l2 or smooth-l1 (I-JEPA) between prediction and "
+                     "layer-normed teacher features", choices=("cosine", "l2", "smooth-l1"))
+
+    def __post_init__(self):
+        if self.dim % self.heads or self.pred_dim % self.pred_heads:
+            raise ValueError(f"dim {self.dim} must divide by heads {self.heads} and pred_dim {self.pred_dim} "
+                             f"by pred_heads {self.pred_heads}")
+        if self.group_size > self.num_points or self.num_groups > self.num_points:
+            raise ValueError(f"num_groups {self.num_groups} and group_size {self.group_size} must not exceed "
+                             f"num_points {self.num_points}")
+        for name in ("target_scale", "context_scale"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi <= 1:
+                raise ValueError(f"{name} must be two fractions 0 < lo <= hi <= 1, got {(lo, hi)}")
+        if self.sampler == "context-block":
+            largest_targets = self.num_targets * max(1, round(self.target_scale[1] * self.num_groups))
+            if round(self.context_scale[0] * self.num_groups) - largest_targets < 1:
+                raise ValueError(f"context_scale {self.context_scale} leaves no context once {self.num_targets} "
+                                 f"target blocks of scale {self.target_scale} are removed; lower "
+                                 "--num-targets or --target-scale")
+        else:
+            per_block = round(self.mask_ratio * self.num_groups / self.num_targets)
+            if per_block < 1 or per_block * self.num_targets >= self.num_groups:
+                raise ValueError(f"mask_ratio {self.mask_ratio} with {self.num_targets} blocks of "
+                                 f"{self.num_groups} patches leaves an empty target block or no context")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = _opt(150, "pretraining epochs (the paper's headline: 150)", min=1)
+    batch_size: int = _opt(128, "clouds per step (Point-MAE's value; the paper is silent)", min=1)
+    lr: float = _opt(1e-3, "peak AdamW learning rate (Point-MAE's value)", min=0.0)
+    min_lr: float = _opt(1e-6, "final learning rate of the cosine schedule", min=0.0)
+    warmup_epochs: float = _opt(10.0, "linear learning-rate warm-up (Point-MAE's value)", min=0.0)
+    weight_decay: float = _opt(0.05, "AdamW weight decay; never applied to biases, norms or tokens", min=0.0)
+    grad_clip: float = _opt(10.0, "clip the gradient norm to this (0 = off)", min=0.0)
+    ema_start: float = _opt(0.996, "EMA momentum of the target encoder at step 0 (I-JEPA)", min=0.0, max=1.0)
+    ema_end: float = _opt(1.0, "EMA momentum at the last step (cosine schedule)", min=0.0, max=1.0)
+    augment: str = _opt("scale-translate", "train-time augmentation on the device: scale-translate (Point-MAE), "
+                        "rotate (about the up axis), both, or none",
+                        choices=("scale-translate", "rotate", "scale-translate+rotate", "none"))
+
+
+# Named presets: field overrides on top of the paper's configuration. `tiny` trains in minutes
+# on 2 CPU cores; `small` is the usual laptop-GPU size; `paper` is the paper.
+PRESETS: dict[str, dict] = {
+    "paper": {},
+    "small": dict(dim=192, depth=6, heads=3, pred_dim=192, pred_depth=4, pred_heads=3, batch_size=64),
+    "tiny": dict(num_points=512, num_groups=32, group_size=16, dim=96, depth=4, heads=3, pred_dim=96,
+                 pred_depth=2, pred_heads=3, drop_path=0.0, batch_size=32, epochs=10, warmup_epochs=1.0,
+                 lr=5e-4, ema_start=0.99),
+}
+
+
+def make_configs(preset: str = "paper", **overrides) -> tuple[ModelConfig, TrainConfig]:
+    """Preset + overrides -> (ModelConfig, TrainConfig). Unknown names are an error."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    model_keys = {f.name for f in fields(ModelConfig)}
+    train_keys = {f.name for f in fields(TrainConfig)}
+    unknown = set(values) - model_keys - train_keys
+    if unknown:
+        raise ValueError(f"unknown config option(s): {', '.join(sorted(unknown))}")
+    mc = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in model_keys})
+    tc = TrainConfig(**{k: v for k, v in values.items() if k in train_keys})
+    return mc, tc
+
+
+def config_from_json(cls, text: str):
+    """Rebuild a config dataclass from its JSON; unknown keys are an error (no silent drift)."""
+    data = json.loads(text)
+    known = {f.name for f in fields(cls)}
+    if set(data) - known:
+        raise ValueError(f"{cls.__name__} has no field(s) {', '.join(sorted(set(data) - known))}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+# ----------------------------------------------------------------------------- devices
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' picks cuda, then mps, then cpu; an explicit name must be available."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu or auto")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("--device mps was asked for but this torch build has no MPS; use --device cpu or auto")
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for a precision name; None means plain fp32. 'auto': bf16 on GPUs that
+    support it, fp16 (with a GradScaler) on older GPUs, fp32 on CPU/MPS."""
+    if name == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+# ----------------------------------------------------------------------------- geometry
+# Pure torch, batched, always float32 (autocast is switched off: fp16 distances lose the
+# ordering FPS and KNN depend on). No compiled extensions.
+
+def gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Per-sample indexing: x (B, N, *F), idx (B, *I) long -> (B, *I, *F)."""
+    batch = torch.arange(x.shape[0], device=x.device).view(-1, *([1] * (idx.dim() - 1)))
+    return x[batch, idx]
+
+
+def farthest_point_sample(xyz: torch.Tensor, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Farthest point sampling. xyz (B, P, 3) -> indices (B, n); the first point is drawn from
+    `generator` (index 0 without one). Loops over n (inherent), vectorised over B."""
+    B, P, _ = xyz.shape
+    with torch.autocast(xyz.device.type, enabled=False):
+        xyz = xyz.float()
+        idx = torch.empty(B, n, dtype=torch.long, device=xyz.device)       # (B, n)
+        nearest = torch.full((B, P), float("inf"), device=xyz.device)      # (B, P) distance to the chosen set
+        if generator is None:
+            far = torch.zeros(B, dtype=torch.long, device=xyz.device)
+        else:
+            far = torch.randint(P, (B,), generator=generator, device=xyz.device)  # (B,)
+        for i in range(n):
+            idx[:, i] = far
+            centre = gather(xyz, far[:, None])                              # (B, 1, 3)
+            nearest = torch.minimum(nearest, (xyz - centre).square().sum(-1))
+            far = nearest.argmax(-1)
+    return idx
+
+
+def knn(query: torch.Tensor, xyz: torch.Tensor, k: int) -> torch.Tensor:
+    """The k nearest points of xyz (B, P, 3) to each query (B, G, 3) -> indices (B, G, k), nearest first."""
+    with torch.autocast(query.device.type, enabled=False):
+        dist = torch.cdist(query.float(), xyz.float())                      # (B, G, P)
+        return dist.topk(k, dim=-1, largest=False, sorted=True).indices
+
+
+def group_points(points: torch.Tensor, num_groups: int, group_size: int,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut clouds into patches. points (B, P, 3) -> patches (B, G, K, 3) relative to their
+    centre, centres (B, G, 3). Float32 whatever the autocast state."""
+    with torch.autocast(points.device.type, enabled=False):
+        points = points.float()
+        centres = gather(points, farthest_point_sample(points, num_groups, generator))  # (B, G, 3)
+        patches = gather(points, knn(centres, points, group_size))                      # (B, G, K, 3)
+        return patches - centres[:, :, None], centres
+
+
+def fit_points(points: torch.Tensor, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Bring clouds (B, P, 3) to exactly n points: FPS down when P > n (Point-MAE's protocol),
+    random repeats when P < n. -> (B, n, 3)."""
+    B, P, _ = points.shape
+    if P > n:
+        return gather(points, farthest_point_sample(points, n, generator))
+    if P < n:
+        extra = torch.randint(P, (B, n - P), generator=generator, device=points.device)
+        return torch.cat([points, gather(points, extra)], dim=1)
+    return points
+
+
+# ----------------------------------------------------------------------------- tokenizer
+class MiniPointNet(nn.Module):
+    """Patch embedding (Point-MAE's mini-PointNet): shared MLP, max-pool, concat the global
+    feature to each point, second MLP, max-pool. patches (..., K, 3) -> tokens (..., D).
+    LayerNorm replaces Point-MAE's BatchNorm: the EMA teacher, small fine-tuning batches and
+    DDP ranks then compute the same function, with no running statistics to copy or sync."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.first = nn.Sequential(nn.Linear(3, 128), nn.LayerNorm(128), nn.GELU(), nn.Linear(128, 256))
+        self.second = nn.Sequential(nn.Linear(512, 512), nn.LayerNorm(512), nn.GELU(), nn.Linear(512, dim))
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        h = self.first(patches)                                               # (..., K, 256)
+        glob = h.amax(dim=-2, keepdim=True).expand_as(h)                      # (..., K, 256)
+        h = self.second(torch.cat([glob, h], dim=-1))                         # (..., K, D)
+        return h.amax(dim=-2)                                                 # (..., D)
+
+
+def position_mlp(dim: int) -> nn.Module:
+    """Position embedding of patch centres: MLP(3 -> 128 -> dim). (..., 3) -> (..., dim)."""
+    return nn.Sequential(nn.Linear(3, 128), nn.GELU(), nn.Linear(128, dim))
+
+
+# ----------------------------------------------------------------------------- blocks
+def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: drop the residual branch for a whole sample with probability p."""
+    if p == 0.0 or not training:
+        return x
+    keep = torch.rand(x.shape[0], *([1] * (x.dim() - 1)), device=x.device) >= p
+    return x * keep.to(x.dtype) / (1 - p)
+
+
+class Attention(nn.Module):
+    """Multi-head attention via scaled_dot_product_attention (flash/memory-efficient kernels
+    where available). Self-attention by default; `cross=True` takes keys/values from `context`."""
+
+    def __init__(self, dim: int, heads: int, cross: bool = False):
+        super().__init__()
+        self.heads = heads
+        self.cross = cross
+        if cross:
+            self.q, self.kv = nn.Linear(dim, dim), nn.Linear(dim, 2 * dim)
+        else:
+            self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        B, N, D = x.shape                                                     # x (B, N, D)
+        H = self.heads
+        if self.cross:
+            q = self.q(x).view(B, N, H, D // H).transpose(1, 2)               # (B, H, N, D/H)
+            k, v = self.kv(context).view(B, -1, 2, H, D // H).permute(2, 0, 3, 1, 4)  # 2x (B, H, Nc, D/H)
+        else:
+            q, k, v = self.qkv(x).view(B, N, 3, H, D // H).permute(2, 0, 3, 1, 4)    # 3x (B, H, N, D/H)
+        out = F.scaled_dot_product_attention(q, k, v)                         # (B, H, N, D/H)
+        return self.proj(out.transpose(1, 2).reshape(B, N, D))
+
+
+class Block(nn.Module):
+    """Pre-norm Transformer block: self-attention, [cross-attention to `context`], MLP."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, drop: float = 0.0, cross: bool = False):
+        super().__init__()
+        self.drop = drop
+        self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, heads)
+        self.cross = cross
+        if cross:
+            self.norm_cross, self.cross_attn = nn.LayerNorm(dim), Attention(dim, heads, cross=True)
+        hidden = int(dim * mlp_ratio)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + drop_path(self.attn(self.norm1(x)), self.drop, self.training)
+        if self.cross:
+            x = x + drop_path(self.cross_attn(self.norm_cross(x), context), self.drop, self.training)
+        return x + drop_path(self.mlp(self.norm2(x)), self.drop, self.training)
+
+
+def init_weights(module: nn.Module) -> None:
+    """ViT initialisation: truncated normal(0.02) linears, zero biases, unit norms."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+# ----------------------------------------------------------------------------- encoder
+class Encoder(nn.Module):
+    """Patch tokens + centre positions -> Transformer -> LayerNorm. Serves as the context
+    encoder, the EMA target encoder and every downstream task."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.patch_embed = MiniPointNet(cfg.dim)
+        self.pos_embed = position_mlp(cfg.dim)
+        rates = torch.linspace(0, cfg.drop_path, cfg.depth).tolist()
+        self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.mlp_ratio, r) for r in rates)
+        self.norm = nn.LayerNorm(cfg.dim)
+        init_weights(self)
+
+    def forward(self, patches: torch.Tensor, centres: torch.Tensor,
+                return_layers: tuple[int, ...] = ()) -> torch.Tensor | list[torch.Tensor]:
+        """patches (B, N, K, 3), centres (B, N, 3) -> tokens (B, N, D); with `return_layers`,
+        the normed outputs of those blocks (0-based) as a list instead."""
+        x = self.patch_embed(patches) + self.pos_embed(centres)              # (B, N, D)
+        outs = []
+        for i, blk in enumerate(self.blocks):
+            x = blk(x)
+            if i in return_layers:
+                outs.append(self.norm(x))
+        return outs if return_layers else self.norm(x)
+
+
+# ----------------------------------------------------------------------------- predictor
+class Predictor(nn.Module):
+    """Predicts teacher features at target patches from the encoded context.
+
+    All M target blocks go through in one call, stacked on the batch axis block-major:
+    row m * B + b holds block m of sample b (I-JEPA's layout). `cross` (the paper's
+    context-aware decoder): the target queries self-attend, then cross-attend to the context
+    in every block. `concat` (I-JEPA): context tokens and mask tokens form one sequence."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.kind = cfg.predictor
+        self.embed = nn.Linear(cfg.dim, cfg.pred_dim)
+        self.pos_embed = position_mlp(cfg.pred_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.pred_dim))
+        cross = cfg.predictor == "cross"
+        self.blocks = nn.ModuleList(Block(cfg.pred_dim, cfg.pred_heads, cfg.mlp_ratio, cross=cross)
+                                    for _ in range(cfg.pred_depth))
+        self.norm = nn.LayerNorm(cfg.pred_dim)
+        self.out = nn.Linear(cfg.pred_dim, cfg.dim)
+        init_weights(self)
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+
+    def forward(self, context: torch.Tensor, context_centres: torch.Tensor,
+                target_centres: torch.Tensor) -> torch.Tensor:
+        """context (B, Nc, D), context_centres (B, Nc, 3), target_centres (B, M, T, 3)
+        -> predictions (M*B, T, D), block-major."""
+        B, M, T, _ = target_centres.shape
+        ctx = self.embed(context) + self.pos_embed(context_centres)          # (B, Nc, Dp)
+        ctx = ctx.repeat(M, 1, 1)                                             # (M*B, Nc, Dp)
+        where = target_centres.transpose(0, 1).reshape(M * B, T, 3)           # (M*B, T, 3)
+        queries = self.mask_token + self.pos_embed(where)                     # (M*B, T, Dp)
+        if self.kind == "cross":
+            x = queries
+            for blk in self.blocks:
+                x = blk(x, ctx)
+        else:
+            x = torch.cat([ctx, queries], dim=1)                              # (M*B, Nc+T, Dp)
+            for blk in self.blocks:
+                x = blk(x)
+            x = x[:, -T:]
+        return self.out(self.norm(x))                                         # (M*B, T, D)
+
+
+# ----------------------------------------------------------------------------- masking
+@dataclass
+class Masks:
+    """Per-sample patch indices. context (B, Nc), targets (B, M, T); fixed sizes per batch."""
+    context: torch.Tensor
+    targets: torch.Tensor
+
+
+def _uniform(lo_hi: tuple, generator: torch.Generator) -> float:
+    lo, hi = lo_hi
+    return lo + (hi - lo) * torch.rand((), generator=generator, device=generator.device).item()
+
+
+def sample_context_block(centres: torch.Tensor, cfg: ModelConfig, generator: torch.Generator) -> Masks:
+    """The paper's multi-block sampling. M target blocks of scale s_t (drawn once per batch, as
+    in I-JEPA), each a random seed patch and its nearest patches; one context block of scale
+    s_c likewise; target patches are removed from the context, which is then cut to the
+    smallest size in the batch (I-JEPA's `min_keep`). centres (B, G, 3) -> Masks."""
+    B, G, _ = centres.shape
+    dev = centres.device
+    T = max(1, round(_uniform(cfg.target_scale, generator) * G))
+    C = max(1, round(_uniform(cfg.context_scale, generator) * G))
+    dist = torch.cdist(centres.float(), centres.float())                      # (B, G, G)
+    seeds = torch.randint(G, (B, cfg.num_targets + 1), generator=generator, device=dev)  # (B, M+1)
+    from_seed = gather(dist, seeds)                                           # (B, M+1, G)
+    targets = from_seed[:, :-1].topk(T, dim=-1, largest=False).indices        # (B, M, T)
+    in_context = torch.zeros(B, G, dtype=torch.bool, device=dev)
+    in_context.scatter_(1, from_seed[:, -1].topk(C, dim=-1, largest=False).indices, True)
+    in_context.scatter_(1, targets.flatten(1), False)                         # (B, G)
+    Nc = int(in_context.sum(1).min())  # one host sync per step: the shapes depend on it
+    keys = torch.rand(B, G, generator=generator, device=dev) + (~in_context).float() * 2  # members first
+    context = keys.argsort(dim=1)[:, :Nc]                                     # (B, Nc)
+    return Masks(context.sort(dim=1).values, targets)
+
+
+def sample_knn_blocks(centres: torch.Tensor, cfg: ModelConfig, generator: torch.Generator) -> Masks:
+    """I-JEPA-style 3D recipe: M disjoint blocks, each a random untaken seed patch grown to its
+    T nearest untaken patches, together covering mask_ratio of the patches; the context is
+    every other patch. centres (B, G, 3) -> Masks with T = round(r*G/M), Nc = G - M*T."""
+    B, G, _ = centres.shape
+    M = cfg.num_targets
+    T = round(cfg.mask_ratio * G / M)
+    dist = torch.cdist(centres.float(), centres.float())                      # (B, G, G)
+    taken = torch.zeros(B, G, dtype=torch.bool, device=centres.device)
+    blocks = []
+    for _ in range(M):  # M is small and fixed; each step is vectorised over the batch
+        keys = torch.rand(B, G, generator=generator, device=centres.device).masked_fill(taken, -1.0)
+        seed = keys.argmax(dim=1, keepdim=True)                               # (B, 1)
+        d = gather(dist, seed)[:, 0].masked_fill(taken, float("inf"))         # (B, G)
+        block = d.topk(T, dim=1, largest=False).indices                       # (B, T)
+        taken.scatter_(1, block, True)
+        blocks.append(block)
+    context = (~taken).float().argsort(dim=1, descending=True, stable=True)[:, : G - M * T]  # (B, Nc)
+    return Masks(context.sort(dim=1).values, torch.stack(blocks, dim=1))
+
+
+SAMPLERS: dict[str, Callable[[torch.Tensor, ModelConfig, torch.Generator], Masks]] = {
+    "context-block": sample_context_block,
+    "knn-blocks": sample_knn_blocks,
+}
+
+
+# ----------------------------------------------------------------------------- JEPA
+def jepa_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """Feature-space loss, averaged over target patches. pred, target (M*B, T, D)."""
+    pred, target = pred.float(), target.float()
+    if kind == "cosine":
+        return 1.0 - F.cosine_similarity(pred, target, dim=-1).mean()
+    if kind == "l2":
+        return F.mse_loss(pred, target)
+    return F.smooth_l1_loss(pred, target)
+
+
+class JEPA(nn.Module):
+    """Context encoder + predictor + EMA target encoder. forward(points) -> (loss, stats)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.predictor = Predictor(cfg)
+        self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.target_encoder.eval()  # the teacher never drops paths
+        return self
+
+    def forward(self, points: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+        """points (B, P=num_points, 3) -> scalar loss and detached monitoring stats."""
+        cfg = self.cfg
+        patches, centres = group_points(points, cfg.num_groups, cfg.group_size, generator)  # (B,G,K,3), (B,G,3)
+        masks = SAMPLERS[cfg.sampler](centres, cfg, generator)
+        B, M, T = masks.targets.shape
+        with torch.no_grad():
+            teacher = self.target_encoder(patches, centres)                   # (B, G, D)
+            teacher = F.layer_norm(teacher.float(), teacher.shape[-1:])
+            target = gather(teacher, masks.targets).transpose(0, 1).reshape(M * B, T, -1)  # (M*B, T, D)
+        context = self.encoder(gather(patches, masks.context), gather(centres, masks.context))  # (B, Nc, D)
+        pred = self.predictor(context, gather(centres, masks.context), gather(centres, masks.targets))
+        loss = jepa_loss(pred, target, cfg.loss)
+        with torch.no_grad():  # collapse monitor: per-channel std over target tokens -> 0 on collapse
+            stats = {"target_std": target.flatten(0, 1).std(0).mean(),
+                     "pred_std": pred.detach().float().flatten(0, 1).std(0).mean(),
+                     "context_patches": torch.tensor(float(masks.context.shape[1])),
+                     "target_patches": torch.tensor(float(M * T))}
+        return loss, stats
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
+    """teacher <- momentum * teacher + (1 - momentum) * student, in place (foreach kernels)."""
+    t = list(teacher.parameters())
+    s = [p.detach() for p in student.parameters()]
+    torch._foreach_mul_(t, momentum)
+    torch._foreach_add_(t, s, alpha=1.0 - momentum)
+
+
+# ----------------------------------------------------------------------------- schedules
+def lr_at(step: int, total: int, warmup: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to cfg.lr, then cosine decay to cfg.min_lr; a pure function of the step."""
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def momentum_at(step: int, total: int, cfg: TrainConfig) -> float:
+    """EMA momentum, cosine from ema_start to ema_end; a pure function of the step, so a
+    resumed run needs no replay."""
+    t = min(1.0, step / max(1, total))
+    return cfg.ema_end - (cfg.ema_end - cfg.ema_start) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def step_seed(seed: int, step: int) -> int:
+    """Every random draw of a step (masks, FPS start, augmentation, drop path) comes from
+    this seed, so a step is reproducible without saving RNG states."""
+    return (seed * 1_000_003 + step * 7_919 + 12_345) % (2**63 - 1)
+
+
+# ----------------------------------------------------------------------------- training
+def make_optimizer(model: JEPA, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over the encoder and predictor; no weight decay on biases, norms and tokens."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "token" in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
+
+
+def train_step(model: JEPA, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
+               points: torch.Tensor, generator: torch.Generator, *, lr: float, momentum: float,
+               grad_clip: float, amp_dtype: torch.dtype | None, forward: Callable | None = None) -> dict:
+    """One optimisation step on points (B, num_points, 3): forward, backward, clip, AdamW,
+    EMA update. `forward` may be a torch.compile'd model; `model` is the module trained.
+    Returns detached tensors (no host sync)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with torch.autocast(points.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        loss, stats = (forward or model)(points, generator)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    ema_update(model.target_encoder, model.encoder, momentum)
+    return {"loss": loss.detach(), "grad_norm": grad_norm.detach(), **stats}
+
+
+# ----------------------------------------------------------------------------- checkpoints
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit; the message names the file."""
+
+
+def save_checkpoint(path: str | Path, model: JEPA, optimizer: torch.optim.Optimizer | None = None,
+                    scaler: torch.amp.GradScaler | None = None, train_cfg: TrainConfig | None = None,
+                    **meta) -> None:
+    """Safetensors checkpoint with stable prefixes (encoder., target_encoder., predictor.,
+    optimizer.<i>.), the configs as JSON metadata and a format version. Written to a temp
+    file, fsynced, then renamed: a kill at any moment leaves the old or the new file whole."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if optimizer is not None:
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        for i, p in enumerate(params):
+            for key, value in optimizer.state.get(p, {}).items():
+                tensors[f"optimizer.{i}.{key}"] = value.detach().contiguous().cpu().clone()
+    metadata = {"format": "jepa3d", "format_version": str(FORMAT_VERSION), "jepa3d_version": __version__,
+                "model_config": json.dumps(dataclasses.asdict(model.cfg))}
+    if train_cfg is not None:
+        metadata["train_config"] = json.dumps(dataclasses.asdict(train_cfg))
+    if scaler is not None:
+        metadata["grad_scaler"] = json.dumps(scaler.state_dict())
+    metadata.update({k: json.dumps(v) for k, v in meta.items()})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """-> (tensors, metadata). Raises CheckpointError naming the file on any problem."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = fh.metadata() or {}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as err:  # safetensors raises several types for truncated/corrupt files
+        raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({err})") from None
+    if metadata.get("format") != "jepa3d":
+        raise CheckpointError(f"{path}: not a jepa3d checkpoint (no 'format: jepa3d' in its metadata)")
+    if int(metadata.get("format_version", -1)) > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format {metadata['format_version']} is newer than this "
+                              f"jepa3d reads ({FORMAT_VERSION}); upgrade jepa3d")
+    return tensors, metadata
+
+
+def load_state(module: nn.Module, tensors: dict[str, torch.Tensor], prefix: str, path: str | Path) -> None:
+    """Strictly load the tensors under `prefix` into module; fail naming what is missing."""
+    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    missing = sorted(set(module.state_dict()) - set(state))
+    unexpected = sorted(set(state) - set(module.state_dict()))
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: checkpoint does not fit the model: missing {missing[:5]}"
+                              f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}")
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: {str(err).splitlines()[-1].strip()}") from None
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    """Restore AdamW moments saved by save_checkpoint into a freshly built optimizer."""
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    for i, p in enumerate(params):
+        state = {k.split(".", 2)[2]: v.to(p.device) for k, v in tensors.items() if k.startswith(f"optimizer.{i}.")}
+        if state:
+            state["step"] = state["step"].cpu()  # AdamW keeps its step count on the CPU
+            optimizer.state[p] = state
+
+
+def load_jepa(path: str | Path) -> tuple[JEPA, dict[str, str], dict[str, torch.Tensor]]:
+    """Rebuild the JEPA model stored in a checkpoint -> (model, metadata, tensors)."""
+    tensors, metadata = read_checkpoint(path)
+    try:
+        cfg = config_from_json(ModelConfig, metadata["model_config"])
+    except (KeyError, ValueError, TypeError) as err:
+        raise CheckpointError(f"{path}: bad model_config in metadata ({err})") from None
+    model = JEPA(cfg)
+    for prefix in ("encoder.", "target_encoder.", "predictor."):
+        load_state(getattr(model, prefix[:-1]), tensors, prefix, path)
+    return model, metadata, tensors
+
+
+# ----------------------------------------------------------------------------- pretraining loop
+class Progress:
+    """A dependency-free progress line on stderr: redrawn in place on a terminal, a plain
+    line every `every` updates otherwise (log files stay readable)."""
+
+    def __init__(self, total: int, start: int = 0, every: int = 1):
+        self.total, self.done, self.every = total, start, max(1, every)
+        self.t0, self.start = time.time(), start
+        self.tty = sys.stderr.isatty()
+
+    def update(self, done: int, text: str = "") -> None:
+        self.done = done
+        if not self.tty and done % self.every and done != self.total:
+            return
+        rate = (done - self.start) / max(1e-9, time.time() - self.t0)
+        eta = (self.total - done) / rate if rate > 0 else float("inf")
+        bar = "#" * int(20 * done / max(1, self.total))
+        line = f"[{bar:<20}] {done}/{self.total} {text} eta {eta / 60:.1f} min"
+        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.tty:
+            print(file=sys.stderr)
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The epoch's shuffled batches (drop_last); a pure function of (seed, epoch) so a resumed
+    run reads the same data in the same order."""
+    g = torch.Generator().manual_seed(seed * 7_777 + epoch)
+    order = torch.randperm(n, generator=g).tolist()
+    return [order[i:i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
+
+
+def _batches(dataset, batch_size: int, seed: int, first_step: int, num_workers: int) -> Iterator[torch.Tensor]:
+    """Yield point batches (B, P, 3) forever, starting at global step first_step."""
+    per_epoch = max(1, len(dataset) // batch_size)
+    epoch, skip = divmod(first_step, per_epoch)
+    while True:
+        batches = epoch_batches(len(dataset), batch_size, seed, epoch)[skip:]
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
+                                             collate_fn=lambda items: torch.stack([x[0] for x in items]),
+                                             persistent_workers=False)
+        yield from loader
+        epoch, skip = epoch + 1, 0
+
+
+def pretrain(dataset, out_dir: str | Path, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
+             device: torch.device, seed: int = 0, precision: str = "auto", resume: bool = False,
+             max_steps: int | None = None, save_every: int = 0, num_workers: int = 0,
+             augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+             compile: bool = False, log_every: int = 10) -> dict:
+    """Pretrain 3D-JEPA on `dataset` (items (points (P, 3), label)) into out_dir:
+    checkpoint.safetensors (atomic, resumable), metrics.jsonl (one line per step) and
+    run.json. `max_steps` stops early (resume continues); `save_every` (steps, 0 = once per
+    epoch). Returns a summary dict."""
+    out = Path(out_dir)
+    ckpt_path, metrics_path = out / "checkpoint.safetensors", out / "metrics.jsonl"
+    batch_size = min(train_cfg.batch_size, len(dataset))
+    per_epoch = max(1, len(dataset) // batch_size)
+    total = train_cfg.epochs * per_epoch
+    warmup = round(train_cfg.warmup_epochs * per_epoch)
+    save_every = save_every or per_epoch
+
+    torch.manual_seed(seed)
+    model = JEPA(model_cfg).to(device)
+    optimizer = make_optimizer(model, train_cfg)
+    amp_dtype = resolve_precision(precision, device)
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
+    step = 0
+    if resume:
+        tensors, meta = read_checkpoint(ckpt_path)
+        for prefix in ("encoder.", "target_encoder.", "predictor."):
+            load_state(getattr(model, prefix[:-1]), tensors, prefix, ckpt_path)
+        load_optimizer(optimizer, tensors)
+        if scaler is not None and "grad_scaler" in meta:
+            scaler.load_state_dict(json.loads(meta["grad_scaler"]))
+        step = json.loads(meta["step"])
+        _truncate_metrics(metrics_path, step)
+    out.mkdir(parents=True, exist_ok=True)
+    run_info = {"model_config": dataclasses.asdict(model_cfg), "train_config": dataclasses.asdict(train_cfg),
+                "seed": seed, "device": str(device), "precision": str(amp_dtype or "fp32"),
+                "dataset": getattr(dataset, "name", type(dataset).__name__), "clouds": len(dataset),
+                "batch_size": batch_size, "steps_per_epoch": per_epoch, "total_steps": total,
+                "jepa3d_version": __version__, "torch_version": torch.__version__}
+    (out / "run.json").write_text(json.dumps(run_info, indent=2))
+    forward = torch.compile(model) if compile else model
+    generator = torch.Generator(device=device)
+    end = total if max_steps is None else min(total, max_steps)
+    nparams = sum(p.numel() for p in model.encoder.parameters())
+    print(f"jepa3d pretrain: {len(dataset)} clouds, {per_epoch} steps/epoch, steps {step}->{end} of {total}, "
+          f"encoder {nparams / 1e6:.2f}M params, {device}, {run_info['precision']}", file=sys.stderr)
+
+    model.train()
+    progress = Progress(end, step, every=log_every)
+    pending: list[dict] = []
+    last: dict = {}
+    t_flush = time.time()
+    with open(metrics_path, "a") as metrics:
+        batches = _batches(dataset, batch_size, seed, step, num_workers)
+        while step < end:
+            points = next(batches).to(device, non_blocking=True)             # (B, P, 3)
+            s = step_seed(seed, step)
+            torch.manual_seed(s)  # drop path
+            generator.manual_seed(s)
+            points = fit_points(points, model_cfg.num_points, generator)     # (B, num_points, 3)
+            if augment is not None:
+                points = augment(points, generator)
+            stats = train_step(model, optimizer, scaler, points, generator, forward=forward,
+                               lr=lr_at(step, total, warmup, train_cfg), momentum=momentum_at(step, total, train_cfg),
+                               grad_clip=train_cfg.grad_clip, amp_dtype=amp_dtype)
+            pending.append({"step": step, "epoch": step // per_epoch, "lr": lr_at(step, total, warmup, train_cfg),
+                            "momentum": momentum_at(step, total, train_cfg), **stats})
+            step += 1
+            if len(pending) >= log_every or step == end or step % save_every == 0:
+                last = _flush_metrics(pending, metrics, batch_size, time.time() - t_flush)
+                t_flush, pending = time.time(), []
+                progress.update(step, f"loss {last['loss']:.4f} target_std {last['target_std']:.3f}")
+            if step % save_every == 0 or step == end:
+                save_checkpoint(ckpt_path, model, optimizer, scaler, train_cfg, step=step, seed=seed,
+                                epoch=step // per_epoch)
+    progress.close()
+    return {"checkpoint": str(ckpt_path), "metrics": str(metrics_path), "step": step, "total_steps": total,
+            "finished": step >= total, "final_loss": last.get("loss"), "final_target_std": last.get("target_std")}
+
+
+def _flush_metrics(pending: list[dict], fh, batch_size: int, seconds: float) -> dict:
+    """Write buffered step metrics as JSON lines; one host sync for the whole buffer."""
+    keys = [k for k, v in pending[0].items() if isinstance(v, torch.Tensor)]
+    values = torch.stack([torch.stack([p[k].float().cpu() for k in keys]) for p in pending]).tolist()
+    rate = batch_size * len(pending) / max(seconds, 1e-9)
+    for p, row in zip(pending, values):
+        rec = {**{k: v for k, v in p.items() if k not in keys}, **dict(zip(keys, row)), "clouds_per_s": rate}
+        fh.write(json.dumps(rec) + "\n")
+    fh.flush()
+    return rec
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines past the resumed step (written after the last checkpoint), atomically."""
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] < step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(ln + "\n" for ln in keep))
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- mask preview
+def mask_preview(points: torch.Tensor, cfg: ModelConfig, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Colour one cloud (P, 3) by the role of its nearest patch under cfg's sampler.
+    -> points (num_points, 3), roles (num_points,) long: 0 unused, 1 context, 2+m target block m
+    (a patch in two overlapping target blocks shows the later one)."""
+    g = torch.Generator().manual_seed(seed)
+    pts = fit_points(points[None].float(), cfg.num_points, g)                # (1, P, 3)
+    _, centres = group_points(pts, cfg.num_groups, cfg.group_size, g)       # (1, G, 3)
+    masks = SAMPLERS[cfg.sampler](centres, cfg, g)
+    role = torch.zeros(cfg.num_groups, dtype=torch.long)
+    role[masks.context[0]] = 1
+    for m in range(masks.targets.shape[1]):
+        role[masks.targets[0, m]] = 2 + m
+    nearest = knn(pts, centres, 1)[0, :, 0]                                   # (P,)
+    return pts[0], role[nearest]
+
+
+ROLE_COLOURS = [(200, 200, 200), (70, 110, 220), (230, 60, 50), (60, 180, 75), (245, 160, 30), (150, 60, 200),
+                (30, 190, 200), (240, 50, 230), (150, 110, 40), (0, 0, 0)]
+
+
+def write_ply(path: str | Path, points: torch.Tensor, roles: torch.Tensor) -> None:
+    """ASCII PLY with per-vertex colour (opens in MeshLab, CloudCompare, Blender, Open3D)."""
+    lines = [f"ply\nformat ascii 1.0\ncomment jepa3d mask preview: grey unused, blue context, other colours "
+             f"target blocks\nelement vertex {len(points)}\nproperty float x\nproperty float y\nproperty float z\n"
+             "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header"]
+    for (x, y, z), r in zip(points.tolist(), roles.tolist()):
+        c = ROLE_COLOURS[min(r, len(ROLE_COLOURS) - 1)]
+        lines.append(f"{x:.6f} {y:.6f} {z:.6f} {c[0]} {c[1]} {c[2]}")
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
+# ----------------------------------------------------------------------------- CLI
+def _config_options(cls):
+    """Click options generated from a config dataclass: one --flag per field, default None
+    (= the preset's value), with the paper's value and the presets' in the help."""
+    import click
+
+    def decorate(fn):
+        for f in reversed(fields(cls)):
+            meta = dict(f.metadata)
+            per_preset = {p: PRESETS[p][f.name] for p in PRESETS if f.name in PRESETS[p]}
+            shown = f"paper: {f.default}" + "".join(f", {p}: {v}" for p, v in per_preset.items())
+            kw = {"default": None, "show_default": False, "help": f"{meta['help']}  [{shown}]"}
+            if "choices" in meta:
+                kw["type"] = click.Choice(meta["choices"])
+            elif isinstance(f.default, tuple):
+                kw.update(type=click.FloatRange(meta.get("min"), meta.get("max")), nargs=2)
+            elif isinstance(f.default, int):
+                kw["type"] = click.IntRange(meta.get("min"), meta.get("max"))
+            else:
+                kw["type"] = click.FloatRange(meta.get("min"), meta.get("max"))
+            fn = click.option("--" + f.name.replace("_", "-"), f.name, **kw)(fn)
+        return fn
+    return decorate
+
+
+def _load_data(data: str | None, dataset: str | None, split: str, num_points: int, **kw):
+    """Open a dataset through jepa3d_data (imported here: the model file needs torch alone)."""
+    import jepa3d_data
+
+    return jepa3d_data.open_dataset(data, split=split, dataset=dataset, num_points=num_points, **kw)
+
+
+def _build_cli():
+    import click
+
+    from jepa3d_data import DataError
+
+    def fail_cleanly(fn):
+        """Bad input ends in one line and exit code 1, never a traceback."""
+        import functools
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except (DataError, CheckpointError) as err:
+                raise click.ClickException(str(err)) from None
+            except KeyboardInterrupt:
+                raise click.ClickException("interrupted; the last checkpoint written is intact "
+                                           "(continue with --resume)") from None
+        return wrapper
+
+    @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+    @click.version_option(__version__, prog_name="jepa3d")
+    @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto",
+                  help="where to run; auto = cuda, then mps, then cpu")
+    @click.option("--seed", type=int, default=0, help="seed for initialisation, data order, masks, augmentation")
+    @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
+                  help="autocast precision; auto = bf16 on GPUs that have it, fp16+GradScaler on older GPUs, "
+                       "fp32 on CPU")
+    @click.pass_context
+    def cli(ctx, device, seed, precision):
+        """jepa3d: 3D-JEPA self-supervised learning on point clouds, pure torch.
+
+        Logs and progress go to stderr; each command prints one JSON result on stdout."""
+        try:
+            dev = resolve_device(device)
+        except ValueError as err:
+            raise click.BadParameter(str(err), param_hint="--device") from None
+        ctx.obj = {"device": dev, "seed": seed, "precision": precision}
+
+    @cli.command("pretrain")
+    @click.option("--data", type=click.Path(), default=None,
+                  help="dataset folder or file; the built-in procedural shapes when not given")
+    @click.option("--dataset", default=None, help="force a layout instead of detecting it (see `jepa3d inspect`)")
+    @click.option("--out", type=click.Path(file_okay=False), default="runs/pretrain",
+                  help="run folder: checkpoint.safetensors, metrics.jsonl, run.json")
+    @click.option("--preset", type=click.Choice(list(PRESETS)), default="paper",
+                  help="named configuration; the options below override it")
+    @click.option("--resume", is_flag=True, help="continue the run in --out from its last checkpoint, exactly")
+    @click.option("--max-steps", type=click.IntRange(1), default=None,
+                  help="stop after this many steps in total (the schedule still spans --epochs; --resume goes on)")
+    @click.option("--save-every", type=click.IntRange(0), default=0, help="checkpoint every N steps (0 = every epoch)")
+    @click.option("--workers", type=click.IntRange(0), default=0, help="data-loading worker processes")
+    @click.option("--compile", "use_compile", is_flag=True, help="torch.compile the model (GPU; slow to start)")
+    @click.option("--log-every", type=click.IntRange(1), default=10, help="steps between progress lines")
+    @_config_options(ModelConfig)
+    @_config_options(TrainConfig)
+    @click.pass_context
+    @fail_cleanly
+    def pretrain_cmd(ctx, data, dataset, out, preset, resume, max_steps, save_every, workers, use_compile,
+                     log_every, **overrides):
+        """Pretrain a 3D-JEPA encoder (self-supervised; labels are ignored)."""
+        import jepa3d_data
+
+        out = Path(out)
+        ckpt = out / "checkpoint.safetensors"
+        seed = ctx.obj["seed"]
+        if resume:
+            given = sorted(k for k, v in overrides.items() if v is not None)
+            if given:
+                raise click.UsageError(f"--resume takes the configuration from {ckpt}; drop "
+                                       + ", ".join("--" + g.replace("_", "-") for g in given))
+            _, meta = read_checkpoint(ckpt)
+            model_cfg = config_from_json(ModelConfig, meta["model_config"])
+            train_cfg = config_from_json(TrainConfig, meta["train_config"])
+            seed = json.loads(meta.get("seed", "0"))
+        else:
+            if ckpt.exists():
+                raise click.ClickException(f"{ckpt} already exists; pass --resume to continue that run "
+                                           "or --out NEW_FOLDER to start another (nothing was overwritten)")
+            try:
+                model_cfg, train_cfg = make_configs(preset, **overrides)
+            except ValueError as err:
+                raise click.UsageError(str(err)) from None
+        ds = _load_data(data, dataset, "train", model_cfg.num_points)
+        result = pretrain(ds, out, model_cfg, train_cfg, device=ctx.obj["device"], seed=seed,
+                          precision=ctx.obj["precision"], resume=resume, max_steps=max_steps,
+                          save_every=save_every, num_workers=workers, compile=use_compile,
+                          augment=jepa3d_data.augmentation(train_cfg.augment), log_every=log_every)
+        click.echo(json.dumps(result))
+
+    @cli.command("mask-preview")
+    @click.option("--data", type=click.Path(), default=None, help="dataset; the built-in shapes when not given")
+    @click.option("--dataset", default=None, help="force a layout instead of detecting it")
+    @click.option("--index", type=click.IntRange(0), default=0, help="which cloud of the train split")
+    @click.option("--checkpoint", type=click.Path(), default=None,
+                  help="take the masking configuration from this checkpoint")
+    @click.option("--preset", type=click.Choice(list(PRESETS)), default="paper", help="named configuration")
+    @click.option("--out", type=click.Path(dir_okay=False), default="mask_preview.ply", help="PLY file to write")
+    @_config_options(ModelConfig)
+    @click.pass_context
+    @fail_cleanly
+    def mask_preview_cmd(ctx, data, dataset, index, checkpoint, preset, out, **overrides):
+        """Write a coloured PLY of one cloud: grey unused, blue context, one colour per target block."""
+        if checkpoint:
+            _, meta = read_checkpoint(checkpoint)
+            cfg = dataclasses.replace(config_from_json(ModelConfig, meta["model_config"]),
+                                      **{k: v for k, v in overrides.items() if v is not None})
+        else:
+            try:
+                cfg, _ = make_configs(preset, **overrides)
+            except ValueError as err:
+                raise click.UsageError(str(err)) from None
+        ds = _load_data(data, dataset, "train", cfg.num_points)
+        if index >= len(ds):
+            raise click.BadParameter(f"{index} is past the last cloud ({len(ds) - 1})", param_hint="--index")
+        pts, roles = mask_preview(ds[index][0], cfg, seed=ctx.obj["seed"])
+        write_ply(out, pts, roles)
+        counts = {"unused": int((roles == 0).sum()), "context": int((roles == 1).sum()),
+                  "target": int((roles >= 2).sum())}
+        click.echo(json.dumps({"out": str(out), "points": len(pts), "sampler": cfg.sampler, **counts}))
+
+    return cli
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point (`jepa3d`, `python -m jepa3d`)."""
+    _build_cli()(args=argv, prog_name="jepa3d")
+
+
+if __name__ == "__main__":
+    main()
