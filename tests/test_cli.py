@@ -1,0 +1,93 @@
+"""The CLI as a user runs it, on the built-in data."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import SMALL_FLAGS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def jepa3d(*args, check=True):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "jepa3d", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=300)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_pretrain_end_to_end_then_resume(tmp_path):
+    out = tmp_path / "run"
+    proc = jepa3d("pretrain", "--preset", "tiny", *SMALL_FLAGS, "--epochs", "1", "--max-steps", "30",
+                  "--out", out, "--log-every", "5")
+    result = json.loads(proc.stdout)
+    assert result["step"] == 30 and not result["finished"]
+    assert "30/" in proc.stderr  # progress on stderr
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(30))
+    first = sum(r["loss"] for r in rows[:5]) / 5
+    last = sum(r["loss"] for r in rows[-5:]) / 5
+    assert last < first  # it learns
+    assert rows[-1]["target_std"] > 0.02  # and has not collapsed
+    assert {"lr", "momentum", "clouds_per_s", "target_std"} <= set(rows[-1])
+    assert (out / "checkpoint.safetensors").exists() and json.loads((out / "run.json").read_text())["seed"] == 0
+
+    # a second plain run must not overwrite the first
+    ckpt = (out / "checkpoint.safetensors").read_bytes()
+    again = jepa3d("pretrain", "--preset", "tiny", "--out", out, check=False)
+    assert again.returncode == 1 and "--resume" in again.stderr and "Traceback" not in again.stderr
+    assert (out / "checkpoint.safetensors").read_bytes() == ckpt
+
+    bad = jepa3d("pretrain", "--out", out, "--resume", "--dim", "64", check=False)
+    assert bad.returncode == 2 and "--dim" in bad.stderr
+
+    resumed = json.loads(jepa3d("pretrain", "--out", out, "--resume", "--max-steps", "34").stdout)
+    assert resumed["step"] == 34
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(34))
+
+
+def test_mask_preview_writes_a_coloured_ply(tmp_path):
+    ply = tmp_path / "m.ply"
+    result = json.loads(jepa3d("mask-preview", "--out", ply, "--num-points", "256", "--num-groups", "32",
+                               "--group-size", "16").stdout)
+    lines = ply.read_text().splitlines()
+    end = lines.index("end_header")
+    assert "element vertex 256" in lines and len(lines) == end + 1 + 256
+    colours = {tuple(line.split()[3:]) for line in lines[end + 1:]}
+    assert len(colours) >= 3  # context plus target blocks (plus maybe unused)
+    assert result["context"] > 0 and result["target"] > 0
+
+
+def test_help_lists_every_option_with_its_default():
+    text = jepa3d("pretrain", "--help").stdout
+    for option in ("--num-targets", "--sampler", "--predictor", "--loss", "--epochs", "--lr", "--resume"):
+        assert option in text
+    assert "paper: 384" in text and "tiny: 96" in text
+
+
+def test_bad_options_fail_in_one_line_without_traceback(tmp_path):
+    proc = jepa3d("pretrain", "--preset", "tiny", "--heads", "5", "--out", tmp_path / "x", check=False)
+    assert proc.returncode == 2 and "divide" in proc.stderr and "Traceback" not in proc.stderr
+    proc = jepa3d("pretrain", "--out", tmp_path / "none", "--resume", check=False)
+    assert proc.returncode == 1 and "no such checkpoint" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_import_needs_torch_alone():
+    code = """
+import sys, importlib.abc
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('click', 'numpy', 'h5py', 'safetensors', 'jepa3d_data'):
+            raise ModuleNotFoundError(name)
+sys.meta_path.insert(0, Block())
+import jepa3d, torch
+m = jepa3d.JEPA(jepa3d.make_configs('tiny')[0])
+loss, _ = m(torch.randn(2, 512, 3), torch.Generator().manual_seed(0))
+print(float(loss))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr

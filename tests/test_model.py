@@ -1,0 +1,117 @@
+"""Encoder, predictor layout, EMA teacher, gradients, schedules, configs."""
+import pytest
+import torch
+
+import jepa3d
+
+
+def test_predictor_stacks_blocks_block_major(configs):
+    for kind in ("concat", "cross"):
+        cfg = jepa3d.make_configs("tiny", predictor=kind, dim=32, heads=2, pred_dim=32, pred_heads=2)[0]
+        torch.manual_seed(0)
+        pred = jepa3d.Predictor(cfg).eval()
+        B, Nc, M, T = 3, 5, 4, 2
+        ctx, cc, tc = torch.randn(B, Nc, 32), torch.randn(B, Nc, 3), torch.randn(B, M, T, 3)
+        out = pred(ctx, cc, tc)
+        assert out.shape == (M * B, T, 32)
+        moved = tc.clone()
+        moved[1, 2] += 1.0  # move block m=2 of sample b=1 only
+        changed = (pred(ctx, cc, moved) - out).abs().amax(dim=(1, 2)) > 1e-6
+        assert changed.nonzero().flatten().tolist() == [2 * B + 1]
+
+
+def test_ema_momentum_one_is_a_no_op_and_zero_copies(configs):
+    model = jepa3d.JEPA(configs[0])
+    with torch.no_grad():
+        for p in model.encoder.parameters():
+            p.add_(torch.randn_like(p))
+    before = {k: v.clone() for k, v in model.target_encoder.state_dict().items()}
+    jepa3d.ema_update(model.target_encoder, model.encoder, 1.0)
+    assert all(torch.equal(before[k], v) for k, v in model.target_encoder.state_dict().items())
+    jepa3d.ema_update(model.target_encoder, model.encoder, 0.0)
+    student = model.encoder.state_dict()
+    assert all(torch.equal(student[k], v) for k, v in model.target_encoder.state_dict().items())
+
+
+@pytest.mark.parametrize("predictor,sampler,loss", [("cross", "context-block", "cosine"),
+                                                    ("concat", "knn-blocks", "l2"),
+                                                    ("concat", "context-block", "smooth-l1")])
+def test_gradients_reach_student_and_predictor_never_the_teacher(predictor, sampler, loss):
+    cfg = jepa3d.make_configs("tiny", num_points=128, num_groups=16, group_size=8, dim=32, depth=2, heads=2,
+                              pred_dim=32, pred_heads=2, predictor=predictor, sampler=sampler, loss=loss)[0]
+    model = jepa3d.JEPA(cfg).train()
+    loss_value, stats = model(torch.randn(4, 128, 3), torch.Generator().manual_seed(0))
+    loss_value.backward()
+    assert torch.isfinite(loss_value) and stats["target_std"] > 0
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
+    assert all(p.grad is not None for p in model.predictor.parameters())
+    assert all(p.grad is None and not p.requires_grad for p in model.target_encoder.parameters())
+    assert not model.target_encoder.training  # the teacher never drops paths
+
+
+def test_train_step_moves_teacher_by_the_ema_and_lowers_the_loss(configs):
+    cfg, tcfg = configs
+    torch.manual_seed(0)
+    model = jepa3d.JEPA(cfg).train()
+    opt = jepa3d.make_optimizer(model, tcfg)
+    points = torch.randn(8, 128, 3)
+    losses = []
+    for step in range(15):
+        g = torch.Generator().manual_seed(0)  # same masks each step: the loss must fall
+        teacher = [p.clone() for p in model.target_encoder.parameters()]
+        out = jepa3d.train_step(model, opt, None, points, g, lr=1e-3, momentum=0.9, grad_clip=1.0, amp_dtype=None)
+        student = list(model.encoder.parameters())
+        for t_old, t_new, s in zip(teacher, model.target_encoder.parameters(), student):
+            assert torch.allclose(t_new, 0.9 * t_old + 0.1 * s, atol=1e-6)
+        losses.append(out["loss"].item())
+    assert losses[-1] < losses[0]
+
+
+def test_bf16_autocast_step_runs_on_cpu(configs):
+    cfg, tcfg = configs
+    model = jepa3d.JEPA(cfg).train()
+    opt = jepa3d.make_optimizer(model, tcfg)
+    out = jepa3d.train_step(model, opt, None, torch.randn(4, 128, 3), torch.Generator().manual_seed(0),
+                            lr=1e-3, momentum=0.99, grad_clip=1.0, amp_dtype=torch.bfloat16)
+    assert torch.isfinite(out["loss"])
+
+
+def test_weight_decay_skips_biases_norms_and_tokens(configs):
+    model = jepa3d.JEPA(configs[0])
+    opt = jepa3d.make_optimizer(model, configs[1])
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] > 0 and no_decay["weight_decay"] == 0
+    assert any(p is model.predictor.mask_token for p in no_decay["params"])
+    assert all(p.ndim >= 2 for p in decay["params"])
+
+
+def test_schedules():
+    tcfg = jepa3d.TrainConfig(lr=1e-3, min_lr=1e-6, ema_start=0.996, ema_end=1.0)
+    assert jepa3d.momentum_at(0, 100, tcfg) == pytest.approx(0.996)
+    assert jepa3d.momentum_at(100, 100, tcfg) == pytest.approx(1.0)
+    assert jepa3d.lr_at(4, 100, 10, tcfg) == pytest.approx(5e-4)
+    assert jepa3d.lr_at(10, 100, 10, tcfg) == pytest.approx(1e-3)
+    assert jepa3d.lr_at(99, 100, 10, tcfg) < 2e-6
+    lrs = [jepa3d.lr_at(s, 100, 10, tcfg) for s in range(10, 100)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_configs_reject_unknown_and_inconsistent_options():
+    with pytest.raises(ValueError, match="unknown config option"):
+        jepa3d.make_configs("paper", widht=3)
+    with pytest.raises(ValueError, match="unknown preset"):
+        jepa3d.make_configs("huge")
+    with pytest.raises(ValueError, match="divide"):
+        jepa3d.make_configs("paper", heads=5)
+    cfg, tcfg = jepa3d.make_configs("paper")
+    assert (cfg.num_points, cfg.num_groups, cfg.group_size, cfg.dim, cfg.depth, cfg.heads, cfg.num_targets) == \
+        (1024, 64, 32, 384, 12, 6, 4)
+    assert (cfg.sampler, cfg.predictor, cfg.loss, tcfg.epochs) == ("context-block", "cross", "cosine", 150)
+
+
+def test_encoder_returns_requested_layers(configs):
+    enc = jepa3d.Encoder(configs[0]).eval()
+    patches, centres = jepa3d.group_points(torch.randn(2, 128, 3), 16, 8)
+    outs = enc(patches, centres, return_layers=(0, 1))
+    assert len(outs) == 2 and outs[1].shape == (2, 16, 32)
+    assert torch.allclose(outs[1], enc(patches, centres))
