@@ -874,16 +874,50 @@ def _config_options(cls):
     return decorate
 
 
-def _load_data(data: str | None, dataset: str | None, split: str, num_points: int, **kw):
-    """Open a dataset through jepa3d_data (imported here: the model file needs torch alone)."""
+def _data_options(fn):
+    """The options every command that reads data shares."""
+    import click
+
     import jepa3d_data
 
-    return jepa3d_data.open_dataset(data, split=split, dataset=dataset, num_points=num_points, **kw)
+    options = [
+        click.option("--data", type=click.Path(), default=None,
+                     help="dataset folder or .npz file; the built-in procedural shapes when not given"),
+        click.option("--dataset", type=click.Choice(jepa3d_data.LAYOUTS), default=None,
+                     help="force a layout instead of detecting it (`jepa3d inspect PATH` shows the detected one)"),
+        click.option("--variant", type=click.Choice(list(jepa3d_data.SCANOBJECTNN_FILES)), default="pb_t50_rs",
+                     help="ScanObjectNN variant"),
+        click.option("--trust-pickle", is_flag=True,
+                     help="allow reading the peers' pickled caches (.dat/.pkl); unpickling can run arbitrary code"),
+        click.option("--skip-bad", is_flag=True,
+                     help="skip unreadable files of a folder dataset (the count is reported) instead of stopping"),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _load_data(opts: dict, split: str, num_points: int):
+    """Open the dataset named by the --data options (jepa3d_data is imported here: the model
+    file needs torch alone)."""
+    import jepa3d_data
+
+    return jepa3d_data.open_dataset(opts["data"], split=split, dataset=opts["dataset"], num_points=num_points,
+                                    variant=opts["variant"], trust_pickle=opts["trust_pickle"],
+                                    skip_bad=opts["skip_bad"])
+
+
+_DATA_KEYS = ("data", "dataset", "variant", "trust_pickle", "skip_bad")
+
+
+def _pop_data(kwargs: dict) -> dict:
+    return {k: kwargs.pop(k) for k in _DATA_KEYS}
 
 
 def _build_cli():
     import click
 
+    import jepa3d_data
     from jepa3d_data import DataError
 
     def fail_cleanly(fn):
@@ -921,9 +955,7 @@ def _build_cli():
         ctx.obj = {"device": dev, "seed": seed, "precision": precision}
 
     @cli.command("pretrain")
-    @click.option("--data", type=click.Path(), default=None,
-                  help="dataset folder or file; the built-in procedural shapes when not given")
-    @click.option("--dataset", default=None, help="force a layout instead of detecting it (see `jepa3d inspect`)")
+    @_data_options
     @click.option("--out", type=click.Path(file_okay=False), default="runs/pretrain",
                   help="run folder: checkpoint.safetensors, metrics.jsonl, run.json")
     @click.option("--preset", type=click.Choice(list(PRESETS)), default="paper",
@@ -939,11 +971,11 @@ def _build_cli():
     @_config_options(TrainConfig)
     @click.pass_context
     @fail_cleanly
-    def pretrain_cmd(ctx, data, dataset, out, preset, resume, max_steps, save_every, workers, use_compile,
-                     log_every, **overrides):
+    def pretrain_cmd(ctx, out, preset, resume, max_steps, save_every, workers, use_compile, log_every, **overrides):
         """Pretrain a 3D-JEPA encoder (self-supervised; labels are ignored)."""
         import jepa3d_data
 
+        data_opts = _pop_data(overrides)
         out = Path(out)
         ckpt = out / "checkpoint.safetensors"
         seed = ctx.obj["seed"]
@@ -964,7 +996,7 @@ def _build_cli():
                 model_cfg, train_cfg = make_configs(preset, **overrides)
             except ValueError as err:
                 raise click.UsageError(str(err)) from None
-        ds = _load_data(data, dataset, "train", model_cfg.num_points)
+        ds = _load_data(data_opts, "train", model_cfg.num_points)
         result = pretrain(ds, out, model_cfg, train_cfg, device=ctx.obj["device"], seed=seed,
                           precision=ctx.obj["precision"], resume=resume, max_steps=max_steps,
                           save_every=save_every, num_workers=workers, compile=use_compile,
@@ -972,8 +1004,7 @@ def _build_cli():
         click.echo(json.dumps(result))
 
     @cli.command("mask-preview")
-    @click.option("--data", type=click.Path(), default=None, help="dataset; the built-in shapes when not given")
-    @click.option("--dataset", default=None, help="force a layout instead of detecting it")
+    @_data_options
     @click.option("--index", type=click.IntRange(0), default=0, help="which cloud of the train split")
     @click.option("--checkpoint", type=click.Path(), default=None,
                   help="take the masking configuration from this checkpoint")
@@ -982,8 +1013,9 @@ def _build_cli():
     @_config_options(ModelConfig)
     @click.pass_context
     @fail_cleanly
-    def mask_preview_cmd(ctx, data, dataset, index, checkpoint, preset, out, **overrides):
+    def mask_preview_cmd(ctx, index, checkpoint, preset, out, **overrides):
         """Write a coloured PLY of one cloud: grey unused, blue context, one colour per target block."""
+        data_opts = _pop_data(overrides)
         if checkpoint:
             _, meta = read_checkpoint(checkpoint)
             cfg = dataclasses.replace(config_from_json(ModelConfig, meta["model_config"]),
@@ -993,7 +1025,7 @@ def _build_cli():
                 cfg, _ = make_configs(preset, **overrides)
             except ValueError as err:
                 raise click.UsageError(str(err)) from None
-        ds = _load_data(data, dataset, "train", cfg.num_points)
+        ds = _load_data(data_opts, "train", cfg.num_points)
         if index >= len(ds):
             raise click.BadParameter(f"{index} is past the last cloud ({len(ds) - 1})", param_hint="--index")
         pts, roles = mask_preview(ds[index][0], cfg, seed=ctx.obj["seed"])
@@ -1001,6 +1033,24 @@ def _build_cli():
         counts = {"unused": int((roles == 0).sum()), "context": int((roles == 1).sum()),
                   "target": int((roles >= 2).sum())}
         click.echo(json.dumps({"out": str(out), "points": len(pts), "sampler": cfg.sampler, **counts}))
+
+    @cli.command("inspect")
+    @click.argument("path", type=click.Path())
+    @click.option("--dataset", type=click.Choice(jepa3d_data.LAYOUTS), default=None, help="force a layout")
+    @click.option("--variant", type=click.Choice(list(jepa3d_data.SCANOBJECTNN_FILES)), default="pb_t50_rs",
+                  help="ScanObjectNN variant")
+    @click.option("--trust-pickle", is_flag=True, help="allow reading pickled caches")
+    @click.option("--num-points", type=click.IntRange(16), default=1024, help="points per cloud to read")
+    @fail_cleanly
+    def inspect_cmd(path, dataset, variant, trust_pickle, num_points):
+        """Show the layout detected at PATH, samples per split, classes, points per cloud and problems."""
+        report = jepa3d_data.inspect(path, dataset=dataset, variant=variant, trust_pickle=trust_pickle,
+                                     num_points=num_points)
+        for line in jepa3d_data.describe(report):
+            click.echo(line, err=True)
+        click.echo(json.dumps(report))
+        if not any(s.get("samples") for s in report["splits"].values()):
+            raise SystemExit(1)
 
     return cli
 
