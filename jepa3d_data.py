@@ -883,7 +883,7 @@ def read_folder(root: Path, split: str, num_points: int, skip_bad: bool = False)
     points, labels, problems = [], [], []
     for cls, file in files:
         try:
-            points.append(resample(normalize(read_cloud(file, num_points, rng)), num_points, rng))
+            points.append(normalize(resample(read_cloud(file, num_points, rng), num_points, rng)))
             labels.append(index[cls])
         except DataError as err:
             if not skip_bad:
