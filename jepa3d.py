@@ -672,18 +672,14 @@ def load_jepa(path: str | Path) -> tuple[JEPA, dict[str, str], dict[str, torch.T
 
 # ----------------------------------------------------------------------------- pretraining loop
 class Progress:
-    """A dependency-free progress line on stderr: redrawn in place on a terminal, a plain
-    line every `every` updates otherwise (log files stay readable)."""
+    """A dependency-free progress line on stderr: redrawn in place on a terminal, one plain
+    line per update otherwise (log files stay readable). The caller decides the cadence."""
 
-    def __init__(self, total: int, start: int = 0, every: int = 1):
-        self.total, self.done, self.every = total, start, max(1, every)
-        self.t0, self.start = time.time(), start
+    def __init__(self, total: int, start: int = 0):
+        self.total, self.start, self.t0 = total, start, time.time()
         self.tty = sys.stderr.isatty()
 
     def update(self, done: int, text: str = "") -> None:
-        self.done = done
-        if not self.tty and done % self.every and done != self.total:
-            return
         rate = (done - self.start) / max(1e-9, time.time() - self.t0)
         eta = (self.total - done) / rate if rate > 0 else float("inf")
         bar = "#" * int(20 * done / max(1, self.total))
@@ -703,6 +699,11 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[i
     return [order[i:i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
 
 
+def _stack_points(items: list) -> torch.Tensor:
+    """Collate (points, label) items into points (B, P, 3); module level so spawned workers can pickle it."""
+    return torch.stack([points for points, _ in items])
+
+
 def _batches(dataset, batch_size: int, seed: int, first_step: int, num_workers: int) -> Iterator[torch.Tensor]:
     """Yield point batches (B, P, 3) forever, starting at global step first_step."""
     per_epoch = max(1, len(dataset) // batch_size)
@@ -710,8 +711,7 @@ def _batches(dataset, batch_size: int, seed: int, first_step: int, num_workers: 
     while True:
         batches = epoch_batches(len(dataset), batch_size, seed, epoch)[skip:]
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
-                                             collate_fn=lambda items: torch.stack([x[0] for x in items]),
-                                             persistent_workers=False)
+                                             collate_fn=_stack_points)
         yield from loader
         epoch, skip = epoch + 1, 0
 
@@ -763,7 +763,7 @@ def pretrain(dataset, out_dir: str | Path, model_cfg: ModelConfig, train_cfg: Tr
           f"encoder {nparams / 1e6:.2f}M params, {device}, {run_info['precision']}", file=sys.stderr)
 
     model.train()
-    progress = Progress(end, step, every=log_every)
+    progress = Progress(end, step)
     pending: list[dict] = []
     last: dict = {}
     t_flush = time.time()
