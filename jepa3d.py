@@ -560,14 +560,13 @@ def make_optimizer(model: JEPA, cfg: TrainConfig) -> torch.optim.AdamW:
 
 def train_step(model: JEPA, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
                points: torch.Tensor, generator: torch.Generator, *, lr: float, momentum: float,
-               grad_clip: float, amp_dtype: torch.dtype | None, forward: Callable | None = None) -> dict:
+               grad_clip: float, amp_dtype: torch.dtype | None) -> dict:
     """One optimisation step on points (B, num_points, 3): forward, backward, clip, AdamW,
-    EMA update. `forward` may be a torch.compile'd model; `model` is the module trained.
-    Returns detached tensors (no host sync)."""
+    EMA update. Returns detached tensors (no host sync)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     with torch.autocast(points.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-        loss, stats = (forward or model)(points, generator)
+        loss, stats = model(points, generator)
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()
@@ -763,7 +762,9 @@ def pretrain(dataset, out_dir: str | Path, model_cfg: ModelConfig, train_cfg: Tr
                 "batch_size": batch_size, "steps_per_epoch": per_epoch, "total_steps": total,
                 "jepa3d_version": __version__, "torch_version": torch.__version__}
     (out / "run.json").write_text(json.dumps(run_info, indent=2))
-    forward = torch.compile(model) if compile else model
+    if compile:  # the Transformers only, in place: state-dict keys stay; the FPS loop is not unrolled
+        for module in (model.encoder, model.target_encoder, model.predictor):
+            module.compile(dynamic=None)
     generator = torch.Generator(device=device)
     end = total if max_steps is None else min(total, max_steps)
     nparams = sum(p.numel() for p in model.encoder.parameters())
@@ -785,7 +786,7 @@ def pretrain(dataset, out_dir: str | Path, model_cfg: ModelConfig, train_cfg: Tr
             points = fit_points(points, model_cfg.num_points, generator)     # (B, num_points, 3)
             if augment is not None:
                 points = augment(points, generator)
-            stats = train_step(model, optimizer, scaler, points, generator, forward=forward,
+            stats = train_step(model, optimizer, scaler, points, generator,
                                lr=lr_at(step, total, warmup, train_cfg), momentum=momentum_at(step, total, train_cfg),
                                grad_clip=train_cfg.grad_clip, amp_dtype=amp_dtype)
             pending.append({"step": step, "epoch": step // per_epoch, "lr": lr_at(step, total, warmup, train_cfg),

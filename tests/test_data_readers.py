@@ -187,6 +187,10 @@ def test_every_layout_is_detected_and_read(tmp_path):
         assert abs(points.norm(dim=1).max().item() - 1) < 1e-4  # centred, unit sphere
         assert torch.allclose(points.mean(0), torch.zeros(3), atol=1e-4)
         assert label.dtype == torch.int64
+        report = run("inspect", root)  # and the same through the CLI, as --data reads it
+        assert report.exit_code == 0, report.output
+        counts = json.loads(report.stdout)["splits"]
+        assert (counts["train"]["samples"], counts["test"]["samples"]) == (n_train, n_test)
     # split-second nesting reads the same
     nested = jepa3d_data.open_dataset(make_folder(tmp_path / "f2", "class-first"), "test", num_points=128)
     assert len(nested) == 12 and nested.classes == ["chair", "mug"]
@@ -232,6 +236,18 @@ def test_real_shared_datasets():
     assert len(sn) == 85 and sn[0][0].shape == (8192, 3) and sn.classes == sn_test.classes
     rs = jepa3d_data.open_dataset(SHARED / "modelnet40_normal_resampled_sample", "train")
     assert len(rs) == 10 and set(rs.labels.tolist()) == {0}
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data is not present on this machine")
+def test_real_data_through_the_cli(tmp_path):
+    from conftest import SMALL_FLAGS
+    result = run("pretrain", "--data", SHARED / "shapenet55_sample", "--preset", "tiny", *SMALL_FLAGS,
+                 "--max-steps", "2", "--out", tmp_path / "sn")
+    assert result.exit_code == 0, result.output
+    assert "85 clouds" in result.stderr
+    report = json.loads(run("inspect", SHARED / "modelnet40").stdout)
+    assert report["layout"] == "npz" and report["splits"]["train"]["samples"] == 9843
+    assert report["splits"]["test"]["per_class"]["airplane"] == 100
 
 
 # ----------------------------------------------------------------------------- the CLI on files

@@ -115,3 +115,15 @@ def test_encoder_returns_requested_layers(configs):
     outs = enc(patches, centres, return_layers=(0, 1))
     assert len(outs) == 2 and outs[1].shape == (2, 16, 32)
     assert torch.allclose(outs[1], enc(patches, centres))
+
+
+def test_fp16_step_uses_a_grad_scaler(configs):
+    cfg, tcfg = configs
+    model = jepa3d.JEPA(cfg).train()
+    opt = jepa3d.make_optimizer(model, tcfg)
+    scaler = torch.amp.GradScaler("cpu")
+    out = jepa3d.train_step(model, opt, scaler, torch.randn(4, 128, 3), torch.Generator().manual_seed(0),
+                            lr=1e-3, momentum=0.99, grad_clip=1.0, amp_dtype=torch.float16)
+    assert torch.isfinite(out["loss"]) and scaler.get_scale() > 0
+    assert jepa3d.resolve_precision("auto", torch.device("cpu")) is None
+    assert jepa3d.resolve_precision("fp16", torch.device("cpu")) == torch.float16
