@@ -548,14 +548,15 @@ def step_seed(seed: int, step: int) -> int:
 
 
 # ----------------------------------------------------------------------------- training
-def make_optimizer(model: JEPA, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW over the encoder and predictor; no weight decay on biases, norms and tokens."""
+def make_optimizer(model: nn.Module, cfg: TrainConfig | FinetuneConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters (torch's default betas, as Point-MAE and I-JEPA);
+    no weight decay on biases, norms and tokens."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim < 2 or "token" in name else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
+    return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
 def train_step(model: JEPA, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
@@ -798,7 +799,7 @@ def pretrain(dataset, out_dir: str | Path, model_cfg: ModelConfig, train_cfg: Tr
                 progress.update(step, f"loss {last['loss']:.4f} target_std {last['target_std']:.3f}")
             if step % save_every == 0 or step == end:
                 save_checkpoint(ckpt_path, model, optimizer, scaler, train_cfg, step=step, seed=seed,
-                                epoch=step // per_epoch)
+                                epoch=step // per_epoch, kind="pretrain")
     progress.close()
     return {"checkpoint": str(ckpt_path), "metrics": str(metrics_path), "step": step, "total_steps": total,
             "finished": step >= total, "final_loss": last.get("loss"), "final_target_std": last.get("target_std")}
@@ -824,6 +825,395 @@ def _truncate_metrics(path: Path, step: int) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(ln + "\n" for ln in keep))
     os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- downstream
+# One encoder serves every task: features for linear probes and few-shot come from one
+# extractor, fine-tuning puts a small head on top. The EMA target encoder is the default
+# (I-JEPA evaluates it); --encoder context takes the student.
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    epochs: int = _opt(300, "fine-tuning epochs (Point-MAE: 300 on ModelNet40 and ScanObjectNN)", min=1)
+    batch_size: int = _opt(32, "clouds per step (Point-MAE)", min=1)
+    lr: float = _opt(5e-4, "peak AdamW learning rate (Point-MAE)", min=0.0)
+    min_lr: float = _opt(1e-6, "final learning rate of the cosine schedule", min=0.0)
+    warmup_epochs: float = _opt(10.0, "linear warm-up epochs (Point-MAE)", min=0.0)
+    weight_decay: float = _opt(0.05, "AdamW weight decay (Point-MAE)", min=0.0)
+    grad_clip: float = _opt(10.0, "gradient-norm clip (Point-MAE)", min=0.0)
+    label_smoothing: float = _opt(0.2, "label smoothing of the classification loss (Point-MAE's smooth loss)",
+                                  min=0.0, max=0.9)
+    drop_path: float = _opt(0.1, "stochastic depth of the encoder while fine-tuning", min=0.0, max=0.9)
+    dropout: float = _opt(0.5, "dropout in the head (Point-MAE)", min=0.0, max=0.9)
+    augment: str = _opt("scale-translate", "train-time augmentation (see pretrain --augment)",
+                        choices=("scale-translate", "rotate", "scale-translate+rotate", "none"))
+
+
+# Point counts and patching per task, as the peers run them; the encoder's weights do not
+# depend on them, so a checkpoint pretrained at 1024 x 64 serves ScanObjectNN at 2048 x 128.
+TASK_GEOMETRY = {
+    "modelnet40": dict(num_points=1024, num_groups=64, group_size=32),
+    "scanobjectnn": dict(num_points=2048, num_groups=128, group_size=32),
+    "shapenetpart": dict(num_points=2048, num_groups=128, group_size=32),
+}
+
+
+def load_encoder(checkpoint: str, which: str = "target", preset: str = "paper",
+                 seed: int = 0, **geometry) -> tuple[Encoder, ModelConfig, str]:
+    """The encoder of a checkpoint ('target' = EMA teacher, 'context' = student; a fine-tuned
+    checkpoint has one encoder), or with checkpoint 'none' a random-init encoder of `preset`.
+    `geometry` overrides num_points / num_groups / group_size / drop_path (no weight depends on
+    them). -> (encoder, its config, a description for the JSON result)."""
+    geometry = {k: v for k, v in geometry.items() if v is not None}
+    if checkpoint == "none":
+        cfg, _ = make_configs(preset, **geometry)
+        torch.manual_seed(seed)
+        return Encoder(cfg), cfg, f"none (random init, preset {preset}, seed {seed})"
+    tensors, meta = read_checkpoint(checkpoint)
+    try:
+        cfg = config_from_json(ModelConfig, meta["model_config"])
+        cfg = dataclasses.replace(cfg, **geometry)
+    except (KeyError, ValueError, TypeError) as err:
+        raise CheckpointError(f"{checkpoint}: bad model_config in metadata ({err})") from None
+    prefix = "target_encoder." if which == "target" and any(k.startswith("target_encoder.") for k in tensors) \
+        else "encoder."
+    encoder = Encoder(cfg)
+    load_state(encoder, tensors, prefix, checkpoint)
+    return encoder, cfg, f"{checkpoint} ({prefix[:-1]}, step {meta.get('step', '?')})"
+
+
+def pool(tokens: torch.Tensor) -> torch.Tensor:
+    """Cloud feature of the JEPA lineage: concat(max, mean) over patches. (B, G, D) -> (B, 2D)."""
+    return torch.cat([tokens.amax(dim=1), tokens.mean(dim=1)], dim=-1)
+
+
+@torch.no_grad()
+def extract_features(encoder: Encoder, cfg: ModelConfig, dataset, device: torch.device, batch_size: int = 64,
+                     seed: int = 0, per_patch: bool = False, amp_dtype: torch.dtype | None = None) -> dict:
+    """Frozen features of every cloud, in dataset order: {'features' (N, 2D), 'labels' (N,)}
+    and with per_patch {'tokens' (N, G, D), 'centres' (N, G, 3)}. FPS starts are drawn from
+    `seed`, so the same call gives the same features."""
+    encoder = encoder.to(device).eval()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    g = torch.Generator(device=device)
+    out: dict[str, list] = {"features": [], "labels": [], "tokens": [], "centres": []}
+    for i, (points, labels) in enumerate(loader):
+        g.manual_seed(step_seed(seed, i))
+        points = fit_points(points.to(device), cfg.num_points, g)          # (B, num_points, 3)
+        patches, centres = group_points(points, cfg.num_groups, cfg.group_size, g)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            tokens = encoder(patches, centres).float()                      # (B, G, D)
+        out["features"].append(pool(tokens).cpu())
+        out["labels"].append(labels.view(len(points), -1)[:, 0] if labels.dim() > 1 else labels)
+        if per_patch:
+            out["tokens"].append(tokens.cpu())
+            out["centres"].append(centres.cpu())
+    return {k: torch.cat(v) for k, v in out.items() if v}
+
+
+def fit_linear(x: torch.Tensor, y: torch.Tensor, num_classes: int, C: float = 0.012, kind: str = "svm",
+               max_iter: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    """A linear classifier on features x (N, F), labels y (N,), by full-batch L-BFGS.
+    'svm': one-vs-rest squared hinge, min 0.5|w|^2 + C sum max(0, 1 - y w.x)^2 per class, the
+    objective of liblinear's LinearSVC (its default), the bias penalised like a weight as
+    liblinear does. 'logreg': multinomial logistic regression, min 0.5|W|^2 + C sum CE.
+    -> W (F, classes), b (classes,)."""
+    x, y = x.double(), y.long()
+    w = torch.zeros(x.shape[1] + 1, num_classes, dtype=torch.float64, requires_grad=True)
+    xb = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)          # (N, F+1)
+    sign = F.one_hot(y, num_classes).double() * 2 - 1                       # (N, classes) +-1
+    opt = torch.optim.LBFGS([w], lr=1, max_iter=max_iter, tolerance_grad=1e-9, tolerance_change=1e-12,
+                            history_size=20, line_search_fn="strong_wolfe")
+
+    def objective():
+        opt.zero_grad()
+        scores = xb @ w                                                     # (N, classes)
+        if kind == "svm":
+            data = F.relu(1 - sign * scores).square().sum()
+        else:
+            data = F.cross_entropy(scores, y, reduction="sum")
+        loss = 0.5 * w.square().sum() + C * data
+        loss.backward()
+        return loss
+
+    opt.step(objective)
+    w = w.detach().float()
+    return w[:-1], w[-1]
+
+
+def accuracy(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> tuple[float, float]:
+    """(overall accuracy, mean per-class accuracy over classes present), in %."""
+    correct = (pred == y).float()
+    per_class = [correct[y == c].mean() for c in range(num_classes) if (y == c).any()]
+    return 100 * correct.mean().item(), 100 * torch.stack(per_class).mean().item()
+
+
+def sample_episode(train_labels: torch.Tensor, test_labels: torch.Tensor, way: int, shot: int, query: int,
+                   generator: torch.Generator) -> dict:
+    """A W-way S-shot episode: W random classes that have >= S train and >= query test clouds;
+    S support clouds per class from the train split, `query` per class from the test split.
+    -> indices and episode labels 0..W-1 {'support', 'support_y', 'query', 'query_y', 'classes'}."""
+    classes = [c for c in range(int(max(train_labels.max(), test_labels.max())) + 1)
+               if (train_labels == c).sum() >= shot and (test_labels == c).sum() >= query]
+    if len(classes) < way:
+        raise ValueError(f"only {len(classes)} classes have {shot} train and {query} test clouds; "
+                         f"a {way}-way episode needs {way}")
+    chosen = torch.tensor(classes)[torch.randperm(len(classes), generator=generator)[:way]]
+    episode = {"support": [], "support_y": [], "query": [], "query_y": [], "classes": chosen.tolist()}
+    for new, c in enumerate(chosen.tolist()):
+        for split, labels, n in (("support", train_labels, shot), ("query", test_labels, query)):
+            members = (labels == c).nonzero().flatten()
+            episode[split].append(members[torch.randperm(len(members), generator=generator)[:n]])
+            episode[split + "_y"].append(torch.full((n,), new))
+    return {k: torch.cat(v) if k != "classes" else v for k, v in episode.items()}
+
+
+class ClassificationHead(nn.Module):
+    """Point-MAE's head on the pooled feature: 2D -> 256 -> 256 -> classes, with BatchNorm and
+    dropout. (B, 2D) -> logits (B, classes)."""
+
+    def __init__(self, dim: int, num_classes: int, dropout: float = 0.5):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(2 * dim, 256), nn.BatchNorm1d(256), nn.ReLU(), nn.Dropout(dropout),
+                                 nn.Linear(256, 256), nn.BatchNorm1d(256), nn.ReLU(), nn.Dropout(dropout),
+                                 nn.Linear(256, num_classes))
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.net(pooled)
+
+
+class Classifier(nn.Module):
+    """Encoder + classification head. points (B, num_points, 3) -> logits (B, classes)."""
+
+    def __init__(self, encoder: Encoder, cfg: ModelConfig, num_classes: int, dropout: float = 0.5):
+        super().__init__()
+        self.cfg, self.encoder, self.head = cfg, encoder, ClassificationHead(cfg.dim, num_classes, dropout)
+
+    def forward(self, points: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        patches, centres = group_points(points, self.cfg.num_groups, self.cfg.group_size, generator)
+        return self.head(pool(self.encoder(patches, centres)))
+
+
+def interpolate(points: torch.Tensor, centres: torch.Tensor, features: torch.Tensor, k: int = 3) -> torch.Tensor:
+    """Inverse-distance interpolation of patch features to points (PointNet++ feature
+    propagation). points (B, P, 3), centres (B, G, 3), features (B, G, C) -> (B, P, C)."""
+    idx = knn(points, centres, k)                                           # (B, P, k)
+    d = (gather(centres, idx) - points[:, :, None]).norm(dim=-1)             # (B, P, k)
+    w = 1.0 / (d + 1e-8)
+    w = w / w.sum(dim=-1, keepdim=True)
+    return (gather(features, idx) * w[..., None].to(features.dtype)).sum(dim=2)
+
+
+def seg_layers(depth: int) -> tuple[int, ...]:
+    """The blocks whose outputs feed the segmentation head: 4/8/12 of 12 (Point-MAE), the
+    same thirds of a shallower encoder. 0-based."""
+    return tuple(sorted({max(0, round(depth * f) - 1) for f in (1 / 3, 2 / 3, 1.0)}))
+
+
+class Segmenter(nn.Module):
+    """Encoder + part-segmentation head (Point-MAE's, LayerNorm for BatchNorm): features of
+    three encoder depths are propagated from patch centres to every point, joined with the
+    cloud's global max/mean feature and a category embedding, and classified per point.
+    points (B, P, 3), category (B,) -> part logits (B, P, parts)."""
+
+    def __init__(self, encoder: Encoder, cfg: ModelConfig, num_parts: int, num_categories: int,
+                 dropout: float = 0.5):
+        super().__init__()
+        self.cfg, self.encoder, self.layers = cfg, encoder, seg_layers(cfg.depth)
+        width = len(self.layers) * cfg.dim
+        self.category = nn.Sequential(nn.Embedding(num_categories, 64), nn.LayerNorm(64), nn.GELU())
+        self.propagate = nn.Sequential(nn.Linear(width + 3, 4 * cfg.dim), nn.LayerNorm(4 * cfg.dim), nn.GELU(),
+                                       nn.Linear(4 * cfg.dim, 1024), nn.LayerNorm(1024), nn.GELU())
+        self.head = nn.Sequential(nn.Linear(1024 + 2 * width + 64, 512), nn.LayerNorm(512), nn.GELU(),
+                                  nn.Dropout(dropout), nn.Linear(512, 256), nn.LayerNorm(256), nn.GELU(),
+                                  nn.Linear(256, num_parts))
+
+    def forward(self, points: torch.Tensor, category: torch.Tensor,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        B, P, _ = points.shape
+        patches, centres = group_points(points, self.cfg.num_groups, self.cfg.group_size, generator)
+        feats = torch.cat(self.encoder(patches, centres, return_layers=self.layers), dim=-1)  # (B, G, 3D)
+        glob = torch.cat([pool(feats), self.category(category)], dim=-1)     # (B, 6D + 64)
+        per_point = self.propagate(torch.cat([interpolate(points, centres, feats), points], dim=-1))  # (B, P, 1024)
+        return self.head(torch.cat([per_point, glob[:, None].expand(B, P, -1)], dim=-1))
+
+
+def part_miou(pred: torch.Tensor, target: torch.Tensor, category: torch.Tensor,
+              parts_of: list[list[int]], names: list[str] | None = None) -> dict:
+    """ShapeNetPart mIoU. pred, target (S, P) part ids, category (S,). Per shape, the IoU of
+    each part of its category (1 when the part is in neither prediction nor truth), averaged;
+    instance mIoU = mean over shapes, class mIoU = mean over categories of their shapes' mean. In %."""
+    shape_iou = []
+    for s in range(len(pred)):
+        ious = []
+        for part in parts_of[int(category[s])]:
+            p, t = pred[s] == part, target[s] == part
+            union = (p | t).sum().item()
+            ious.append(1.0 if union == 0 else (p & t).sum().item() / union)
+        shape_iou.append(sum(ious) / len(ious))
+    shape_iou = torch.tensor(shape_iou)
+    per_cat = {int(c): shape_iou[category == c].mean().item() for c in category.unique()}
+    return {"instance_miou": 100 * shape_iou.mean().item(), "class_miou": 100 * sum(per_cat.values()) / len(per_cat),
+            "per_category_iou": {(names[c] if names else c): 100 * v for c, v in per_cat.items()}}
+
+
+def restrict_to_category(logits: torch.Tensor, category: torch.Tensor, parts_of: list[list[int]]) -> torch.Tensor:
+    """Argmax over the parts of each cloud's own category (the standard evaluation).
+    logits (B, P, parts), category (B,) -> (B, P)."""
+    allowed = torch.zeros(len(parts_of), logits.shape[-1], dtype=torch.bool, device=logits.device)
+    for c, parts in enumerate(parts_of):
+        allowed[c, parts] = True
+    return logits.masked_fill(~allowed[category][:, None], float("-inf")).argmax(-1)
+
+
+def vote_views(points: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A test-time voting view: isotropic scale in [0.85, 1.15] (Point-MAE's voting). (B, P, 3)."""
+    s = torch.empty(points.shape[0], 1, 1, device=points.device).uniform_(0.85, 1.15, generator=generator)
+    return points * s
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset, device: torch.device, batch_size: int = 64, seed: int = 0,
+             votes: int = 0, parts_of: list[list[int]] | None = None, amp_dtype: torch.dtype | None = None) -> dict:
+    """Accuracy of a Classifier (OA, mAcc; with votes > 0 also the average of the logits over
+    that many voting views), or mIoU of a Segmenter (when parts_of is given)."""
+    model.eval()
+    cfg = model.cfg
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    g = torch.Generator(device=device)
+    preds, voted, targets, cats = [], [], [], []
+    for i, (points, labels) in enumerate(loader):
+        g.manual_seed(step_seed(seed, i))
+        points, labels = points.to(device), labels.to(device)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            if parts_of is not None:
+                category = dataset.category[i * batch_size:i * batch_size + len(points)].to(device)
+                logits = model(points, category, g).float()
+                preds.append(restrict_to_category(logits, category, parts_of).cpu())
+                cats.append(category.cpu())
+            else:
+                points = fit_points(points, cfg.num_points, g)
+                preds.append(model(points, g).float().argmax(-1).cpu())
+                if votes:
+                    logits = sum(model(vote_views(points, g), g).float().softmax(-1) for _ in range(votes))
+                    voted.append(logits.argmax(-1).cpu())
+        targets.append(labels.cpu())
+    target = torch.cat(targets)
+    if parts_of is not None:
+        return part_miou(torch.cat(preds), target, torch.cat(cats), parts_of, dataset.classes)
+    n = len(dataset.classes)
+    oa, macc = accuracy(torch.cat(preds), target, n)
+    result = {"accuracy": oa, "class_mean_accuracy": macc}
+    if votes:
+        result["voted_accuracy"], result["voted_class_mean_accuracy"] = accuracy(torch.cat(voted), target, n)
+    return result
+
+
+def finetune(model: nn.Module, train_set, test_set, cfg: FinetuneConfig, *, device: torch.device, out_dir: Path,
+             seed: int = 0, precision: str = "auto", votes: int = 0, eval_every: int = 0,
+             select_best_on_test: bool = False, augment: Callable | None = None, max_steps: int | None = None,
+             meta: dict | None = None) -> dict:
+    """Fine-tune a Classifier or a Segmenter end to end (Point-MAE's recipe in `cfg`). The
+    reported accuracy is the last epoch's; with select_best_on_test, the best test epoch is
+    also reported, labelled as selected on the test set. Writes out_dir/metrics.jsonl (one
+    line per epoch) and out_dir/finetuned.safetensors (encoder., head. ...)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seg = isinstance(model, Segmenter)
+    parts_of = train_set.parts_of if seg else None
+    model = model.to(device)
+    amp_dtype = resolve_precision(precision, device)
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
+    optimizer = make_optimizer(model, cfg)
+    batch_size = min(cfg.batch_size, len(train_set))
+    per_epoch = max(1, len(train_set) // batch_size)
+    total, warmup = cfg.epochs * per_epoch, round(cfg.warmup_epochs * per_epoch)
+    end = total if max_steps is None else min(total, max_steps)
+    eval_every = eval_every or cfg.epochs
+    g = torch.Generator(device=device)
+    progress = Progress(end)
+    history, best, step = [], None, 0
+    category = getattr(train_set, "category", None)
+    with open(out_dir / "metrics.jsonl", "w") as log:
+        for epoch in range(cfg.epochs):
+            model.train()
+            losses = []
+            for batch in epoch_batches(len(train_set), batch_size, seed, epoch):
+                if step >= end:
+                    break
+                s = step_seed(seed, step)
+                torch.manual_seed(s)
+                g.manual_seed(s)
+                points, labels = _stack_items([train_set[i] for i in batch])
+                points, labels = points.to(device), labels.to(device)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(step, total, warmup, cfg)
+                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                    if seg:
+                        logits = model(points, category[batch].to(device), g)       # (B, P, parts)
+                        loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
+                    else:
+                        points = fit_points(points, model.cfg.num_points, g)
+                        if augment is not None:
+                            points = augment(points, g)
+                        logits = model(points, g)                                   # (B, classes)
+                        loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                (scaler.scale(loss) if scaler else loss).backward()
+                if scaler:
+                    scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+                if scaler:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                losses.append(loss.detach())
+                step += 1
+            last_epoch = epoch == cfg.epochs - 1 or step >= end
+            record = {"epoch": epoch, "step": step, "train_loss": torch.stack(losses).mean().item() if losses else None}
+            if last_epoch or select_best_on_test or (epoch + 1) % eval_every == 0:
+                record.update(evaluate(model, test_set, device, seed=seed, parts_of=parts_of, amp_dtype=amp_dtype,
+                                       votes=votes if last_epoch else 0))
+                key = "instance_miou" if seg else "accuracy"
+                if best is None or record[key] > best[key]:
+                    best = {key: record[key], "epoch": epoch}
+            history.append(record)
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            progress.update(step, f"epoch {epoch} loss {record['train_loss'] or 0:.4f}"
+                            + (f" test {record.get('accuracy', record.get('instance_miou')):.2f}"
+                               if "accuracy" in record or "instance_miou" in record else ""))
+            if step >= end:
+                break
+    progress.close()
+    save_checkpoint(out_dir / "finetuned.safetensors", model, kind="finetune-seg" if seg else "finetune-cls",
+                    finetune_config=dataclasses.asdict(cfg), classes=train_set.classes, **(meta or {}))
+    result = {k: v for k, v in history[-1].items() if k not in ("step",)}
+    result.update({"epochs_run": len(history), "steps": step, "reported": "last epoch"})
+    if select_best_on_test:
+        result["best_epoch_on_test"] = {**best, "note": "selected on the test set: optimistic, not comparable "
+                                                        "to last-epoch numbers"}
+    return result
+
+
+class Relabelled(torch.utils.data.Dataset):
+    """The clouds of `base` at `indices`, with new labels (a few-shot episode)."""
+
+    def __init__(self, base, indices: torch.Tensor, labels: torch.Tensor, num_classes: int):
+        self.base, self.indices, self.labels = base, indices.tolist(), labels
+        self.classes = [str(c) for c in range(num_classes)]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.base[self.indices[i]][0], self.labels[i]
+
+
+def _stack_items(items: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """[(points (P, 3), label or part labels)] -> points (B, P, 3), labels (B,) or (B, P)."""
+    return torch.stack([p for p, _ in items]), torch.stack([torch.as_tensor(y) for _, y in items])
 
 
 # ----------------------------------------------------------------------------- mask preview
@@ -859,16 +1249,17 @@ def write_ply(path: str | Path, points: torch.Tensor, roles: torch.Tensor) -> No
 
 
 # ----------------------------------------------------------------------------- CLI
-def _config_options(cls):
+def _config_options(cls, with_presets: bool = True):
     """Click options generated from a config dataclass: one --flag per field, default None
-    (= the preset's value), with the paper's value and the presets' in the help."""
+    (= the preset's value), with the default and each preset's value in the help."""
     import click
 
     def decorate(fn):
         for f in reversed(fields(cls)):
             meta = dict(f.metadata)
-            per_preset = {p: PRESETS[p][f.name] for p in PRESETS if f.name in PRESETS[p]}
-            shown = f"paper: {f.default}" + "".join(f", {p}: {v}" for p, v in per_preset.items())
+            per_preset = {p: PRESETS[p][f.name] for p in PRESETS if with_presets and f.name in PRESETS[p]}
+            shown = f"{'paper' if with_presets else 'default'}: {f.default}" + \
+                "".join(f", {p}: {v}" for p, v in per_preset.items())
             kw = {"default": None, "show_default": False, "help": f"{meta['help']}  [{shown}]"}
             if "choices" in meta:
                 kw["type"] = click.Choice(meta["choices"])
@@ -1042,6 +1433,260 @@ def _build_cli():
         counts = {"unused": int((roles == 0).sum()), "context": int((roles == 1).sum()),
                   "target": int((roles >= 2).sum())}
         click.echo(json.dumps({"out": str(out), "points": len(pts), "sampler": cfg.sampler, **counts}))
+
+    def encoder_options(fn):
+        """--checkpoint / --encoder / --preset / geometry, shared by every downstream command."""
+        options = [
+            click.option("--checkpoint", required=True,
+                         help="a jepa3d checkpoint, or 'none' for a random-init encoder of --preset (the baseline)"),
+            click.option("--encoder", "which", type=click.Choice(["target", "context"]), default="target",
+                         help="which encoder of a pretraining checkpoint: the EMA target (I-JEPA evaluates it) "
+                              "or the context encoder"),
+            click.option("--preset", type=click.Choice(list(PRESETS)), default="paper",
+                         help="configuration of the random-init encoder with --checkpoint none"),
+            click.option("--num-points", type=click.IntRange(16), default=None,
+                         help="points per cloud [default: the task's protocol, else the checkpoint's]"),
+            click.option("--num-groups", type=click.IntRange(4), default=None, help="patches per cloud [default: as above]"),
+            click.option("--group-size", type=click.IntRange(2), default=None, help="points per patch [default: as above]"),
+        ]
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    def open_encoder(ctx, checkpoint, which, preset, geometry, drop_path=None):
+        try:
+            return load_encoder(checkpoint, which, preset, seed=ctx.obj["seed"], drop_path=drop_path, **geometry)
+        except ValueError as err:  # an inconsistent geometry override
+            if isinstance(err, CheckpointError):
+                raise
+            raise click.UsageError(str(err)) from None
+
+    def report(result: dict, path: Path) -> None:
+        """The JSON result: on stdout and in `path` (a folder gets metrics.json), written atomically."""
+        if path.suffix != ".json":
+            path.mkdir(parents=True, exist_ok=True)
+            path = path / "metrics.json"
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        os.replace(tmp, path)
+        click.echo(json.dumps(result))
+
+    def features_of(ctx, encoder, cfg, data_opts, split, batch_size):
+        ds = _load_data(data_opts, split, cfg.num_points)
+        click.echo(f"features of {len(ds)} {split} clouds ({getattr(ds, 'name', '')})", err=True)
+        amp = resolve_precision(ctx.obj["precision"], ctx.obj["device"])
+        return ds, extract_features(encoder, cfg, ds, ctx.obj["device"], batch_size, seed=ctx.obj["seed"],
+                                    amp_dtype=amp)
+
+    @cli.command("finetune")
+    @click.option("--task", required=True,
+                  help="modelnet40 | scanobjectnn | shapenetpart (these need --data), builtin | builtin-parts "
+                       "(the built-in shapes), or a folder of your own (one subfolder per class, train/ and test/)")
+    @encoder_options
+    @_data_options
+    @click.option("--out", type=click.Path(file_okay=False), default="runs/finetune",
+                  help="folder for metrics.json and finetuned.safetensors")
+    @click.option("--vote", type=click.IntRange(0), default=0,
+                  help="also report test-time voting over this many scaled views at the end (peers: 10)")
+    @click.option("--eval-every", type=click.IntRange(0), default=0,
+                  help="evaluate on the test split every N epochs (0 = at the end only); logged, never selected")
+    @click.option("--select-best-on-test", is_flag=True,
+                  help="also report the best test epoch, labelled as selected on the test set (optimistic)")
+    @click.option("--max-steps", type=click.IntRange(1), default=None, help="stop after this many steps")
+    @_config_options(FinetuneConfig, with_presets=False)
+    @click.pass_context
+    @fail_cleanly
+    def finetune_cmd(ctx, task, checkpoint, which, preset, num_points, num_groups, group_size, out, vote,
+                     eval_every, select_best_on_test, max_steps, **overrides):
+        """Fine-tune the encoder with a classification or part-segmentation head (Point-MAE's recipe).
+        Reports the last epoch's test accuracy (or mIoU)."""
+        data_opts = _pop_data(overrides)
+        seg = task in ("shapenetpart", "builtin-parts")
+        if task in ("modelnet40", "scanobjectnn", "shapenetpart"):
+            if data_opts["data"] is None:
+                raise click.UsageError(f"--task {task} needs --data PATH (its folder on your disk)")
+        elif task in ("builtin", "builtin-parts"):
+            data_opts["dataset"] = data_opts["dataset"] or task
+        else:
+            data_opts["data"] = task
+        geometry = {**TASK_GEOMETRY.get(task, {}), **{k: v for k, v in dict(
+            num_points=num_points, num_groups=num_groups, group_size=group_size).items() if v is not None}}
+        try:
+            ft_cfg = FinetuneConfig(**{k: v for k, v in overrides.items() if v is not None})
+        except ValueError as err:
+            raise click.UsageError(str(err)) from None
+        encoder, cfg, source = open_encoder(ctx, checkpoint, which, preset, geometry, ft_cfg.drop_path)
+        train_set = _load_data(data_opts, "train", cfg.num_points)
+        test_set = _load_data(data_opts, "test", cfg.num_points)
+        if seg != hasattr(train_set, "parts_of"):
+            raise click.UsageError(f"--task {task} does not fit the {getattr(train_set, 'name', '')} data")
+        torch.manual_seed(ctx.obj["seed"])
+        if seg:
+            model = Segmenter(encoder, cfg, train_set.num_parts if hasattr(train_set, "num_parts") else 50,
+                              len(train_set.classes), ft_cfg.dropout)
+        else:
+            model = Classifier(encoder, cfg, len(train_set.classes), ft_cfg.dropout)
+        out = Path(out)
+        click.echo(f"jepa3d finetune: {task}, {len(train_set)} train / {len(test_set)} test clouds, "
+                   f"encoder {source}", err=True)
+        result = finetune(model, train_set, test_set, ft_cfg, device=ctx.obj["device"], out_dir=out,
+                          seed=ctx.obj["seed"], precision=ctx.obj["precision"], votes=vote, eval_every=eval_every,
+                          select_best_on_test=select_best_on_test, max_steps=max_steps,
+                          augment=jepa3d_data.augmentation(ft_cfg.augment),
+                          meta={"task": task, "encoder_source": source})
+        result = {"command": "finetune", "task": task, "encoder": source, "data": getattr(test_set, "name", ""),
+                  **result, "checkpoint": str(out / "finetuned.safetensors"),
+                  "protocol": {**dataclasses.asdict(ft_cfg), **geometry, "seed": ctx.obj["seed"],
+                               "voting": f"{vote} views, isotropic scale 0.85-1.15, softmax average" if vote else "none",
+                               "selection": "last epoch" + (" (+ best test epoch, labelled)" if select_best_on_test else "")}}
+        report(result, out)
+
+    @cli.command("linear-probe")
+    @encoder_options
+    @_data_options
+    @click.option("--out", type=click.Path(file_okay=False), default="runs/linear-probe",
+                  help="folder for metrics.json")
+    @click.option("--classifier", type=click.Choice(["svm", "logreg", "both"]), default="svm",
+                  help="linear SVM (squared hinge, LinearSVC's objective) and/or logistic regression")
+    @click.option("--C", "C", type=click.FloatRange(0, min_open=True), default=0.012,
+                  help="SVM regularisation: larger C fits the train split harder (JEPA lineage: 0.012)")
+    @click.option("--logreg-C", "logreg_C", type=click.FloatRange(0, min_open=True), default=1.0,
+                  help="logistic-regression regularisation (scikit-learn's default)")
+    @click.option("--batch-size", type=click.IntRange(1), default=64, help="clouds per forward pass")
+    @click.pass_context
+    @fail_cleanly
+    def linear_probe_cmd(ctx, checkpoint, which, preset, num_points, num_groups, group_size, out, classifier, C,
+                         logreg_C, batch_size, **data_kw):
+        """Frozen encoder, concat(max, mean) features, linear classifier on the train split, test accuracy."""
+        data_opts = _pop_data(data_kw)
+        geometry = dict(num_points=num_points, num_groups=num_groups, group_size=group_size)
+        encoder, cfg, source = open_encoder(ctx, checkpoint, which, preset, geometry)
+        train_set, train = features_of(ctx, encoder, cfg, data_opts, "train", batch_size)
+        _, test = features_of(ctx, encoder, cfg, data_opts, "test", batch_size)
+        n = len(train_set.classes)
+        result = {"command": "linear-probe", "encoder": source, "data": getattr(train_set, "name", ""),
+                  "train_clouds": len(train["labels"]), "test_clouds": len(test["labels"]),
+                  "protocol": {"features": "concat(max, mean) of the last-layer tokens, frozen",
+                               "svm": f"one-vs-rest squared hinge, C={C}", "logreg": f"multinomial, C={logreg_C}",
+                               "num_points": cfg.num_points, "num_groups": cfg.num_groups,
+                               "group_size": cfg.group_size, "seed": ctx.obj["seed"]}}
+        for kind in (("svm", "logreg") if classifier == "both" else (classifier,)):
+            t = time.time()
+            W, b = fit_linear(train["features"], train["labels"], n, C=C if kind == "svm" else logreg_C, kind=kind)
+            oa, macc = accuracy((test["features"] @ W + b).argmax(-1), test["labels"], n)
+            train_oa, _ = accuracy((train["features"] @ W + b).argmax(-1), train["labels"], n)
+            result[kind] = {"accuracy": oa, "class_mean_accuracy": macc, "train_accuracy": train_oa,
+                            "fit_seconds": round(time.time() - t, 2)}
+            click.echo(f"{kind}: test accuracy {oa:.2f} (class mean {macc:.2f}), train {train_oa:.2f}", err=True)
+        report(result, Path(out))
+
+    @cli.command("few-shot")
+    @encoder_options
+    @_data_options
+    @click.option("--out", type=click.Path(file_okay=False), default="runs/few-shot",
+                  help="folder for metrics.json")
+    @click.option("--way", type=click.IntRange(2), default=5, help="classes per episode")
+    @click.option("--shot", type=click.IntRange(1), default=10, help="train clouds per class")
+    @click.option("--query", type=click.IntRange(1), default=20, help="test clouds per class (peers: 20)")
+    @click.option("--folds", type=click.IntRange(1), default=10, help="episodes; mean and std are over these")
+    @click.option("--fold-files", type=click.Path(exists=True, file_okay=False), default=None,
+                  help="the peers' ModelNetFewshot folder: use its pickled folds (needs --trust-pickle)")
+    @click.option("--protocol", type=click.Choice(["svm", "finetune"]), default="svm",
+                  help="svm: linear SVM on frozen features (fast); finetune: the peers' per-episode fine-tuning")
+    @click.option("--episode-epochs", type=click.IntRange(1), default=150,
+                  help="--protocol finetune: epochs per episode (peers: 150)")
+    @click.option("--C", "C", type=click.FloatRange(0, min_open=True), default=0.012, help="SVM regularisation")
+    @click.option("--batch-size", type=click.IntRange(1), default=64, help="clouds per forward pass")
+    @click.pass_context
+    @fail_cleanly
+    def few_shot_cmd(ctx, checkpoint, which, preset, num_points, num_groups, group_size, out, way, shot, query,
+                     folds, fold_files, protocol, episode_epochs, C, batch_size, **data_kw):
+        """W-way S-shot episodes; reports mean +- std of the query accuracy over folds."""
+        data_opts = _pop_data(data_kw)
+        geometry = dict(num_points=num_points, num_groups=num_groups, group_size=group_size)
+        encoder, cfg, source = open_encoder(ctx, checkpoint, which, preset, geometry)
+        dev, seed = ctx.obj["device"], ctx.obj["seed"]
+        episodes = []
+        if fold_files:
+            for fold in range(folds):
+                tr, te = jepa3d_data.read_fewshot_fold(Path(fold_files), way, shot, fold, data_opts["trust_pickle"])
+                episodes.append((tr, te))
+        else:
+            train_set = _load_data(data_opts, "train", cfg.num_points)
+            test_set = _load_data(data_opts, "test", cfg.num_points)
+            g = torch.Generator().manual_seed(seed)
+            train_labels, test_labels = torch.as_tensor(train_set.labels), torch.as_tensor(test_set.labels)
+            for _ in range(folds):
+                try:
+                    ep = sample_episode(train_labels, test_labels, way, shot, query, g)
+                except ValueError as err:
+                    raise click.UsageError(str(err)) from None
+                episodes.append((Relabelled(train_set, ep["support"], ep["support_y"], way),
+                                 Relabelled(test_set, ep["query"], ep["query_y"], way)))
+        accs = []
+        progress = Progress(len(episodes))
+        for i, (support, queries) in enumerate(episodes):
+            if protocol == "svm":
+                fs = extract_features(encoder, cfg, support, dev, batch_size, seed=seed)
+                fq = extract_features(encoder, cfg, queries, dev, batch_size, seed=seed)
+                W, b = fit_linear(fs["features"], fs["labels"], way, C=C)
+                accs.append(accuracy((fq["features"] @ W + b).argmax(-1), fq["labels"], way)[0])
+            else:
+                torch.manual_seed(seed + i)
+                model = Classifier(copy.deepcopy(encoder), cfg, way)
+                ft = FinetuneConfig(epochs=episode_epochs, warmup_epochs=min(10.0, episode_epochs / 10))
+                res = finetune(model, support, queries, ft, device=dev, out_dir=Path(out) / f"fold{i}",
+                               seed=seed + i, precision=ctx.obj["precision"],
+                               augment=jepa3d_data.augmentation(ft.augment))
+                accs.append(res["accuracy"])
+            progress.update(i + 1, f"fold {i} accuracy {accs[-1]:.1f}")
+        progress.close()
+        t = torch.tensor(accs)
+        result = {"command": "few-shot", "encoder": source, "way": way, "shot": shot, "folds": len(accs),
+                  "accuracy_mean": t.mean().item(), "accuracy_std": t.std().item() if len(accs) > 1 else 0.0,
+                  "per_fold": accs,
+                  "protocol": {"episodes": "peers' fold files" if fold_files else
+                               f"drawn with seed {seed}: {way} classes, {shot} train + {query} test clouds each",
+                               "classifier": f"linear SVM C={C} on frozen concat(max, mean) features" if protocol == "svm"
+                               else f"fine-tune encoder + head, {episode_epochs} epochs per episode",
+                               "num_points": cfg.num_points, "num_groups": cfg.num_groups}}
+        click.echo(f"{way}-way {shot}-shot: {result['accuracy_mean']:.2f} +- {result['accuracy_std']:.2f} "
+                   f"over {len(accs)} folds", err=True)
+        report(result, Path(out))
+
+    @cli.command("embed")
+    @encoder_options
+    @_data_options
+    @click.option("--split", type=click.Choice(["train", "test"]), default="train", help="which split to embed")
+    @click.option("--per-patch", is_flag=True, help="also store per-patch tokens (N, G, D) and centres (N, G, 3)")
+    @click.option("--out", type=click.Path(dir_okay=False), default="features.npz",
+                  help="the .npz to write (the JSON result goes beside it, as <out>.json)")
+    @click.option("--batch-size", type=click.IntRange(1), default=64, help="clouds per forward pass")
+    @click.pass_context
+    @fail_cleanly
+    def embed_cmd(ctx, checkpoint, which, preset, num_points, num_groups, group_size, split, per_patch, out,
+                  batch_size, **data_kw):
+        """Write per-cloud features (and optionally per-patch tokens) to an .npz for other tools."""
+        import numpy as np
+
+        data_opts = _pop_data(data_kw)
+        geometry = dict(num_points=num_points, num_groups=num_groups, group_size=group_size)
+        encoder, cfg, source = open_encoder(ctx, checkpoint, which, preset, geometry)
+        ds = _load_data(data_opts, split, cfg.num_points)
+        amp = resolve_precision(ctx.obj["precision"], ctx.obj["device"])
+        feats = extract_features(encoder, cfg, ds, ctx.obj["device"], batch_size, seed=ctx.obj["seed"],
+                                 per_patch=per_patch, amp_dtype=amp)
+        arrays = {k: v.numpy() for k, v in feats.items()}
+        arrays["classes"] = np.array(getattr(ds, "classes", []))
+        dest = Path(out)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".tmp.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, dest)
+        result = {"command": "embed", "encoder": source, "data": getattr(ds, "name", ""), "split": split,
+                  "file": str(dest), "arrays": {k: list(v.shape) for k, v in arrays.items()},
+                  "features": "concat(max, mean) of the last-layer tokens"}
+        report(result, dest.with_name(dest.name + ".json"))
 
     @cli.command("inspect")
     @click.argument("path", type=click.Path())

@@ -247,17 +247,29 @@ BUILTIN_CLASSES: dict[str, Callable] = {
 }
 
 
-def make_shape(name: str, num_points: int, rng: np.random.Generator) -> np.ndarray:
-    """One random instance of a built-in class -> (num_points, 3) float32, unit sphere, y up."""
+# Semantic part of each primitive, by its position in the class's part list (the last entry
+# repeats: legs, shelves, wheels, fins). Gives the built-in part-segmentation task.
+PART_ROLES: dict[str, list[int]] = {
+    "airplane": [0, 1, 2, 3], "bed": [0, 1, 2, 3], "bookshelf": [0, 0, 1, 2], "bottle": [0, 1, 2], "car": [0, 1, 2],
+    "chair": [0, 1, 2], "guitar": [0, 0, 1, 2], "lamp": [0, 1, 2], "mug": [0, 1], "rocket": [0, 1, 2],
+    "sofa": [0, 1, 2], "table": [0, 1],
+}
+
+
+def make_shape(name: str, num_points: int, rng: np.random.Generator, with_parts: bool = False):
+    """One random instance of a built-in class -> (num_points, 3) float32, unit sphere, y up;
+    with_parts also returns each point's part role (num_points,) int64 (see PART_ROLES)."""
     parts = BUILTIN_CLASSES[name](rng)
     weight = np.array([_area(p[0], *p[1:]) for p in parts]) * rng.uniform(0.4, 2.5, len(parts))  # uneven density
     counts = rng.multinomial(num_points, weight / weight.sum())
     pts = np.concatenate([_SAMPLERS[p[0]](rng, c, *p[1:]) for p, c in zip(parts, counts)])
+    roles = PART_ROLES[name]
+    role = np.repeat([roles[min(i, len(roles) - 1)] for i in range(len(parts))], counts)
     yaw = rng.uniform(0, 2 * math.pi)
     rot = np.array([[math.cos(yaw), 0, math.sin(yaw)], [0, 1, 0], [-math.sin(yaw), 0, math.cos(yaw)]])
     pts = normalize(pts @ rot.T)
     pts += rng.normal(scale=0.01, size=pts.shape)  # sensor-like jitter
-    return pts.astype(np.float32)
+    return (pts.astype(np.float32), role.astype(np.int64)) if with_parts else pts.astype(np.float32)
 
 
 def builtin_dataset(split: str = "train", num_points: int = 1024, per_class: int | None = None,
@@ -816,6 +828,15 @@ def read_fewshot_fold(root: Path, way: int, shot: int, fold: int, trust_pickle: 
     return out[0], out[1]
 
 
+# The official category -> part ids of ShapeNetPart (50 parts over 16 categories).
+SHAPENETPART_PARTS = {
+    "Airplane": [0, 1, 2, 3], "Bag": [4, 5], "Cap": [6, 7], "Car": [8, 9, 10, 11], "Chair": [12, 13, 14, 15],
+    "Earphone": [16, 17, 18], "Guitar": [19, 20, 21], "Knife": [22, 23], "Lamp": [24, 25, 26, 27],
+    "Laptop": [28, 29], "Motorbike": [30, 31, 32, 33, 34, 35], "Mug": [36, 37], "Pistol": [38, 39, 40],
+    "Rocket": [41, 42, 43], "Skateboard": [44, 45, 46], "Table": [47, 48, 49],
+}
+
+
 class ShapeNetPart(torch.utils.data.Dataset):
     """ShapeNetPart (shapenetcore_partanno_segmentation_benchmark_v0_normal): <synset>/<id>.txt
     rows 'x y z nx ny nz part' (part 0..49), synsetoffset2category.txt, official split JSONs.
@@ -857,6 +878,7 @@ class ShapeNetPart(torch.utils.data.Dataset):
             cats.append(synset_index[synset])
         self.category = torch.tensor(cats)
         self.labels = self.category
+        self.parts_of = [SHAPENETPART_PARTS.get(c, []) for c in self.classes]
         self.num_points, self.name, self.source = num_points, f"shapenetpart-{split}", str(root)
 
     def __len__(self) -> int:
@@ -925,8 +947,47 @@ def _folder_files(root: Path, split: str) -> list[tuple[str, Path]]:
     return pairs
 
 
+class PartDataset(torch.utils.data.Dataset):
+    """Part segmentation clouds in memory. Items (points (P, 3) float32, part_labels (P,) int64);
+    category (N,) the object category of each cloud; parts_of[c] the part ids category c uses."""
+
+    def __init__(self, points, parts, category, classes: list[str], parts_of: list[list[int]], name: str):
+        self.points = torch.as_tensor(np.asarray(points), dtype=torch.float32)
+        self.parts = torch.as_tensor(np.asarray(parts), dtype=torch.long)
+        self.category = self.labels = torch.as_tensor(np.asarray(category), dtype=torch.long)
+        self.classes, self.parts_of, self.name, self.source = list(classes), parts_of, name, "built-in"
+        self.num_parts = sum(len(p) for p in parts_of)
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.points[i], self.parts[i]
+
+
+def builtin_parts_dataset(split: str = "train", num_points: int = 1024, per_class: int | None = None,
+                          seed: int = 0) -> PartDataset:
+    """The built-in shapes with per-point part labels (seat/back/legs, body/handle, ...):
+    12 categories, 36 parts, numbered category by category like ShapeNetPart's 50."""
+    if split not in ("train", "test"):
+        raise DataError(f"built-in data has splits train and test, not {split!r}")
+    per_class = per_class or (100 if split == "train" else 25)
+    rng = np.random.default_rng([seed, 2 if split == "train" else 3])
+    names = sorted(BUILTIN_CLASSES)
+    offsets = np.cumsum([0] + [max(PART_ROLES[c]) + 1 for c in names])
+    parts_of = [list(range(offsets[i], offsets[i + 1])) for i in range(len(names))]
+    points, parts, category = [], [], []
+    for c, name in enumerate(names):
+        for _ in range(per_class):
+            pts, role = make_shape(name, num_points, rng, with_parts=True)
+            points.append(pts)
+            parts.append(role + offsets[c])
+            category.append(c)
+    return PartDataset(np.stack(points), np.stack(parts), category, names, parts_of, f"builtin-parts-{split}")
+
+
 # ----------------------------------------------------------------------------- opening datasets
-LAYOUTS = ("builtin", "shapenet55", "modelnet40-h5", "modelnet40-resampled", "npz", "scanobjectnn",
+LAYOUTS = ("builtin", "builtin-parts", "shapenet55", "modelnet40-h5", "modelnet40-resampled", "npz", "scanobjectnn",
            "shapenetpart", "modelnet40-pickle", "folder")
 
 
@@ -960,6 +1021,8 @@ def open_dataset(path: str | Path | None, split: str = "train", dataset: str | N
     """Open a dataset: the built-in shapes when path is None, else the layout detected at
     path (or forced by `dataset`). Items are (points (P, 3) float32, label int64)."""
     if path is None:
+        if dataset == "builtin-parts":
+            return builtin_parts_dataset(split, num_points)
         if dataset not in (None, "builtin"):
             raise DataError(f"--dataset {dataset} needs --data PATH")
         return builtin_dataset(split, num_points)
@@ -975,6 +1038,8 @@ def open_dataset(path: str | Path | None, split: str = "train", dataset: str | N
         raise DataError(f"unknown split {split!r}; use train or test")
     if layout == "builtin":
         return builtin_dataset(split, num_points)
+    if layout == "builtin-parts":
+        return builtin_parts_dataset(split, num_points)
     if layout == "shapenet55":
         return ShapeNet55(root, split)
     if layout == "modelnet40-h5":
