@@ -74,6 +74,9 @@ class ModelConfig:
                              "(flat in [0.5, 0.7] in the paper's ablation)", min=0.01, max=0.99)
     loss: str = _opt("cosine", "cosine (the paper), l2 or smooth-l1 (I-JEPA) between prediction and "
                      "layer-normed teacher features", choices=("cosine", "l2", "smooth-l1"))
+    objective: str = _opt("jepa", "jepa: predict the teacher's features of the target patches; reconstruct: "
+                          "predict their points (Chamfer-L2, the Point-MAE-style baseline of the paper's "
+                          "ablation), same masking and predictor, no teacher", choices=("jepa", "reconstruct"))
 
     def __post_init__(self):
         if self.dim % self.heads or self.pred_dim % self.pred_heads:
@@ -480,19 +483,33 @@ def jepa_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tens
     return F.smooth_l1_loss(pred, target)
 
 
+def chamfer_l2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Symmetric Chamfer distance with squared L2 (Point-MAE's ChamferDistanceL2), averaged.
+    a, b (N, K, 3) point sets."""
+    d = torch.cdist(a.float(), b.float()).square()                           # (N, K, K)
+    return d.amin(dim=2).mean() + d.amin(dim=1).mean()
+
+
 class JEPA(nn.Module):
-    """Context encoder + predictor + EMA target encoder. forward(points) -> (loss, stats)."""
+    """Context encoder + predictor + EMA target encoder. forward(points) -> (loss, stats).
+    With objective 'reconstruct' there is no teacher: a linear head turns each predicted
+    target token into the patch's K points."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
         self.encoder = Encoder(cfg)
         self.predictor = Predictor(cfg)
-        self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
+        if cfg.objective == "jepa":
+            self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
+        else:
+            self.target_encoder = None
+            self.point_head = nn.Linear(cfg.dim, cfg.group_size * 3)
 
     def train(self, mode: bool = True):
         super().train(mode)
-        self.target_encoder.eval()  # the teacher never drops paths
+        if self.target_encoder is not None:
+            self.target_encoder.eval()  # the teacher never drops paths
         return self
 
     def forward(self, points: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
@@ -501,12 +518,21 @@ class JEPA(nn.Module):
         patches, centres = group_points(points, cfg.num_groups, cfg.group_size, generator)  # (B,G,K,3), (B,G,3)
         masks = SAMPLERS[cfg.sampler](centres, cfg, generator)
         B, M, T = masks.targets.shape
+        context = self.encoder(gather(patches, masks.context), gather(centres, masks.context))  # (B, Nc, D)
+        pred = self.predictor(context, gather(centres, masks.context), gather(centres, masks.targets))
+        if self.target_encoder is None:
+            points_pred = self.point_head(pred).view(M * B, T, cfg.group_size, 3)          # (M*B, T, K, 3)
+            truth = gather(patches, masks.targets).transpose(0, 1).reshape(M * B, T, cfg.group_size, 3)
+            loss = chamfer_l2(points_pred.flatten(0, 1), truth.flatten(0, 1))
+            with torch.no_grad():  # collapse monitor on the context features instead
+                stats = {"feature_std": context.float().flatten(0, 1).std(0).mean(),
+                         "context_patches": torch.tensor(float(masks.context.shape[1])),
+                         "target_patches": torch.tensor(float(M * T))}
+            return loss, stats
         with torch.no_grad():
             teacher = self.target_encoder(patches, centres)                   # (B, G, D)
             teacher = F.layer_norm(teacher.float(), teacher.shape[-1:])
             target = gather(teacher, masks.targets).transpose(0, 1).reshape(M * B, T, -1)  # (M*B, T, D)
-        context = self.encoder(gather(patches, masks.context), gather(centres, masks.context))  # (B, Nc, D)
-        pred = self.predictor(context, gather(centres, masks.context), gather(centres, masks.targets))
         loss = jepa_loss(pred, target, cfg.loss)
         with torch.no_grad():  # collapse monitor: per-channel std over target tokens -> 0 on collapse
             stats = {"target_std": target.flatten(0, 1).std(0).mean(),
@@ -581,7 +607,8 @@ def train_step(model: JEPA, optimizer: torch.optim.Optimizer, scaler: torch.amp.
         scaler.update()
     else:
         optimizer.step()
-    ema_update(model.target_encoder, model.encoder, momentum)
+    if model.target_encoder is not None:
+        ema_update(model.target_encoder, model.encoder, momentum)
     return {"loss": loss.detach(), "grad_norm": grad_norm.detach(), **stats}
 
 
@@ -673,9 +700,13 @@ def load_jepa(path: str | Path) -> tuple[JEPA, dict[str, str], dict[str, torch.T
     except (KeyError, ValueError, TypeError) as err:
         raise CheckpointError(f"{path}: bad model_config in metadata ({err})") from None
     model = JEPA(cfg)
-    for prefix in ("encoder.", "target_encoder.", "predictor."):
-        load_state(getattr(model, prefix[:-1]), tensors, prefix, path)
+    load_model(model, tensors, path)
     return model, metadata, tensors
+
+
+def load_model(model: JEPA, tensors: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Strictly load every model tensor of a pretraining checkpoint (all but optimizer.*)."""
+    load_state(model, {k: v for k, v in tensors.items() if not k.startswith("optimizer.")}, "", path)
 
 
 # ----------------------------------------------------------------------------- pretraining loop
@@ -749,8 +780,7 @@ def pretrain(dataset, out_dir: str | Path, model_cfg: ModelConfig, train_cfg: Tr
     step = 0
     if resume:
         tensors, meta = read_checkpoint(ckpt_path)
-        for prefix in ("encoder.", "target_encoder.", "predictor."):
-            load_state(getattr(model, prefix[:-1]), tensors, prefix, ckpt_path)
+        load_model(model, tensors, ckpt_path)
         load_optimizer(optimizer, tensors)
         if scaler is not None and "grad_scaler" in meta:
             scaler.load_state_dict(json.loads(meta["grad_scaler"]))
@@ -765,7 +795,8 @@ def pretrain(dataset, out_dir: str | Path, model_cfg: ModelConfig, train_cfg: Tr
     (out / "run.json").write_text(json.dumps(run_info, indent=2))
     if compile:  # the Transformers only, in place: state-dict keys stay; the FPS loop is not unrolled
         for module in (model.encoder, model.target_encoder, model.predictor):
-            module.compile(dynamic=None)
+            if module is not None:
+                module.compile(dynamic=None)
     generator = torch.Generator(device=device)
     end = total if max_steps is None else min(total, max_steps)
     nparams = sum(p.numel() for p in model.encoder.parameters())
@@ -796,13 +827,15 @@ def pretrain(dataset, out_dir: str | Path, model_cfg: ModelConfig, train_cfg: Tr
             if len(pending) >= log_every or step == end or step % save_every == 0:
                 last = _flush_metrics(pending, metrics, batch_size, time.time() - t_flush)
                 t_flush, pending = time.time(), []
-                progress.update(step, f"loss {last['loss']:.4f} target_std {last['target_std']:.3f}")
+                monitor = "target_std" if "target_std" in last else "feature_std"
+                progress.update(step, f"loss {last['loss']:.4f} {monitor} {last[monitor]:.3f}")
             if step % save_every == 0 or step == end:
                 save_checkpoint(ckpt_path, model, optimizer, scaler, train_cfg, step=step, seed=seed,
                                 epoch=step // per_epoch, kind="pretrain")
     progress.close()
     return {"checkpoint": str(ckpt_path), "metrics": str(metrics_path), "step": step, "total_steps": total,
-            "finished": step >= total, "final_loss": last.get("loss"), "final_target_std": last.get("target_std")}
+            "finished": step >= total, "final_loss": last.get("loss"),
+            **{f"final_{k}": last[k] for k in ("target_std", "feature_std") if k in last}}
 
 
 def _flush_metrics(pending: list[dict], fh, batch_size: int, seconds: float) -> dict:

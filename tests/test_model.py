@@ -127,3 +127,27 @@ def test_fp16_step_uses_a_grad_scaler(configs):
     assert torch.isfinite(out["loss"]) and scaler.get_scale() > 0
     assert jepa3d.resolve_precision("auto", torch.device("cpu")) is None
     assert jepa3d.resolve_precision("fp16", torch.device("cpu")) == torch.float16
+
+
+def test_chamfer_l2_hand_cases():
+    a = torch.randn(3, 8, 3)
+    assert jepa3d.chamfer_l2(a, a[:, torch.randperm(8)]).item() == pytest.approx(0, abs=1e-5)
+    shift = torch.tensor([0.1, 0.0, 0.0])  # a tiny shift: every nearest neighbour is the shifted twin
+    assert jepa3d.chamfer_l2(a, a + shift).item() == pytest.approx(2 * 0.01, rel=1e-3)
+
+
+def test_reconstruct_objective_has_no_teacher_and_trains_the_encoder(tmp_path, configs):
+    cfg = jepa3d.make_configs("tiny", num_points=128, num_groups=16, group_size=8, dim=32, depth=2, heads=2,
+                              pred_dim=32, pred_heads=2, objective="reconstruct")[0]
+    model = jepa3d.JEPA(cfg).train()
+    assert model.target_encoder is None
+    opt = jepa3d.make_optimizer(model, configs[1])
+    out = jepa3d.train_step(model, opt, None, torch.randn(4, 128, 3), torch.Generator().manual_seed(0),
+                            lr=1e-3, momentum=0.99, grad_clip=1.0, amp_dtype=None)
+    assert torch.isfinite(out["loss"]) and out["feature_std"] > 0
+    assert all(p.grad is not None for p in model.encoder.parameters())
+    jepa3d.save_checkpoint(tmp_path / "r.safetensors", model, opt)
+    loaded, _, tensors = jepa3d.load_jepa(tmp_path / "r.safetensors")
+    assert not any(k.startswith("target_encoder.") for k in tensors)
+    encoder, _, source = jepa3d.load_encoder(str(tmp_path / "r.safetensors"), "target")
+    assert "(encoder" in source  # no teacher: the one encoder serves
