@@ -585,15 +585,9 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig | FinetuneConfig) -> torch
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
-def train_step(model: JEPA, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
-               points: torch.Tensor, generator: torch.Generator, *, lr: float, momentum: float,
-               grad_clip: float, amp_dtype: torch.dtype | None) -> dict:
-    """One optimisation step on points (B, num_points, 3): forward, backward, clip, AdamW,
-    EMA update. Returns detached tensors (no host sync)."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    with torch.autocast(points.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-        loss, stats = model(points, generator)
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
+                   grad_clip: float) -> torch.Tensor:
+    """Backward (scaled for fp16), clip the gradient norm (0 = no clip), step. -> the norm before clipping."""
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()
@@ -607,6 +601,19 @@ def train_step(model: JEPA, optimizer: torch.optim.Optimizer, scaler: torch.amp.
         scaler.update()
     else:
         optimizer.step()
+    return grad_norm
+
+
+def train_step(model: JEPA, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
+               points: torch.Tensor, generator: torch.Generator, *, lr: float, momentum: float,
+               grad_clip: float, amp_dtype: torch.dtype | None) -> dict:
+    """One optimisation step on points (B, num_points, 3): forward, backward, clip, AdamW,
+    EMA update. Returns detached tensors (no host sync)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with torch.autocast(points.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        loss, stats = model(points, generator)
+    grad_norm = optimizer_step(loss, optimizer, scaler, grad_clip)
     if model.target_encoder is not None:
         ema_update(model.target_encoder, model.encoder, momentum)
     return {"loss": loss.detach(), "grad_norm": grad_norm.detach(), **stats}
@@ -1191,16 +1198,7 @@ def finetune(model: nn.Module, train_set, test_set, cfg: FinetuneConfig, *, devi
                             points = augment(points, g)
                         logits = model(points, g)                                   # (B, classes)
                         loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                (scaler.scale(loss) if scaler else loss).backward()
-                if scaler:
-                    scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-                if scaler:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
+                optimizer_step(loss, optimizer, scaler, cfg.grad_clip)
                 losses.append(loss.detach())
                 step += 1
             last_epoch = epoch == cfg.epochs - 1 or step >= end
