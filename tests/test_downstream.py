@@ -162,3 +162,22 @@ def test_downstream_bad_input_is_one_line(tmp_path):
     assert r.exit_code == 1 and "no such checkpoint" in r.stderr
     r = CliRunner().invoke(jepa3d._build_cli(), ["finetune", "--task", "modelnet40", "--checkpoint", "none"])
     assert r.exit_code == 2 and "needs --data" in r.stderr
+
+
+def test_few_shot_reads_the_peers_fold_files_only_with_opt_in(tmp_path, pretrained):
+    import pickle
+
+    rng = np.random.default_rng(0)
+    for fold in range(2):
+        folder = tmp_path / "ModelNetFewshot" / "5way_10shot"
+        folder.mkdir(parents=True, exist_ok=True)
+        items = {split: [(rng.normal(size=(200, 6)).astype(np.float32), i % 5, "x") for i in range(n)]
+                 for split, n in (("train", 50), ("test", 100))}
+        with open(folder / f"{fold}.pkl", "wb") as fh:
+            pickle.dump(items, fh)
+    args = ["few-shot", "--checkpoint", str(pretrained), "--fold-files", str(tmp_path / "ModelNetFewshot"),
+            "--way", "5", "--shot", "10", "--folds", "2", "--out", str(tmp_path / "out")]
+    refused = CliRunner().invoke(jepa3d._build_cli(), args)
+    assert refused.exit_code == 1 and "--trust-pickle" in refused.stderr and "0.pkl" in refused.stderr
+    result, _ = run(*args, "--trust-pickle")
+    assert result["folds"] == 2 and result["protocol"]["episodes"] == "peers' fold files"
