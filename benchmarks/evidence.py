@@ -3,6 +3,7 @@ train split, then evaluate the frozen encoder with a linear SVM and few-shot epi
 
     python benchmarks/evidence.py                      # CPU budget: tiny preset, 3 epochs, seeds 0 1
     python benchmarks/evidence.py --preset paper --epochs 30 --device cuda --name gpu
+    python benchmarks/evidence.py --variants random-init "3d-jepa (paper)" --seeds 0 1 --table cpu_seeds
 
 Every step is a `jepa3d` command (printed, and stored with each row) so any row can be re-run
 by hand. Finished steps are skipped on a re-run (their JSON results are kept under --runs), so
@@ -64,7 +65,8 @@ def main():
     ap.add_argument("--device", default="auto")
     ap.add_argument("--folds", type=int, default=10)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    ap.add_argument("--name", default="cpu", help="suffix of the result files")
+    ap.add_argument("--name", default="cpu", help="names the run cache (runs/evidence/<name>) and the result files")
+    ap.add_argument("--table", default=None, help="suffix of the result files if not --name")
     ap.add_argument("--runs", default=str(ROOT / "runs" / "evidence"))
     args = ap.parse_args()
 
@@ -126,7 +128,7 @@ def main():
                                                               else []) + r["eval_commands"]]
     meta = {"machine": platform.processor() or platform.machine(), "python": platform.python_version(),
             "args": vars(args)}
-    out = Path(__file__).with_name(f"evidence_{args.name}")
+    out = Path(__file__).with_name(f"evidence_{args.table or args.name}")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     print("\n".join(lines))
