@@ -825,11 +825,10 @@ def pretrain(dataset, out_dir: str | Path, model_cfg: ModelConfig, train_cfg: Tr
             points = fit_points(points, model_cfg.num_points, generator)     # (B, num_points, 3)
             if augment is not None:
                 points = augment(points, generator)
-            stats = train_step(model, optimizer, scaler, points, generator,
-                               lr=lr_at(step, total, warmup, train_cfg), momentum=momentum_at(step, total, train_cfg),
+            lr, momentum = lr_at(step, total, warmup, train_cfg), momentum_at(step, total, train_cfg)
+            stats = train_step(model, optimizer, scaler, points, generator, lr=lr, momentum=momentum,
                                grad_clip=train_cfg.grad_clip, amp_dtype=amp_dtype)
-            pending.append({"step": step, "epoch": step // per_epoch, "lr": lr_at(step, total, warmup, train_cfg),
-                            "momentum": momentum_at(step, total, train_cfg), **stats})
+            pending.append({"step": step, "epoch": step // per_epoch, "lr": lr, "momentum": momentum, **stats})
             step += 1
             if len(pending) >= log_every or step == end or step % save_every == 0:
                 last = _flush_metrics(pending, metrics, batch_size, time.time() - t_flush)
@@ -944,10 +943,12 @@ def extract_features(encoder: Encoder, cfg: ModelConfig, dataset, device: torch.
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             tokens = encoder(patches, centres).float()                      # (B, G, D)
         out["features"].append(pool(tokens).cpu())
-        out["labels"].append(labels.view(len(points), -1)[:, 0] if labels.dim() > 1 else labels)
+        out["labels"].append(labels)
         if per_patch:
             out["tokens"].append(tokens.cpu())
             out["centres"].append(centres.cpu())
+    if hasattr(dataset, "labels"):  # per-cloud labels; a part dataset's items carry per-point parts instead
+        out["labels"] = [torch.as_tensor(dataset.labels)]
     return {k: torch.cat(v) for k, v in out.items() if v}
 
 
@@ -1487,9 +1488,9 @@ def _build_cli():
     def open_encoder(ctx, checkpoint, which, preset, geometry, drop_path=None):
         try:
             return load_encoder(checkpoint, which, preset, seed=ctx.obj["seed"], drop_path=drop_path, **geometry)
+        except CheckpointError:
+            raise
         except ValueError as err:  # an inconsistent geometry override
-            if isinstance(err, CheckpointError):
-                raise
             raise click.UsageError(str(err)) from None
 
     def report(result: dict, path: Path) -> None:

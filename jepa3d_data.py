@@ -9,6 +9,7 @@ Bad input raises DataError with one line naming the file and what is wrong.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Callable
@@ -40,9 +41,14 @@ class ArrayDataset(torch.utils.data.Dataset):
 
 def normalize(points: np.ndarray) -> np.ndarray:
     """Centre a cloud (P, 3) and scale it into the unit sphere (any input units)."""
-    points = points - points.mean(axis=0, keepdims=True)
-    radius = np.sqrt((points**2).sum(axis=1)).max()
-    return points / radius if radius > 0 else points
+    return normalize_batch(points[None])[0]
+
+
+def normalize_batch(points: np.ndarray) -> np.ndarray:
+    """normalize() for a stack of clouds (N, P, 3)."""
+    points = points - points.mean(axis=1, keepdims=True)
+    radius = np.sqrt((points**2).sum(-1)).max(axis=1)[:, None, None]
+    return points / np.where(radius > 0, radius, 1)
 
 
 # ----------------------------------------------------------------------------- built-in shapes
@@ -600,13 +606,6 @@ def _check_array_cloud(points: np.ndarray, path) -> np.ndarray:
     return points
 
 
-def normalize_batch(points: np.ndarray) -> np.ndarray:
-    """normalize() for a stack of clouds (N, P, 3)."""
-    points = points - points.mean(axis=1, keepdims=True)
-    radius = np.sqrt((points**2).sum(-1)).max(axis=1)[:, None, None]
-    return points / np.where(radius > 0, radius, 1)
-
-
 def _open_h5(path):
     try:
         import h5py
@@ -855,8 +854,6 @@ class ShapeNetPart(torch.utils.data.Dataset):
             raise DataError(f"{cat_file}: expected lines 'Category synset'")
         self.classes = [p[0] for p in pairs]
         synset_index = {p[1]: i for i, p in enumerate(pairs)}
-        import json
-
         entries = []
         for part in (("train", "val") if split == "train" else (split,)):
             jf = root / "train_test_split" / f"shuffled_{part}_file_list.json"

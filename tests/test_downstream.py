@@ -181,3 +181,9 @@ def test_few_shot_reads_the_peers_fold_files_only_with_opt_in(tmp_path, pretrain
     assert refused.exit_code == 1 and "--trust-pickle" in refused.stderr and "0.pkl" in refused.stderr
     result, _ = run(*args, "--trust-pickle")
     assert result["folds"] == 2 and result["protocol"]["episodes"] == "peers' fold files"
+
+
+def test_embed_labels_a_part_dataset_by_category_not_by_a_point(tmp_path, pretrained):
+    run("embed", "--checkpoint", pretrained, "--dataset", "builtin-parts", "--split", "test", "--out", tmp_path / "p.npz")
+    labels = np.load(tmp_path / "p.npz")["labels"]
+    assert labels.shape == (300,) and sorted(set(labels.tolist())) == list(range(12))  # 12 categories, 25 each
