@@ -191,15 +191,22 @@ def gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 def farthest_point_sample(xyz: torch.Tensor, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Farthest point sampling. xyz (B, P, 3) -> indices (B, n); the first point is drawn from
-    `generator` (index 0 without one). Loops over n (inherent), vectorised over B. Coordinates
-    are held as (B, 3, P) rows and updated in place: 7x faster on a CPU than (xyz - c).square().sum(-1)."""
+    `generator` (index 0 without one). Loops over n (inherent), vectorised over B. Two things
+    make it fast on a CPU (benchmarks/bench_speed.py): coordinates held as (B, 3, P) rows and
+    updated in place (7x faster than (xyz - c).square().sum(-1)), and the argmax taken in two
+    levels, over blocks of w distances and then inside the winning block (a flat argmax over P
+    is a scalar loop in torch's CPU kernels and was 70% of the time). Same indices as the
+    textbook loop: both levels return the first maximum."""
     B, P, _ = xyz.shape
     dev = xyz.device
+    w = 128 if P >= 4096 else 64 if P >= 512 else P                          # block width
+    nb = -(-P // w)                                                          # blocks, the last one padded
     with torch.autocast(dev.type, enabled=False):
         cols = xyz.float().transpose(1, 2).contiguous()                     # (B, 3, P)
         x, y, z = cols.unbind(1)                                             # 3x (B, P) views
         idx = torch.empty(B, n, dtype=torch.long, device=dev)                # (B, n)
-        nearest = torch.full((B, P), float("inf"), device=dev)             # (B, P) distance to the chosen set
+        blocks = torch.full((B, nb, w), -1.0, device=dev)                    # (B, nb, w); padding never wins
+        nearest = blocks.view(B, nb * w)[:, :P].fill_(float("inf"))          # (B, P) distance to the chosen set
         d, t = torch.empty(B, P, device=dev), torch.empty(B, P, device=dev)
         rows = torch.arange(B, device=dev)
         if generator is None:
@@ -213,7 +220,8 @@ def farthest_point_sample(xyz: torch.Tensor, n: int, generator: torch.Generator 
             d.add_(torch.sub(y, c[:, 1], out=t).square_())
             d.add_(torch.sub(z, c[:, 2], out=t).square_())
             torch.minimum(nearest, d, out=nearest)
-            far = nearest.argmax(-1)
+            block = blocks.amax(-1).argmax(-1)                               # (B,)
+            far = block * w + blocks[rows, block].argmax(-1)                 # (B,)
     return idx
 
 
@@ -606,13 +614,15 @@ def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler:
 
 def train_step(model: JEPA, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
                points: torch.Tensor, generator: torch.Generator, *, lr: float, momentum: float,
-               grad_clip: float, amp_dtype: torch.dtype | None) -> dict:
+               grad_clip: float, amp_dtype: torch.dtype | None, ddp: nn.Module | None = None) -> dict:
     """One optimisation step on points (B, num_points, 3): forward, backward, clip, AdamW,
-    EMA update. Returns detached tensors (no host sync)."""
+    EMA update. `ddp`, the model wrapped in DistributedDataParallel, averages the gradients
+    over ranks during backward; every rank then takes the same step and the same EMA update.
+    Returns detached tensors (no host sync)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     with torch.autocast(points.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-        loss, stats = model(points, generator)
+        loss, stats = (ddp or model)(points, generator)
     grad_norm = optimizer_step(loss, optimizer, scaler, grad_clip)
     if model.target_encoder is not None:
         ema_update(model.target_encoder, model.encoder, momentum)
@@ -750,16 +760,59 @@ def _stack_points(items: list) -> torch.Tensor:
     return torch.stack([points for points, _ in items])
 
 
-def _batches(dataset, batch_size: int, seed: int, first_step: int, num_workers: int) -> Iterator[torch.Tensor]:
-    """Yield point batches (B, P, 3) forever, starting at global step first_step."""
+def shard(batch: list[int], rank: int, world: int) -> list[int]:
+    """This rank's contiguous share of a global batch (whose size divides by world)."""
+    per = len(batch) // world
+    return batch[rank * per:(rank + 1) * per]
+
+
+def _batches(dataset, batch_size: int, seed: int, first_step: int, num_workers: int,
+             rank: int = 0, world: int = 1) -> Iterator[torch.Tensor]:
+    """Yield this rank's point batches (batch_size / world, P, 3) forever, starting at global
+    step first_step. Every rank draws the same global order; each reads its own shard."""
     per_epoch = max(1, len(dataset) // batch_size)
     epoch, skip = divmod(first_step, per_epoch)
     while True:
-        batches = epoch_batches(len(dataset), batch_size, seed, epoch)[skip:]
+        batches = [shard(b, rank, world) for b in epoch_batches(len(dataset), batch_size, seed, epoch)[skip:]]
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
                                              collate_fn=_stack_points)
         yield from loader
         epoch, skip = epoch + 1, 0
+
+
+def distributed_env() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) as torchrun sets them; (0, 1, 0) in a plain process."""
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+            int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def _init_distributed(device: torch.device) -> tuple[int, int, torch.device]:
+    """Join torchrun's process group (NCCL on GPUs, gloo on CPUs) -> (rank, world, this rank's device)."""
+    rank, world, local = distributed_env()
+    if world == 1:
+        return 0, 1, device
+    import torch.distributed as dist
+
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def _rank_seed(seed: int, step: int, rank: int) -> int:
+    """The step's seed, different on each rank (their masks, FPS starts and drop paths differ
+    like the samples do); rank 0's equals a single-process run's."""
+    return (step_seed(seed, step) + rank * 104_729) % (2**63 - 1)
+
+
+def params_digest(model: nn.Module) -> torch.Tensor:
+    """Three float64 numbers that differ when any parameter does: sum, sum of squares and a
+    position-weighted sum of all parameters. Used to check DDP ranks stay identical."""
+    flat = torch.cat([p.detach().double().flatten() for p in model.parameters()])
+    ramp = torch.linspace(-1, 1, flat.numel(), dtype=torch.float64, device=flat.device)
+    return torch.stack([flat.sum(), flat.square().sum(), (flat * ramp).sum()])
 
 
 def pretrain(dataset, out_dir: str | Path, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
@@ -770,10 +823,23 @@ def pretrain(dataset, out_dir: str | Path, model_cfg: ModelConfig, train_cfg: Tr
     """Pretrain 3D-JEPA on `dataset` (items (points (P, 3), label)) into out_dir:
     checkpoint.safetensors (atomic, resumable), metrics.jsonl (one line per step) and
     run.json. `max_steps` stops early (resume continues); `save_every` (steps, 0 = once per
-    epoch). Returns a summary dict."""
+    epoch). Returns a summary dict.
+
+    Under torchrun (WORLD_SIZE > 1) each rank trains on its shard of every global batch of
+    train_cfg.batch_size clouds inside DistributedDataParallel; rank 0 alone writes the run
+    folder. The global batch, the schedule and the checkpoint are those of one process, so a
+    run can resume on a different number of GPUs."""
+    import torch.distributed as dist
+
+    created = distributed_env()[1] > 1 and not dist.is_initialized()
+    rank, world, device = _init_distributed(device)
+    lead = rank == 0
     out = Path(out_dir)
     ckpt_path, metrics_path = out / "checkpoint.safetensors", out / "metrics.jsonl"
     batch_size = min(train_cfg.batch_size, len(dataset))
+    if batch_size % world:
+        raise ValueError(f"--batch-size {batch_size} must divide by the {world} torchrun processes "
+                         "(it is the global batch; each rank takes an equal share)")
     per_epoch = max(1, len(dataset) // batch_size)
     total = train_cfg.epochs * per_epoch
     warmup = round(train_cfg.warmup_epochs * per_epoch)
@@ -792,62 +858,87 @@ def pretrain(dataset, out_dir: str | Path, model_cfg: ModelConfig, train_cfg: Tr
         if scaler is not None and "grad_scaler" in meta:
             scaler.load_state_dict(json.loads(meta["grad_scaler"]))
         step = json.loads(meta["step"])
-        _truncate_metrics(metrics_path, step)
-    out.mkdir(parents=True, exist_ok=True)
+        if lead:
+            _truncate_metrics(metrics_path, step)
     run_info = {"model_config": dataclasses.asdict(model_cfg), "train_config": dataclasses.asdict(train_cfg),
                 "seed": seed, "device": str(device), "precision": str(amp_dtype or "fp32"),
                 "dataset": getattr(dataset, "name", type(dataset).__name__), "clouds": len(dataset),
-                "batch_size": batch_size, "steps_per_epoch": per_epoch, "total_steps": total,
+                "batch_size": batch_size, "world_size": world, "steps_per_epoch": per_epoch, "total_steps": total,
                 "jepa3d_version": __version__, "torch_version": torch.__version__}
-    (out / "run.json").write_text(json.dumps(run_info, indent=2))
+    if lead:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "run.json").write_text(json.dumps(run_info, indent=2))
     if compile:  # the Transformers only, in place: state-dict keys stay; the FPS loop is not unrolled
         for module in (model.encoder, model.target_encoder, model.predictor):
             if module is not None:
                 module.compile(dynamic=None)
+    ddp = None
+    if world > 1:  # wraps, does not copy: model's parameters are the ones DDP synchronises
+        ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     generator = torch.Generator(device=device)
     end = total if max_steps is None else min(total, max_steps)
     nparams = sum(p.numel() for p in model.encoder.parameters())
-    print(f"jepa3d pretrain: {len(dataset)} clouds, {per_epoch} steps/epoch, steps {step}->{end} of {total}, "
-          f"encoder {nparams / 1e6:.2f}M params, {device}, {run_info['precision']}", file=sys.stderr)
+    if lead:
+        print(f"jepa3d pretrain: {len(dataset)} clouds, {per_epoch} steps/epoch, steps {step}->{end} of {total}, "
+              f"encoder {nparams / 1e6:.2f}M params, {device}"
+              f"{f' x {world} ranks' if world > 1 else ''}, {run_info['precision']}", file=sys.stderr)
 
     model.train()
     progress = Progress(end, step)
     pending: list[dict] = []
     last: dict = {}
     t_flush = time.time()
-    with open(metrics_path, "a") as metrics:
-        batches = _batches(dataset, batch_size, seed, step, num_workers)
+    with open(metrics_path, "a") if lead else open(os.devnull, "w") as metrics:
+        batches = _batches(dataset, batch_size, seed, step, num_workers, rank, world)
         while step < end:
-            points = next(batches).to(device, non_blocking=True)             # (B, P, 3)
-            s = step_seed(seed, step)
+            points = next(batches).to(device, non_blocking=True)             # (B / world, P, 3)
+            s = _rank_seed(seed, step, rank)
             torch.manual_seed(s)  # drop path
             generator.manual_seed(s)
-            points = fit_points(points, model_cfg.num_points, generator)     # (B, num_points, 3)
+            points = fit_points(points, model_cfg.num_points, generator)     # (B / world, num_points, 3)
             if augment is not None:
                 points = augment(points, generator)
             lr, momentum = lr_at(step, total, warmup, train_cfg), momentum_at(step, total, train_cfg)
             stats = train_step(model, optimizer, scaler, points, generator, lr=lr, momentum=momentum,
-                               grad_clip=train_cfg.grad_clip, amp_dtype=amp_dtype)
+                               grad_clip=train_cfg.grad_clip, amp_dtype=amp_dtype, ddp=ddp)
             pending.append({"step": step, "epoch": step // per_epoch, "lr": lr, "momentum": momentum, **stats})
             step += 1
             if len(pending) >= log_every or step == end or step % save_every == 0:
-                last = _flush_metrics(pending, metrics, batch_size, time.time() - t_flush)
+                last = _flush_metrics(pending, metrics, batch_size, time.time() - t_flush, world)
                 t_flush, pending = time.time(), []
                 monitor = "target_std" if "target_std" in last else "feature_std"
-                progress.update(step, f"loss {last['loss']:.4f} {monitor} {last[monitor]:.3f}")
-            if step % save_every == 0 or step == end:
+                if lead:
+                    progress.update(step, f"loss {last['loss']:.4f} {monitor} {last[monitor]:.3f}")
+            if lead and (step % save_every == 0 or step == end):
                 save_checkpoint(ckpt_path, model, optimizer, scaler, train_cfg, step=step, seed=seed,
                                 epoch=step // per_epoch, kind="pretrain")
-    progress.close()
-    return {"checkpoint": str(ckpt_path), "metrics": str(metrics_path), "step": step, "total_steps": total,
-            "finished": step >= total, "final_loss": last.get("loss"),
-            **{f"final_{k}": last[k] for k in ("target_std", "feature_std") if k in last}}
+    if lead:
+        progress.close()
+    result = {"checkpoint": str(ckpt_path), "metrics": str(metrics_path), "step": step, "total_steps": total,
+              "finished": step >= total, "final_loss": last.get("loss"),
+              **{f"final_{k}": last[k] for k in ("target_std", "feature_std") if k in last}}
+    if world > 1:
+        digests = [torch.empty(3, dtype=torch.float64, device=device) for _ in range(world)]
+        dist.all_gather(digests, params_digest(model))
+        result.update(world_size=world, ranks_in_sync=all(torch.equal(d, digests[0]) for d in digests))
+        dist.barrier()  # rank 0's checkpoint is on disk before any rank returns
+        if created:
+            dist.destroy_process_group()
+    return result
 
 
-def _flush_metrics(pending: list[dict], fh, batch_size: int, seconds: float) -> dict:
-    """Write buffered step metrics as JSON lines; one host sync for the whole buffer."""
+def _flush_metrics(pending: list[dict], fh, batch_size: int, seconds: float, world: int = 1) -> dict:
+    """Write buffered step metrics as JSON lines, averaged over DDP ranks; one host sync (and
+    one all-reduce) for the whole buffer."""
     keys = [k for k, v in pending[0].items() if isinstance(v, torch.Tensor)]
-    values = torch.stack([torch.stack([p[k].float().cpu() for k in keys]) for p in pending]).tolist()
+    dev = pending[0]["loss"].device
+    stacked = torch.stack([torch.stack([p[k].float().to(dev) for k in keys]) for p in pending])  # (steps, keys)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(stacked)
+        stacked /= world
+    values = stacked.cpu().tolist()
     rate = batch_size * len(pending) / max(seconds, 1e-9)
     for p, row in zip(pending, values):
         rec = {**{k: v for k, v in p.items() if k not in keys}, **dict(zip(keys, row)), "clouds_per_s": rate}
@@ -1428,12 +1519,17 @@ def _build_cli():
                 model_cfg, train_cfg = make_configs(preset, **overrides)
             except ValueError as err:
                 raise click.UsageError(str(err)) from None
+        world = distributed_env()[1]
+        if train_cfg.batch_size % world:
+            raise click.UsageError(f"--batch-size {train_cfg.batch_size} is the global batch and must divide by "
+                                   f"the {world} torchrun processes")
         ds = _load_data(data_opts, "train", model_cfg.num_points)
         result = pretrain(ds, out, model_cfg, train_cfg, device=ctx.obj["device"], seed=seed,
                           precision=ctx.obj["precision"], resume=resume, max_steps=max_steps,
                           save_every=save_every, num_workers=workers, compile=use_compile,
                           augment=jepa3d_data.augmentation(train_cfg.augment), log_every=log_every)
-        click.echo(json.dumps(result))
+        if distributed_env()[0] == 0:  # under torchrun, one result line, from rank 0
+            click.echo(json.dumps(result))
 
     @cli.command("mask-preview")
     @_data_options

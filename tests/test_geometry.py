@@ -66,3 +66,13 @@ def test_fit_points_subsamples_by_fps_and_pads_by_repeats():
     def all_real(sub):  # every point of sub is exactly one of pts
         return (sub[:, :, None] == pts[:, None]).all(-1).any(-1).all()
     assert all_real(up[:, 50:]) and all_real(down)
+
+
+def test_fps_two_level_argmax_matches_brute_force_on_padded_blocks():
+    # 1000 and 5000 points are not multiples of the block widths (64, 128): the padded tail must never win
+    g = torch.Generator().manual_seed(2)
+    for P in (1000, 5000):
+        xyz = torch.rand(2, P, 3, generator=g)
+        idx = jepa3d.farthest_point_sample(xyz, 24, torch.Generator().manual_seed(0))
+        for b in range(2):
+            assert idx[b].tolist() == fps_reference(xyz[b].double().numpy(), 24, int(idx[b, 0]))
