@@ -629,6 +629,39 @@ def train_step(model: JEPA, optimizer: torch.optim.Optimizer, scaler: torch.amp.
     return {"loss": loss.detach(), "grad_norm": grad_norm.detach(), **stats}
 
 
+def step_flops(cfg: ModelConfig, batch: int, context: float, targets: int) -> float:
+    """Matmul FLOPs of one pretraining step, counted analytically (2 per multiply-add; norms,
+    activations and the optimizer left out, as MFU figures do). `context` is the mean context
+    size Nc, `targets` the patches per target block T. Trainable parts count 3x (forward +
+    backward), the EMA teacher 1x. Checked against torch's FlopCounterMode in the tests."""
+    G, K, D, Dp, M = cfg.num_groups, cfg.group_size, cfg.dim, cfg.pred_dim, cfg.num_targets
+
+    def block(rows: float, length: float, width: int, kv_length: float = 0) -> float:
+        """A Transformer block over `rows` sequences of `length` tokens (+ cross-attention to kv_length)."""
+        hidden = int(width * cfg.mlp_ratio)
+        f = rows * length * (2 * width * 3 * width + 2 * width * width + 4 * width * hidden)  # qkv, proj, MLP
+        f += rows * 4 * length * length * width                                             # QK^T, AV
+        if kv_length:
+            f += rows * (length * 4 * width * width + kv_length * 4 * width * width)        # q + proj, kv
+            f += rows * 4 * length * kv_length * width
+        return f
+
+    def encoder(n: float) -> float:  # B clouds of n patches
+        embed = batch * n * K * 2 * (3 * 128 + 128 * 256 + 512 * 512 + 512 * D)
+        return embed + batch * n * 2 * (3 * 128 + 128 * D) + cfg.depth * block(batch, n, D)
+
+    rows = M * batch
+    pred = batch * context * 2 * (D * Dp + 3 * 128 + 128 * Dp) + rows * targets * 2 * (3 * 128 + 128 * Dp)
+    if cfg.predictor == "cross":
+        pred += cfg.pred_depth * block(rows, targets, Dp, kv_length=context)
+    else:
+        pred += cfg.pred_depth * block(rows, context + targets, Dp)
+    pred += rows * targets * 2 * Dp * D                                                      # out
+    if cfg.objective == "reconstruct":
+        return 3 * (encoder(context) + pred + rows * targets * 2 * D * K * 3)
+    return 3 * (encoder(context) + pred) + encoder(G)
+
+
 # ----------------------------------------------------------------------------- checkpoints
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit; the message names the file."""

@@ -1,4 +1,6 @@
 """Encoder, predictor layout, EMA teacher, gradients, schedules, configs."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -151,3 +153,23 @@ def test_reconstruct_objective_has_no_teacher_and_trains_the_encoder(tmp_path, c
     assert not any(k.startswith("target_encoder.") for k in tensors)
     encoder, _, source = jepa3d.load_encoder(str(tmp_path / "r.safetensors"), "target")
     assert "(encoder" in source  # no teacher: the one encoder serves
+
+
+def test_step_flops_match_torch_flop_counter(configs):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model_cfg, train_cfg = configs
+    for over in ({}, {"predictor": "concat", "sampler": "knn-blocks"}, {"objective": "reconstruct"}):
+        cfg = dataclasses.replace(model_cfg, **over)
+        model = jepa3d.JEPA(cfg)
+        opt = jepa3d.make_optimizer(model, train_cfg)
+        points = torch.randn(4, cfg.num_points, 3)
+        with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):  # math SDPA: counted matmuls
+            stats = jepa3d.train_step(model, opt, None, points, torch.Generator().manual_seed(0), lr=1e-3,
+                                      momentum=0.99, grad_clip=1.0, amp_dtype=None)
+        counted = counter.get_total_flops()
+        flops = jepa3d.step_flops(cfg, 4, stats["context_patches"].item(),
+                                  int(stats["target_patches"].item()) // cfg.num_targets)
+        # only the input gradients of the 3-wide first layers (never needed) separate the two
+        assert counted <= flops <= 1.002 * counted, over

@@ -1,0 +1,297 @@
+"""How fast is jepa3d? Tokenization against fpsample and a naive implementation, pretraining
+step throughput as a fraction of the device's measured matmul rate, peak memory, and whether
+the data pipeline keeps up. One command, one table, one JSON:
+
+    python benchmarks/bench_speed.py                    # CPU (or the GPU when there is one)
+    python benchmarks/bench_speed.py --device cuda      # GPU: bf16 autocast, preset batch sizes
+
+Writes benchmarks/speed_<device>.{md,json}. Every figure is from this one run on this one
+machine, so the ratios hold even where the machine is shared and noisy; timings are the best
+of --repeats runs. fpsample (pip install fpsample) is used here only, as the fast CPU FPS
+library to beat; without it its rows are left out.
+"""
+import argparse
+import json
+import math
+import multiprocessing as mp
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import jepa3d  # noqa: E402
+import jepa3d_data  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "data"
+SHAPENET_SIZE = 41_952  # clouds in ShapeNet-55's train split: the 300-epoch projection's epoch
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def best_time(fn, device: torch.device, repeats: int) -> float:
+    """Seconds of the fastest of `repeats` calls, after one warm-up call."""
+    fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+# ----------------------------------------------------------------------------- data
+def real_clouds(points: int, n: int) -> tuple[np.ndarray, str]:
+    """n real clouds (n, points, 3): ModelNet40 test (1024 pts) or the ShapeNet-55 sample (8192
+    pts), repeated to n; the built-in shapes when the shared data is absent."""
+    if points == 1024 and (SHARED / "modelnet40" / "modelnet40_1024_test.npz").exists():
+        arr = np.load(SHARED / "modelnet40" / "modelnet40_1024_test.npz")["points"][:n].astype(np.float32)
+        return arr, "ModelNet40 test"
+    files = sorted((SHARED / "shapenet55_sample" / "shapenet_pc").glob("*.npy"))
+    if points == 8192 and files:
+        arr = np.stack([np.load(f) for f in files]).astype(np.float32)
+        return np.resize(arr, (n, points, 3)), f"ShapeNet-55 sample ({len(files)} clouds, repeated)"
+    ds = jepa3d_data.builtin_dataset("test", points)
+    return np.stack([ds[i % len(ds)][0].numpy() for i in range(n)]), "built-in shapes"
+
+
+# ----------------------------------------------------------------------------- naive baseline
+def naive_fps(xyz: torch.Tensor, n: int) -> torch.Tensor:
+    """The pure-torch FPS most repositories copy (Pointnet_Pointnet2_pytorch, Point-MAE's CPU
+    fallback): (B, P, 3) -> (B, n)."""
+    B, P, _ = xyz.shape
+    centroids = torch.zeros(B, n, dtype=torch.long, device=xyz.device)
+    distance = torch.ones(B, P, device=xyz.device) * 1e10
+    farthest = torch.zeros(B, dtype=torch.long, device=xyz.device)
+    batch = torch.arange(B, dtype=torch.long, device=xyz.device)
+    for i in range(n):
+        centroids[:, i] = farthest
+        centroid = xyz[batch, farthest, :].view(B, 1, 3)
+        dist = torch.sum((xyz - centroid) ** 2, -1)
+        mask = dist < distance
+        distance[mask] = dist[mask]
+        farthest = torch.max(distance, -1)[1]
+    return centroids
+
+
+def naive_knn(query: torch.Tensor, xyz: torch.Tensor, k: int) -> torch.Tensor:
+    """square_distance + topk, as in the same repositories."""
+    dist = -2 * torch.matmul(query, xyz.transpose(1, 2))
+    dist += torch.sum(query ** 2, -1)[:, :, None] + torch.sum(xyz ** 2, -1)[:, None, :]
+    return dist.topk(k, dim=-1, largest=False, sorted=False).indices
+
+
+def numpy_knn(query: np.ndarray, xyz: np.ndarray, k: int) -> np.ndarray:
+    """Brute-force KNN of one cloud in numpy: (G, 3), (P, 3) -> (G, k)."""
+    d = ((query[:, None] - xyz[None]) ** 2).sum(-1)
+    return np.argpartition(d, k - 1, axis=1)[:, :k]
+
+
+# ----------------------------------------------------------------------------- 1. tokenization
+def bench_tokenization(batch: int, repeats: int, device: torch.device) -> list[dict]:
+    try:
+        import fpsample
+    except ImportError:
+        fpsample = None
+    rows = []
+    for points, groups, size in ((1024, 64, 32), (8192, 1024, 0)):
+        arr, source = real_clouds(points, batch)
+        xyz = torch.from_numpy(arr).to(device)
+        task = f"{points} -> {groups}x{size}" if size else f"{points} -> {groups} points (FPS)"
+        g = torch.Generator(device=device)
+
+        def ours():
+            if size:
+                return jepa3d.group_points(xyz, groups, size, g.manual_seed(0))
+            return jepa3d.farthest_point_sample(xyz, groups, g.manual_seed(0))
+
+        def naive():
+            idx = naive_fps(xyz, groups)
+            return naive_knn(jepa3d.gather(xyz, idx), xyz, size) if size else idx
+
+        timings = {"jepa3d": best_time(ours, device, repeats), "naive torch": best_time(naive, device, repeats)}
+        if fpsample is not None and device.type == "cpu":
+            # QuickFPS tree height: the library suggests 3 for small and 5-7 for medium clouds; take its best
+            fps_times = {h: best_time(lambda h=h: np.stack([fpsample.bucket_fps_kdline_sampling(c, groups, h=h)
+                                                            for c in arr]), device, repeats) for h in (3, 5, 7)}
+            h = min(fps_times, key=fps_times.get)
+            if size:  # + brute-force KNN: numpy per cloud, and batched torch (cdist + topk)
+                idx = np.stack([fpsample.bucket_fps_kdline_sampling(c, groups, h=h) for c in arr])
+                centres = np.take_along_axis(arr, idx[..., None], 1)
+                t_np = best_time(lambda: [numpy_knn(q, c, size) for q, c in zip(centres, arr)], device, repeats)
+                cq = torch.from_numpy(centres)
+                t_torch = best_time(lambda: jepa3d.knn(cq, xyz, size), device, repeats)
+                timings[f"fpsample (h={h}) + numpy KNN"] = fps_times[h] + t_np
+                timings[f"fpsample (h={h}) + torch KNN"] = fps_times[h] + t_torch
+            else:
+                timings[f"fpsample (h={h})"] = fps_times[h]
+        for name, sec in timings.items():
+            rows.append({"task": task, "data": source, "batch": batch, "method": name, "seconds": sec,
+                         "clouds_per_s": batch / sec, "jepa3d_speedup": sec / timings["jepa3d"]})
+    return rows
+
+
+# ----------------------------------------------------------------------------- 2. matmul peak
+def bench_matmul(device: torch.device, dtype: torch.dtype, repeats: int) -> float:
+    """Dense matmul FLOP/s of this device: the denominator of the utilisation figures."""
+    n = 4096 if device.type == "cuda" else 2048
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    reps = 20 if device.type == "cuda" else 3
+    sec = best_time(lambda: [torch.mm(a, b) for _ in range(reps)], device, repeats)
+    return 2 * n ** 3 * reps / sec
+
+
+# ----------------------------------------------------------------------------- 3. step
+def _step_child(preset: str, batch: int, steps: int, device: str, precision: str, threads: int, queue) -> None:
+    """One preset's step throughput and peak memory, in a fresh process (a clean memory high-water mark)."""
+    torch.set_num_threads(threads)
+    dev = torch.device(device)
+    model_cfg, train_cfg = jepa3d.make_configs(preset, batch_size=batch)
+    torch.manual_seed(0)
+    model = jepa3d.JEPA(model_cfg).to(dev).train()
+    opt = jepa3d.make_optimizer(model, train_cfg)
+    amp = jepa3d.resolve_precision(precision, dev)
+    arr, source = real_clouds(1024, batch)
+    points = torch.from_numpy(arr).to(dev)
+    g = torch.Generator(device=dev)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    contexts, targets = [], []
+
+    def step(i):
+        g.manual_seed(i)
+        stats = jepa3d.train_step(model, opt, None, jepa3d.fit_points(points, model_cfg.num_points, g), g,
+                                  lr=1e-4, momentum=0.996, grad_clip=10.0, amp_dtype=amp)
+        contexts.append(stats["context_patches"].item())
+        targets.append(int(stats["target_patches"].item()) // model_cfg.num_targets)
+
+    step(0)  # warm-up: allocator, autotuning
+    sync(dev)
+    times = []
+    for i in range(1, steps + 1):
+        t = time.perf_counter()
+        step(i)
+        sync(dev)
+        times.append(time.perf_counter() - t)
+    flops = sum(jepa3d.step_flops(model_cfg, batch, c, t) for c, t in zip(contexts[1:], targets[1:])) / steps
+    peak = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda"
+            else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) * 1024)
+    queue.put({"preset": preset, "batch": batch, "precision": str(amp or "fp32"), "steps": steps,
+               "step_s": sum(times) / steps, "step_s_best": min(times), "clouds_per_s": batch * steps / sum(times),
+               "gflop_per_step": flops / 1e9, "tflops": flops / (sum(times) / steps) / 1e12,
+               "peak_memory_gb": peak / 1e9, "memory_kind": "cuda max allocated" if dev.type == "cuda"
+               else "growth of process peak RSS over the step", "encoder_params_m":
+               sum(p.numel() for p in model.encoder.parameters()) / 1e6, "data": source,
+               "mean_context": sum(contexts[1:]) / steps})
+
+
+def bench_step(preset: str, batch: int, steps: int, device: torch.device, precision: str) -> dict:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_step_child, args=(preset, batch, steps, str(device), precision,
+                                                 torch.get_num_threads(), queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
+# ----------------------------------------------------------------------------- 4. data pipeline
+def bench_data(batch: int, device: torch.device, batches: int) -> dict:
+    """The pretraining loop's input path (read + collate + to device + fit_points +
+    augmentation), without the step: clouds/s it can feed."""
+    path = SHARED / "modelnet40"
+    ds = jepa3d_data.open_dataset(path if path.exists() else None, "train", num_points=1024)
+    augment = jepa3d_data.augmentation("scale-translate")
+    g = torch.Generator(device=device)
+    it = jepa3d._batches(ds, batch, 0, 0, 0)
+
+    def run():
+        for _ in range(batches):
+            pts = jepa3d.fit_points(next(it).to(device), 1024, g)
+            augment(pts, g)
+
+    sec = best_time(run, device, 2)
+    return {"data": getattr(ds, "name", "built-in"), "batch": batch, "clouds_per_s": batch * batches / sec}
+
+
+# ----------------------------------------------------------------------------- report
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--precision", default="auto", help="autocast for the step: auto = bf16 on GPU, fp32 on CPU")
+    ap.add_argument("--batch", type=int, default=128, help="clouds per tokenization batch")
+    ap.add_argument("--step-batch", type=int, default=None,
+                    help="clouds per pretraining step (default: the preset's on GPU, 32 on CPU)")
+    ap.add_argument("--steps", type=int, default=3, help="timed steps per preset (after one warm-up)")
+    ap.add_argument("--presets", nargs="+", default=["paper", "small"])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--name", default=None, help="result files benchmarks/speed_<name>.{md,json} (default: device)")
+    args = ap.parse_args()
+    device = jepa3d.resolve_device(args.device)
+    kind = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
+    threads = torch.get_num_threads()
+    print(f"bench_speed on {device} ({kind}), {threads} threads, torch {torch.__version__}", file=sys.stderr)
+
+    tok = bench_tokenization(args.batch, args.repeats, device)
+    amp = jepa3d.resolve_precision(args.precision, device)
+    peak = bench_matmul(device, amp or torch.float32, args.repeats)
+    steps = []
+    for preset in args.presets:
+        batch = args.step_batch or (jepa3d.PRESETS[preset].get("batch_size", 128) if device.type == "cuda" else 32)
+        r = bench_step(preset, batch, args.steps, device, args.precision)
+        r["matmul_fraction"] = r["tflops"] * 1e12 / peak
+        r["hours_300_epochs_shapenet55"] = SHAPENET_SIZE * 300 / r["clouds_per_s"] / 3600
+        steps.append(r)
+        print(json.dumps(r), file=sys.stderr)
+    data = bench_data(32, device, 20)
+
+    lines = [f"# Speed ({device}: {kind}, {threads} threads, torch {torch.__version__})", "",
+             "`python benchmarks/bench_speed.py" + (f" --device {args.device}" if args.device != "auto" else "")
+             + "`; every figure from one run, best of "
+             f"{args.repeats} where timed repeatedly.", "",
+             f"## 1. Tokenization, B={args.batch}", "",
+             "| task | method | clouds/s | jepa3d is faster by |", "|---|---|---|---|"]
+    for r in tok:
+        lines.append(f"| {r['task']} | {r['method']} | {r['clouds_per_s']:.0f} | {r['jepa3d_speedup']:.2f}x |")
+    lines += ["", f"Data: {', '.join(sorted({r['data'] for r in tok}))}.", "",
+              f"## 2. Pretraining step (matmul peak measured: {peak / 1e12:.3f} TFLOP/s "
+              f"{str(amp or torch.float32).replace('torch.', '')})", "",
+              "| preset | batch | precision | clouds/s | step (s) | GFLOP/step | achieved TFLOP/s | of matmul peak "
+              "| peak memory (GB) | 300 epochs x 41,952 clouds (h) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in steps:
+        lines.append(f"| {r['preset']} | {r['batch']} | {r['precision'].replace('torch.', '')} | "
+                     f"{r['clouds_per_s']:.1f} | {r['step_s']:.3f} | {r['gflop_per_step']:.0f} | {r['tflops']:.3f} | "
+                     f"{100 * r['matmul_fraction']:.0f}% | {r['peak_memory_gb']:.2f} | "
+                     f"{r['hours_300_epochs_shapenet55']:.1f} |")
+    slowest_need = max(r["clouds_per_s"] for r in steps)
+    lines += ["", f"Memory: {steps[0]['memory_kind']}. FLOPs: `jepa3d.step_flops` (analytic, matmuls only, "
+              "checked against torch's FlopCounterMode in the tests).", "",
+              "## 3. Data pipeline", "",
+              f"Read + collate + fit_points + augmentation ({data['data']}, batch {data['batch']}, no workers): "
+              f"{data['clouds_per_s']:.0f} clouds/s, {data['clouds_per_s'] / slowest_need:.1f}x what the fastest "
+              f"step above consumes ({slowest_need:.1f} clouds/s): "
+              + ("it keeps up." if data["clouds_per_s"] >= slowest_need else "it does NOT keep up; use --workers.")]
+    out = ROOT / "benchmarks" / f"speed_{args.name or device.type}"
+    meta = {"device": str(device), "device_name": kind, "threads": threads, "torch": torch.__version__,
+            "python": platform.python_version(), "args": vars(args), "matmul_flops": peak}
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "tokenization": tok, "steps": steps,
+                                                    "data": data}, indent=2) + "\n")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
