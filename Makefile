@@ -7,7 +7,7 @@ PYTHON ?= python3
 TORCH ?= torch==2.13.0
 RUN ?= runs/demo
 
-.PHONY: install demo test clean
+.PHONY: install demo test bench-speed clean
 
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "$(TORCH)"
@@ -22,6 +22,11 @@ demo: install
 
 test: install
 	$(PYTHON) -m pytest -q
+
+# speed figures of this machine into benchmarks/speed_<device>.{md,json} (a few minutes on CPU)
+bench-speed: install
+	$(PYTHON) -m pip install -q -e ".[bench]"
+	$(PYTHON) benchmarks/bench_speed.py
 
 clean:
 	rm -rf runs build *.egg-info .pytest_cache

@@ -800,7 +800,7 @@ def shard(batch: list[int], rank: int, world: int) -> list[int]:
 
 
 def _batches(dataset, batch_size: int, seed: int, first_step: int, num_workers: int,
-             rank: int = 0, world: int = 1) -> Iterator[torch.Tensor]:
+             rank: int = 0, world: int = 1, pin: bool = False) -> Iterator[torch.Tensor]:
     """Yield this rank's point batches (batch_size / world, P, 3) forever, starting at global
     step first_step. Every rank draws the same global order; each reads its own shard."""
     per_epoch = max(1, len(dataset) // batch_size)
@@ -808,7 +808,7 @@ def _batches(dataset, batch_size: int, seed: int, first_step: int, num_workers: 
     while True:
         batches = [shard(b, rank, world) for b in epoch_batches(len(dataset), batch_size, seed, epoch)[skip:]]
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
-                                             collate_fn=_stack_points)
+                                             collate_fn=_stack_points, pin_memory=pin)
         yield from loader
         epoch, skip = epoch + 1, 0
 
@@ -922,7 +922,7 @@ def pretrain(dataset, out_dir: str | Path, model_cfg: ModelConfig, train_cfg: Tr
     last: dict = {}
     t_flush = time.time()
     with open(metrics_path, "a") if lead else open(os.devnull, "w") as metrics:
-        batches = _batches(dataset, batch_size, seed, step, num_workers, rank, world)
+        batches = _batches(dataset, batch_size, seed, step, num_workers, rank, world, pin=device.type == "cuda")
         while step < end:
             points = next(batches).to(device, non_blocking=True)             # (B / world, P, 3)
             s = _rank_seed(seed, step, rank)
