@@ -269,9 +269,12 @@ class MiniPointNet(nn.Module):
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         h = self.first(patches)                                               # (..., K, 256)
-        glob = h.amax(dim=-2, keepdim=True).expand_as(h)                      # (..., K, 256)
-        h = self.second(torch.cat([glob, h], dim=-1))                         # (..., K, D)
-        return h.amax(dim=-2)                                                 # (..., D)
+        glob = h.amax(dim=-2, keepdim=True)                                   # (..., 1, 256)
+        # second[0] is Linear(512) of concat(glob, h); its global half is the same for all K
+        # points, so it runs once per patch: 27% fewer FLOPs, and no (..., K, 512) concat
+        first, rest = self.second[0], self.second[1:]
+        h = F.linear(h, first.weight[:, 256:]) + F.linear(glob, first.weight[:, :256], first.bias)  # (..., K, 512)
+        return rest(h).amax(dim=-2)                                           # (..., D)
 
 
 def position_mlp(dim: int) -> nn.Module:
@@ -647,7 +650,7 @@ def step_flops(cfg: ModelConfig, batch: int, context: float, targets: int) -> fl
         return f
 
     def encoder(n: float) -> float:  # B clouds of n patches
-        embed = batch * n * K * 2 * (3 * 128 + 128 * 256 + 512 * 512 + 512 * D)
+        embed = batch * n * (K * 2 * (3 * 128 + 128 * 256 + 256 * 512 + 512 * D) + 2 * 256 * 512)
         return embed + batch * n * 2 * (3 * 128 + 128 * D) + cfg.depth * block(batch, n, D)
 
     rows = M * batch

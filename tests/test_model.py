@@ -173,3 +173,12 @@ def test_step_flops_match_torch_flop_counter(configs):
                                   int(stats["target_patches"].item()) // cfg.num_targets)
         # only the input gradients of the 3-wide first layers (never needed) separate the two
         assert counted <= flops <= 1.002 * counted, over
+
+
+def test_mini_pointnet_equals_point_maes_concat_form():
+    net = jepa3d.MiniPointNet(48)
+    patches = torch.randn(2, 5, 16, 3)
+    h = net.first(patches)
+    glob = h.amax(dim=-2, keepdim=True).expand_as(h)
+    reference = net.second(torch.cat([glob, h], dim=-1)).amax(dim=-2)  # Point-MAE's formulation
+    assert torch.allclose(net(patches), reference, atol=1e-5)
