@@ -306,11 +306,16 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, N, D); context (B / r, Nc, D) for cross-attention: with r > 1, row i of x
+        attends to context row i % (B / r) (the predictor's block-major stacking), and keys and
+        values are computed once per context row instead of r times."""
         B, N, D = x.shape                                                     # x (B, N, D)
         H = self.heads
         if self.cross:
             q = self.q(x).view(B, N, H, D // H).transpose(1, 2)               # (B, H, N, D/H)
-            k, v = self.kv(context).view(B, -1, 2, H, D // H).permute(2, 0, 3, 1, 4)  # 2x (B, H, Nc, D/H)
+            kv = self.kv(context)                                             # (B / r, Nc, 2D)
+            kv = kv.repeat(B // kv.shape[0], 1, 1) if kv.shape[0] != B else kv  # (B, Nc, 2D)
+            k, v = kv.view(B, -1, 2, H, D // H).permute(2, 0, 3, 1, 4)        # 2x (B, H, Nc, D/H)
         else:
             q, k, v = self.qkv(x).view(B, N, 3, H, D // H).permute(2, 0, 3, 1, 4)    # 3x (B, H, N, D/H)
         out = F.scaled_dot_product_attention(q, k, v)                         # (B, H, N, D/H)
@@ -406,15 +411,14 @@ class Predictor(nn.Module):
         -> predictions (M*B, T, D), block-major."""
         B, M, T, _ = target_centres.shape
         ctx = self.embed(context) + self.pos_embed(context_centres)          # (B, Nc, Dp)
-        ctx = ctx.repeat(M, 1, 1)                                             # (M*B, Nc, Dp)
         where = target_centres.transpose(0, 1).reshape(M * B, T, 3)           # (M*B, T, 3)
         queries = self.mask_token + self.pos_embed(where)                     # (M*B, T, Dp)
         if self.kind == "cross":
             x = queries
             for blk in self.blocks:
-                x = blk(x, ctx)
+                x = blk(x, ctx)  # keys/values of the B contexts, shared by their M target blocks
         else:
-            x = torch.cat([ctx, queries], dim=1)                              # (M*B, Nc+T, Dp)
+            x = torch.cat([ctx.repeat(M, 1, 1), queries], dim=1)              # (M*B, Nc+T, Dp)
             for blk in self.blocks:
                 x = blk(x)
             x = x[:, -T:]
@@ -640,12 +644,13 @@ def step_flops(cfg: ModelConfig, batch: int, context: float, targets: int) -> fl
     G, K, D, Dp, M = cfg.num_groups, cfg.group_size, cfg.dim, cfg.pred_dim, cfg.num_targets
 
     def block(rows: float, length: float, width: int, kv_length: float = 0) -> float:
-        """A Transformer block over `rows` sequences of `length` tokens (+ cross-attention to kv_length)."""
+        """A Transformer block over `rows` sequences of `length` tokens (+ cross-attention to
+        kv_length context tokens, whose keys/values are computed once per cloud)."""
         hidden = int(width * cfg.mlp_ratio)
         f = rows * length * (2 * width * 3 * width + 2 * width * width + 4 * width * hidden)  # qkv, proj, MLP
         f += rows * 4 * length * length * width                                             # QK^T, AV
         if kv_length:
-            f += rows * (length * 4 * width * width + kv_length * 4 * width * width)        # q + proj, kv
+            f += rows * length * 4 * width * width + batch * kv_length * 4 * width * width  # q + proj, kv
             f += rows * 4 * length * kv_length * width
         return f
 
