@@ -20,6 +20,10 @@ def test_predictor_stacks_blocks_block_major(configs):
         moved[1, 2] += 1.0  # move block m=2 of sample b=1 only
         changed = (pred(ctx, cc, moved) - out).abs().amax(dim=(1, 2)) > 1e-6
         assert changed.nonzero().flatten().tolist() == [2 * B + 1]
+        other = ctx.clone()
+        other[1] += 1.0  # sample b=1's context reaches its M blocks, rows m * B + 1, and nothing else
+        changed = (pred(other, cc, tc) - out).abs().amax(dim=(1, 2)) > 1e-6
+        assert changed.nonzero().flatten().tolist() == [m * B + 1 for m in range(M)]
 
 
 def test_ema_momentum_one_is_a_no_op_and_zero_copies(configs):
