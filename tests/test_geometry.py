@@ -76,3 +76,12 @@ def test_fps_two_level_argmax_matches_brute_force_on_padded_blocks():
         idx = jepa3d.farthest_point_sample(xyz, 24, torch.Generator().manual_seed(0))
         for b in range(2):
             assert idx[b].tolist() == fps_reference(xyz[b].double().numpy(), 24, int(idx[b, 0]))
+
+
+def test_knn_block_selection_is_exact_at_many_sizes():
+    g = torch.Generator().manual_seed(5)
+    for n, k in ((1024, 32), (1000, 32), (500, 16), (97, 5), (64, 3), (40, 40)):
+        pts, query = torch.rand(2, n, 3, generator=g), torch.rand(2, 7, 3, generator=g)
+        idx = jepa3d.knn(query, pts, k)
+        d = torch.cdist(query, pts)
+        assert torch.equal(idx, d.topk(k, dim=-1, largest=False, sorted=True).indices), (n, k)
