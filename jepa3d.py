@@ -1552,7 +1552,10 @@ def _build_cli():
     @click.pass_context
     @fail_cleanly
     def pretrain_cmd(ctx, out, preset, resume, max_steps, save_every, workers, use_compile, log_every, **overrides):
-        """Pretrain a 3D-JEPA encoder (self-supervised; labels are ignored)."""
+        """Pretrain a 3D-JEPA encoder (self-supervised; labels are ignored).
+
+        Several GPUs or nodes: torchrun --nproc-per-node N -m jepa3d pretrain ... (DDP; the
+        --batch-size is global; rank 0 writes --out)."""
         import jepa3d_data
 
         data_opts = _pop_data(overrides)
