@@ -91,6 +91,11 @@ def naive_knn(query: torch.Tensor, xyz: torch.Tensor, k: int) -> torch.Tensor:
     return dist.topk(k, dim=-1, largest=False, sorted=False).indices
 
 
+def brute_knn(query: torch.Tensor, xyz: torch.Tensor, k: int) -> torch.Tensor:
+    """Brute-force KNN, batched torch: all distances, one top-k (jepa3d's knn before its block selection)."""
+    return torch.cdist(query, xyz).topk(k, dim=-1, largest=False, sorted=True).indices
+
+
 def numpy_knn(query: np.ndarray, xyz: np.ndarray, k: int) -> np.ndarray:
     """Brute-force KNN of one cloud in numpy: (G, 3), (P, 3) -> (G, k)."""
     d = ((query[:, None] - xyz[None]) ** 2).sum(-1)
@@ -125,12 +130,12 @@ def bench_tokenization(batch: int, repeats: int, device: torch.device) -> list[d
             fps_times = {h: best_time(lambda h=h: np.stack([fpsample.bucket_fps_kdline_sampling(c, groups, h=h)
                                                             for c in arr]), device, repeats) for h in (3, 5, 7)}
             h = min(fps_times, key=fps_times.get)
-            if size:  # + brute-force KNN: numpy per cloud, and batched torch (cdist + topk)
+            if size:  # + brute-force KNN: numpy per cloud, and batched torch (cdist + one topk)
                 idx = np.stack([fpsample.bucket_fps_kdline_sampling(c, groups, h=h) for c in arr])
                 centres = np.take_along_axis(arr, idx[..., None], 1)
                 t_np = best_time(lambda: [numpy_knn(q, c, size) for q, c in zip(centres, arr)], device, repeats)
                 cq = torch.from_numpy(centres)
-                t_torch = best_time(lambda: jepa3d.knn(cq, xyz, size), device, repeats)
+                t_torch = best_time(lambda: brute_knn(cq, xyz, size), device, repeats)
                 timings[f"fpsample (h={h}) + numpy KNN"] = fps_times[h] + t_np
                 timings[f"fpsample (h={h}) + torch KNN"] = fps_times[h] + t_torch
             else:
