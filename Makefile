@@ -1,5 +1,6 @@
 # `make demo`: install, then a real 3D-JEPA pretraining run on the built-in shapes (CPU: ~3 min).
 # `make test`: install with test extras, then the test suite (CI runs exactly this).
+# `make bench-speed`: the speed benchmark of this machine (benchmarks/README.md).
 PYTHON ?= python3
 # Installed only when no torch is importable yet. The pin matches a wheel that is cached on our
 # CI machines; on PyPI the same pin is the CUDA build on Linux, so GPU users get CUDA. Override
