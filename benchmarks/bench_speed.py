@@ -149,10 +149,10 @@ def bench_tokenization(batch: int, repeats: int, device: torch.device) -> list[d
 # ----------------------------------------------------------------------------- 2. matmul peak
 def bench_matmul(device: torch.device, dtype: torch.dtype, repeats: int) -> float:
     """Dense matmul FLOP/s of this device: the denominator of the utilisation figures."""
-    n = 4096 if device.type == "cuda" else 2048
+    n = 8192 if device.type == "cuda" else 2048
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    reps = 20 if device.type == "cuda" else 3
+    reps = 10 if device.type == "cuda" else 3
     sec = best_time(lambda: [torch.mm(a, b) for _ in range(reps)], device, repeats)
     return 2 * n ** 3 * reps / sec
 
