@@ -867,9 +867,12 @@ def _rank_seed(seed: int, step: int, rank: int) -> int:
 def params_digest(model: nn.Module) -> torch.Tensor:
     """Three float64 numbers that differ when any parameter does: sum, sum of squares and a
     position-weighted sum of all parameters. Used to check DDP ranks stay identical."""
-    flat = torch.cat([p.detach().double().flatten() for p in model.parameters()])
-    ramp = torch.linspace(-1, 1, flat.numel(), dtype=torch.float64, device=flat.device)
-    return torch.stack([flat.sum(), flat.square().sum(), (flat * ramp).sum()])
+    digest = 0
+    for i, p in enumerate(model.parameters(), 1):  # one tensor at a time: no copy of the whole model
+        v = p.detach().double().flatten()
+        ramp = torch.linspace(-1, 1, v.numel(), dtype=torch.float64, device=v.device) * i
+        digest = digest + torch.stack([v.sum(), v.square().sum(), (v * ramp).sum()])
+    return digest
 
 
 def pretrain(dataset, out_dir: str | Path, model_cfg: ModelConfig, train_cfg: TrainConfig, *,

@@ -59,3 +59,19 @@ def test_global_batch_must_divide_by_the_ranks(tmp_path):
     assert proc.returncode != 0 and "must divide by the 2 torchrun processes" in proc.stderr
     assert "jepa3d.py\", line" not in proc.stderr  # torchrun prints its own traceback; ours has none
     assert not (tmp_path / "odd" / "checkpoint.safetensors").exists()
+
+
+def test_params_digest_sees_a_changed_or_swapped_weight():
+    import torch
+
+    model = jepa3d.MiniPointNet(8)
+    before = jepa3d.params_digest(model)
+    with torch.no_grad():
+        w = model.first[0].weight
+        saved = w.clone()
+        w[2, 1] += 1e-6
+        assert not torch.equal(jepa3d.params_digest(model), before)
+        w.copy_(saved)
+        assert torch.equal(jepa3d.params_digest(model), before)
+        w[[0, 1]] = saved[[1, 0]]  # same values, other places: the position weights tell
+        assert not torch.equal(jepa3d.params_digest(model), before)
