@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -848,8 +849,6 @@ def _init_distributed(device: torch.device) -> tuple[int, int, torch.device]:
     rank, world, local = distributed_env()
     if world == 1:
         return 0, 1, device
-    import torch.distributed as dist
-
     if device.type == "cuda":
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
@@ -889,8 +888,6 @@ def pretrain(dataset, out_dir: str | Path, model_cfg: ModelConfig, train_cfg: Tr
     train_cfg.batch_size clouds inside DistributedDataParallel; rank 0 alone writes the run
     folder. The global batch, the schedule and the checkpoint are those of one process, so a
     run can resume on a different number of GPUs."""
-    import torch.distributed as dist
-
     created = distributed_env()[1] > 1 and not dist.is_initialized()
     rank, world, device = _init_distributed(device)
     lead = rank == 0
@@ -994,8 +991,6 @@ def _flush_metrics(pending: list[dict], fh, batch_size: int, seconds: float, wor
     dev = pending[0]["loss"].device
     stacked = torch.stack([torch.stack([p[k].float().to(dev) for k in keys]) for p in pending])  # (steps, keys)
     if world > 1:
-        import torch.distributed as dist
-
         dist.all_reduce(stacked)
         stacked /= world
     values = stacked.cpu().tolist()
