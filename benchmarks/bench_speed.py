@@ -12,7 +12,6 @@ library to beat; without it its rows are left out.
 """
 import argparse
 import json
-import math
 import multiprocessing as mp
 import platform
 import resource
@@ -219,24 +218,22 @@ def bench_data(device: torch.device, batch: int = 32, batches: int = 10) -> list
     fit_points to 1024 + augmentation), in clouds/s: ModelNet40 (in memory, 1024 points) and
     the ShapeNet-55 sample (one .npy per cloud read lazily, 8192 points FPS-ed to 1024 as in
     Point-MAE's pretraining)."""
+    sources = [(path, name) for path, name in
+               ((SHARED / "modelnet40", "ModelNet40 npz (1024 pts)"),
+                (SHARED / "shapenet55_sample", "ShapeNet-55 .npy files (8192 pts -> FPS 1024)")) if path.exists()]
     rows = []
-    for path, name in ((SHARED / "modelnet40", "ModelNet40 npz (1024 pts)"),
-                       (SHARED / "shapenet55_sample", "ShapeNet-55 .npy files (8192 pts -> FPS 1024)"), (None, "built-in")):
-        if path is not None and not path.exists():
-            continue
+    for path, name in sources or [(None, "built-in")]:
         ds = jepa3d_data.open_dataset(path, "train", num_points=1024)
+        size = min(batch, len(ds))
         augment = jepa3d_data.augmentation("scale-translate")
         g = torch.Generator(device=device)
-        it = jepa3d._batches(ds, min(batch, len(ds)), 0, 0, 0)
+        it = jepa3d._batches(ds, size, 0, 0, 0)
 
         def run():
             for _ in range(batches):
                 augment(jepa3d.fit_points(next(it).to(device), 1024, g), g)
 
-        sec = best_time(run, device, 2)
-        rows.append({"data": name, "batch": min(batch, len(ds)), "clouds_per_s": min(batch, len(ds)) * batches / sec})
-        if path is None or len(rows) == 2:
-            break
+        rows.append({"data": name, "batch": size, "clouds_per_s": size * batches / best_time(run, device, 2)})
     return rows
 
 
