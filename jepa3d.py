@@ -226,37 +226,50 @@ def farthest_point_sample(xyz: torch.Tensor, n: int, generator: torch.Generator 
     return idx
 
 
-def knn(query: torch.Tensor, xyz: torch.Tensor, k: int) -> torch.Tensor:
+def knn(query: torch.Tensor, xyz: torch.Tensor, k: int, sorted: bool = True) -> torch.Tensor:
     """The k nearest points of xyz (B, N, 3) to each query (B, G, 3) -> indices (B, G, k),
-    nearest first. Exact, in two selections: the N distances of a query are cut into blocks of
-    w consecutive points; the k blocks with the smallest minimum hold every one of the k
-    nearest points (a point closer than the k-th smallest block minimum lies in a block whose
-    minimum is smaller still), so the final top-k runs over k * w candidates, not N. Two small
-    top-k's cost less than one over N (torch.topk is the bulk of tokenization on a CPU)."""
+    nearest first (in no set order with sorted=False). Exact, in two selections: the N
+    distances of a query are cut into nb blocks of w points (block j holds points j, j + nb,
+    j + 2nb, ...); the k blocks with the smallest minimum hold every one of the k nearest points
+    (a point closer than the k-th smallest block minimum lies in a block whose minimum is
+    smaller still), so the final top-k runs over k * w candidates, not N. torch.topk is the bulk
+    of tokenization on a CPU and two small ones cost less than one over N; strided blocks make
+    the block minimum an elementwise minimum of w rows; and the batch goes through in chunks of
+    about 2M distances (8 MB) that stay in cache and under the size where every allocation is a
+    fresh mmap (benchmarks/README.md)."""
     with torch.autocast(query.device.type, enabled=False):
         B, G, _ = query.shape
         N = xyz.shape[1]
-        dist = torch.cdist(query.float(), xyz.float())                      # (B, G, N)
+        query, xyz = query.float(), xyz.float()
         w = next(w for w in range(max(1, N // (4 * k)), 0, -1) if N % w == 0)  # block width, N = nb * w
-        if w == 1:
-            return dist.topk(k, dim=-1, largest=False, sorted=True).indices
         nb = N // w
-        blocks = dist.view(B, G, nb, w)
-        best = blocks.amin(-1).topk(k, dim=-1, largest=False, sorted=False).indices     # (B, G, k) block ids
-        rows = torch.arange(B * G, device=dist.device).view(B, G, 1) * nb
-        cand = blocks.reshape(B * G * nb, w).index_select(0, (best + rows).flatten()).view(B, G, k * w)
-        top = cand.topk(k, dim=-1, largest=False, sorted=True).indices                  # (B, G, k) in cand
-        return torch.gather(best, 2, top // w) * w + top % w
+        step = max(1, (1 << 21) // (G * N))                                  # clouds per chunk
+        out = []
+        for s in range(0, B, step):
+            q, p = query[s:s + step], xyz[s:s + step]                        # (b, G, 3), (b, N, 3)
+            # |p|^2 - 2 q.p: the squared distance less |q|^2, the same order along N (as cdist, by matmul)
+            dist = torch.baddbmm(p.square().sum(-1)[:, None], q, p.transpose(1, 2), alpha=-2)  # (b, G, N)
+            if w == 1:
+                out.append(dist.topk(k, dim=-1, largest=False, sorted=sorted).indices)
+                continue
+            b = dist.shape[0]
+            blocks = dist.view(b, G, w, nb)                                  # block j: column j
+            best = blocks.amin(2).topk(k, dim=-1, largest=False, sorted=False).indices   # (b, G, k) block ids
+            cand = torch.gather(blocks, 3, best[:, :, None].expand(b, G, w, k))        # (b, G, w, k)
+            top = cand.view(b, G, w * k).topk(k, dim=-1, largest=False, sorted=sorted).indices  # (b, G, k)
+            out.append(torch.gather(best, 2, top % k) + top // k * nb)      # point = block id + row * nb
+        return torch.cat(out) if len(out) > 1 else out[0]
 
 
 def group_points(points: torch.Tensor, num_groups: int, group_size: int,
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Cut clouds into patches. points (B, P, 3) -> patches (B, G, K, 3) relative to their
-    centre, centres (B, G, 3). Float32 whatever the autocast state."""
+    centre, centres (B, G, 3). A patch's K points are its centre's K nearest, in no set order
+    (the mini-PointNet max-pools them). Float32 whatever the autocast state."""
     with torch.autocast(points.device.type, enabled=False):
         points = points.float()
         centres = gather(points, farthest_point_sample(points, num_groups, generator))  # (B, G, 3)
-        patches = gather(points, knn(centres, points, group_size))                      # (B, G, K, 3)
+        patches = gather(points, knn(centres, points, group_size, sorted=False))        # (B, G, K, 3)
         return patches - centres[:, :, None], centres
 
 

@@ -49,8 +49,8 @@ def test_group_points_is_centre_relative_and_float32_under_autocast():
         patches, centres = jepa3d.group_points(pts.bfloat16(), 16, 8, torch.Generator().manual_seed(0))
     assert patches.shape == (2, 16, 8, 3) and centres.shape == (2, 16, 3)
     assert patches.dtype == centres.dtype == torch.float32
-    # each patch's nearest point is its own centre (offset 0), and every point is a real point
-    assert torch.all(patches[:, :, 0].abs().amax(-1) == 0)
+    # each patch holds its own centre (offset 0), and every point is a real point
+    assert torch.all(patches.abs().amax(-1).amin(-1) == 0)
     absolute = (patches + centres[:, :, None]).reshape(2, -1, 3)
     nearest = torch.cdist(absolute, pts.bfloat16().float()).amin(-1)
     assert nearest.max() < 1e-6
@@ -85,3 +85,14 @@ def test_knn_block_selection_is_exact_at_many_sizes():
         idx = jepa3d.knn(query, pts, k)
         d = torch.cdist(query, pts)
         assert torch.equal(idx, d.topk(k, dim=-1, largest=False, sorted=True).indices), (n, k)
+        unsorted = jepa3d.knn(query, pts, k, sorted=False)
+        assert torch.equal(unsorted.sort(-1).values, idx.sort(-1).values), (n, k)
+
+
+def test_knn_chunks_the_batch_without_changing_the_answer():
+    # 40 clouds x 64 queries x 1024 points is over the 2M-distance chunk: two chunks, of 32 and 8
+    g = torch.Generator().manual_seed(6)
+    pts, query = torch.rand(40, 1024, 3, generator=g), torch.rand(40, 64, 3, generator=g)
+    idx = jepa3d.knn(query, pts, 32)
+    assert torch.equal(idx, torch.cat([jepa3d.knn(query[i:i + 1], pts[i:i + 1], 32) for i in range(40)]))
+    assert torch.equal(idx.sort(-1).values, torch.cdist(query, pts).topk(32, largest=False).indices.sort(-1).values)
