@@ -91,7 +91,7 @@ def naive_knn(query: torch.Tensor, xyz: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def brute_knn(query: torch.Tensor, xyz: torch.Tensor, k: int) -> torch.Tensor:
-    """Brute-force KNN, batched torch: all distances, one top-k (jepa3d's knn before its block selection)."""
+    """Brute-force KNN, batched torch: cdist over all N points, then one top-k."""
     return torch.cdist(query, xyz).topk(k, dim=-1, largest=False, sorted=True).indices
 
 
