@@ -192,29 +192,47 @@ def gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return x.reshape(B * N, *x.shape[2:]).index_select(0, flat.reshape(-1)).view(*idx.shape, *x.shape[2:])
 
 
-def farthest_point_sample(xyz: torch.Tensor, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def farthest_point_sample(xyz: torch.Tensor, n: int, generator: torch.Generator | None = None, *,
+                          flat: bool | None = None) -> torch.Tensor:
     """Farthest point sampling. xyz (B, P, 3) -> indices (B, n); the first point is drawn from
-    `generator` (index 0 without one). Loops over n (inherent), vectorised over B. Two things
-    make it fast on a CPU (benchmarks/bench_speed.py): coordinates held as (B, 3, P) rows and
-    updated in place (7x faster than (xyz - c).square().sum(-1)), and the argmax taken in two
-    levels, over blocks of w distances and then inside the winning block (a flat argmax over P
-    is a scalar loop in torch's CPU kernels and was 70% of the time). Same indices as the
-    textbook loop: both levels return the first maximum."""
+    `generator` (index 0 without one). Loops over n (inherent), vectorised over B; both forms
+    below return the textbook loop's indices (first maximum on ties).
+
+    On a CPU (flat=False, its default there), two things make it fast
+    (benchmarks/bench_speed.py): coordinates held as (B, 3, P) rows and updated in place (7x
+    faster than (xyz - c).square().sum(-1)), and the argmax taken in two levels, over blocks of
+    w distances and then inside the winning block (a flat argmax over P is a scalar loop in
+    torch's CPU kernels and was 70% of the time). That costs ~15 kernels per iteration. Elsewhere
+    (flat=True, the default off the CPU) every kernel is a launch, so the loop is the six
+    launches the algorithm needs: gather the new point, difference, square, sum, minimum, argmax
+    (itself one parallel reduction on a GPU)."""
     B, P, _ = xyz.shape
     dev = xyz.device
-    w = 128 if P >= 4096 else 64 if P >= 512 else P                          # block width
-    nb = -(-P // w)                                                          # blocks, the last one padded
+    flat = dev.type != "cpu" if flat is None else flat
     with torch.autocast(dev.type, enabled=False):
         cols = xyz.float().transpose(1, 2).contiguous()                     # (B, 3, P)
+        if generator is None:
+            far = torch.zeros(B, 1, dtype=torch.long, device=dev)
+        else:
+            far = torch.randint(P, (B, 1), generator=generator, device=dev)  # (B, 1)
+        if flat:
+            nearest = torch.full((B, P), float("inf"), device=dev)           # (B, P) distance to the chosen set
+            diff, d = torch.empty(B, 3, P, device=dev), torch.empty(B, P, device=dev)
+            chosen = []
+            for _ in range(n):
+                chosen.append(far)
+                torch.sub(cols, torch.gather(cols, 2, far[:, None].expand(B, 3, 1)), out=diff)  # (B, 3, P)
+                torch.sum(diff.square_(), 1, out=d)
+                torch.minimum(nearest, d, out=nearest)
+                far = nearest.argmax(-1, keepdim=True)                       # (B, 1)
+            return torch.cat(chosen, 1)
+        w = 128 if P >= 4096 else 64 if P >= 512 else P                      # block width
+        nb = -(-P // w)                                                      # blocks, the last one padded
         x, y, z = cols.unbind(1)                                             # 3x (B, P) views
         idx = torch.empty(B, n, dtype=torch.long, device=dev)                # (B, n)
         blocks = torch.full((B, nb, w), -1.0, device=dev)                    # (B, nb, w); padding never wins
         nearest = blocks.view(B, nb * w)[:, :P].fill_(float("inf"))          # (B, P) distance to the chosen set
         d, t = torch.empty(B, P, device=dev), torch.empty(B, P, device=dev)
-        if generator is None:
-            far = torch.zeros(B, 1, dtype=torch.long, device=dev)
-        else:
-            far = torch.randint(P, (B, 1), generator=generator, device=dev)  # (B, 1)
         for i in range(n):
             idx[:, i:i + 1] = far
             c = torch.gather(cols, 2, far[:, None].expand(B, 3, 1))          # (B, 3, 1)
@@ -465,9 +483,19 @@ class Masks:
     targets: torch.Tensor
 
 
+def host_generator(generator: torch.Generator) -> torch.Generator:
+    """A generator on the host for the draws whose values shape tensors (block sizes). On a
+    GPU, a draw from the device generator read with .item() would stall the host until the GPU
+    catches up; instead a host generator is seeded with the device generator's seed, which
+    pretrain sets every step (so the draws change every step). A CPU generator is used as is."""
+    if generator.device.type == "cpu":
+        return generator
+    return torch.Generator().manual_seed(generator.initial_seed())
+
+
 def _uniform(lo_hi: tuple, generator: torch.Generator) -> float:
     lo, hi = lo_hi
-    return lo + (hi - lo) * torch.rand((), generator=generator, device=generator.device).item()
+    return lo + (hi - lo) * torch.rand((), generator=generator).item()       # a host generator: no sync
 
 
 def sample_context_block(centres: torch.Tensor, cfg: ModelConfig, generator: torch.Generator) -> Masks:
@@ -477,8 +505,9 @@ def sample_context_block(centres: torch.Tensor, cfg: ModelConfig, generator: tor
     smallest size in the batch (I-JEPA's `min_keep`). centres (B, G, 3) -> Masks."""
     B, G, _ = centres.shape
     dev = centres.device
-    T = max(1, round(_uniform(cfg.target_scale, generator) * G))
-    C = max(1, round(_uniform(cfg.context_scale, generator) * G))
+    host = host_generator(generator)
+    T = max(1, round(_uniform(cfg.target_scale, host) * G))
+    C = max(1, round(_uniform(cfg.context_scale, host) * G))
     dist = torch.cdist(centres.float(), centres.float())                      # (B, G, G)
     seeds = torch.randint(G, (B, cfg.num_targets + 1), generator=generator, device=dev)  # (B, M+1)
     from_seed = gather(dist, seeds)                                           # (B, M+1, G)

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 import jepa3d  # noqa: E402
 import jepa3d_data  # noqa: E402
 
-SHARED = ROOT.parent / "shared" / "data"
+SHARED = ROOT.parent / "shared" / "data"  # --shared replaces it (a copy carried to a GPU machine)
 SHAPENET_SIZE = 41_952  # clouds in ShapeNet-55's train split: the 300-epoch projection's epoch
 
 
@@ -124,6 +124,13 @@ def bench_tokenization(batch: int, repeats: int, device: torch.device) -> list[d
             return naive_knn(jepa3d.gather(xyz, idx), xyz, size) if size else idx
 
         timings = {"jepa3d": best_time(ours, device, repeats), "naive torch": best_time(naive, device, repeats)}
+        if not size:  # the FPS form this device does not use by default, to check the choice
+            flat = device.type == "cpu"
+            timings[f"jepa3d, {'flat' if flat else 'two-level'} argmax"] = best_time(
+                lambda: jepa3d.farthest_point_sample(xyz, groups, g.manual_seed(0), flat=flat), device, repeats)
+        if device.type == "cuda":
+            timings["jepa3d in a CUDA graph"] = graph_time(ours if size else lambda: jepa3d.farthest_point_sample(
+                xyz, groups), device, repeats)
         if fpsample is not None and device.type == "cpu":
             # QuickFPS tree height: the library suggests 3 for small and 5-7 for medium clouds; take its best
             fps_times = {h: best_time(lambda h=h: np.stack([fpsample.bucket_fps_kdline_sampling(c, groups, h=h)
@@ -145,6 +152,20 @@ def bench_tokenization(batch: int, repeats: int, device: torch.device) -> list[d
     return rows
 
 
+def graph_time(fn, device: torch.device, repeats: int) -> float:
+    """best_time of fn captured once in a CUDA graph and replayed: what graphs would save of
+    the per-kernel launch cost. fn must draw no random numbers (its inputs are its closure's)."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        fn()  # warm-up outside the capture: allocator pools, kernels loaded
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return best_time(graph.replay, device, repeats)
+
+
 # ----------------------------------------------------------------------------- 2. matmul peak
 def bench_matmul(device: torch.device, dtype: torch.dtype, repeats: int) -> float:
     """Dense matmul FLOP/s of this device: the denominator of the utilisation figures."""
@@ -157,8 +178,14 @@ def bench_matmul(device: torch.device, dtype: torch.dtype, repeats: int) -> floa
 
 
 # ----------------------------------------------------------------------------- 3. step
-def _step_child(preset: str, batch: int, steps: int, device: str, precision: str, threads: int, queue) -> None:
-    """One preset's step throughput and peak memory, in a fresh process (a clean memory high-water mark)."""
+def _step_child(preset: str, batch: int, steps: int, device: str, precision: str, threads: int, points: int,
+                shared: str, queue) -> None:
+    """One preset's step throughput and peak memory, in a fresh process (a clean memory high-water mark).
+    A step is what `jepa3d pretrain`'s loop does to a batch on the device: fit_points (the FPS
+    down to the preset's num_points when the clouds have more, as ShapeNet-55's 8192),
+    augmentation, train_step."""
+    global SHARED
+    SHARED = Path(shared)
     torch.set_num_threads(threads)
     dev = torch.device(device)
     model_cfg, train_cfg = jepa3d.make_configs(preset, batch_size=batch)
@@ -166,18 +193,19 @@ def _step_child(preset: str, batch: int, steps: int, device: str, precision: str
     model = jepa3d.JEPA(model_cfg).to(dev).train()
     opt = jepa3d.make_optimizer(model, train_cfg)
     amp = jepa3d.resolve_precision(precision, dev)
-    arr, source = real_clouds(1024, batch)
-    points = torch.from_numpy(arr).to(dev)
+    arr, source = real_clouds(points, batch)
+    clouds = torch.from_numpy(arr).to(dev)                                   # (batch, points, 3)
     g = torch.Generator(device=dev)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     contexts, targets = [], []
+    augment = jepa3d_data.augmentation(train_cfg.augment)
 
     def step(i):
         g.manual_seed(i)
-        stats = jepa3d.train_step(model, opt, None, jepa3d.fit_points(points, model_cfg.num_points, g), g,
-                                  lr=1e-4, momentum=0.996, grad_clip=10.0, amp_dtype=amp)
+        x = augment(jepa3d.fit_points(clouds, model_cfg.num_points, g), g)  # (batch, num_points, 3)
+        stats = jepa3d.train_step(model, opt, None, x, g, lr=1e-4, momentum=0.996, grad_clip=10.0, amp_dtype=amp)
         contexts.append(stats["context_patches"].item())
         targets.append(int(stats["target_patches"].item()) // model_cfg.num_targets)
 
@@ -198,14 +226,14 @@ def _step_child(preset: str, batch: int, steps: int, device: str, precision: str
                "peak_memory_gb": peak / 1e9, "memory_kind": "cuda max allocated" if dev.type == "cuda"
                else "growth of process peak RSS over the step", "encoder_params_m":
                sum(p.numel() for p in model.encoder.parameters()) / 1e6, "data": source,
-               "mean_context": sum(contexts[1:]) / steps})
+               "mean_context": sum(contexts[1:]) / steps, "input_points": points})
 
 
-def bench_step(preset: str, batch: int, steps: int, device: torch.device, precision: str) -> dict:
+def bench_step(preset: str, batch: int, steps: int, device: torch.device, precision: str, points: int) -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_step_child, args=(preset, batch, steps, str(device), precision,
-                                                 torch.get_num_threads(), queue))
+                                                 torch.get_num_threads(), points, str(SHARED), queue))
     proc.start()
     result = queue.get()
     proc.join()
@@ -214,24 +242,22 @@ def bench_step(preset: str, batch: int, steps: int, device: torch.device, precis
 
 # ----------------------------------------------------------------------------- 4. data pipeline
 def bench_data(device: torch.device, batch: int = 32, batches: int = 10) -> list[dict]:
-    """The pretraining loop's input path without the step (read + collate + to device +
-    fit_points to 1024 + augmentation), in clouds/s: ModelNet40 (in memory, 1024 points) and
-    the ShapeNet-55 sample (one .npy per cloud read lazily, 8192 points FPS-ed to 1024 as in
-    Point-MAE's pretraining)."""
-    sources = [(path, name) for path, name in
-               ((SHARED / "modelnet40", "ModelNet40 npz (1024 pts)"),
-                (SHARED / "shapenet55_sample", "ShapeNet-55 .npy files (8192 pts -> FPS 1024)")) if path.exists()]
+    """The loader of the pretraining loop (read + collate + to device; worker processes do the
+    first two in parallel with the step), in clouds/s: ModelNet40 (in memory, 1024 points) and
+    the ShapeNet-55 sample (one .npy per cloud read lazily, 8192 points; their FPS to 1024 is
+    part of the step)."""
+    sources = [(path, split, name) for path, split, name in  # ModelNet40's test split: its file alone is carried
+               ((SHARED / "modelnet40", "test", "ModelNet40 npz (1024 pts)"),
+                (SHARED / "shapenet55_sample", "train", "ShapeNet-55 .npy files (8192 pts)")) if path.exists()]
     rows = []
-    for path, name in sources or [(None, "built-in")]:
-        ds = jepa3d_data.open_dataset(path, "train", num_points=1024)
+    for path, split, name in sources or [(None, "train", "built-in")]:
+        ds = jepa3d_data.open_dataset(path, split, num_points=1024)
         size = min(batch, len(ds))
-        augment = jepa3d_data.augmentation("scale-translate")
-        g = torch.Generator(device=device)
         it = jepa3d._batches(ds, size, 0, 0, 0)
 
         def run():
             for _ in range(batches):
-                augment(jepa3d.fit_points(next(it).to(device), 1024, g), g)
+                next(it).to(device)
 
         rows.append({"data": name, "batch": size, "clouds_per_s": size * batches / best_time(run, device, 2)})
     return rows
@@ -239,6 +265,7 @@ def bench_data(device: torch.device, batch: int = 32, batches: int = 10) -> list
 
 # ----------------------------------------------------------------------------- report
 def main():
+    global SHARED
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="auto", help="autocast for the step: auto = bf16 on GPU, fp32 on CPU")
@@ -248,8 +275,14 @@ def main():
     ap.add_argument("--steps", type=int, default=3, help="timed steps per preset (after one warm-up)")
     ap.add_argument("--presets", nargs="+", default=["paper", "small"])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--step-points", type=int, default=8192,
+                    help="points per input cloud of the step: 8192 (ShapeNet-55's, FPS'd to 1024 inside the "
+                         "step as in pretraining) or 1024 (ModelNet40's, no FPS)")
+    ap.add_argument("--shared", default=str(SHARED), help="the shared data folder (real clouds; built-in shapes "
+                                                          "where absent)")
     ap.add_argument("--name", default=None, help="result files benchmarks/speed_<name>.{md,json} (default: device)")
     args = ap.parse_args()
+    SHARED = Path(args.shared)
     device = jepa3d.resolve_device(args.device)
     kind = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
     threads = torch.get_num_threads()
@@ -261,7 +294,7 @@ def main():
     steps = []
     for preset in args.presets:
         batch = args.step_batch or (jepa3d.PRESETS[preset].get("batch_size", 128) if device.type == "cuda" else 32)
-        r = bench_step(preset, batch, args.steps, device, args.precision)
+        r = bench_step(preset, batch, args.steps, device, args.precision, args.step_points)
         r["matmul_fraction"] = r["tflops"] * 1e12 / peak
         r["hours_300_epochs_shapenet55"] = SHAPENET_SIZE * 300 / r["clouds_per_s"] / 3600
         steps.append(r)
@@ -279,6 +312,9 @@ def main():
     lines += ["", f"Data: {', '.join(sorted({r['data'] for r in tok}))}.", "",
               f"## 2. Pretraining step (matmul peak measured: {peak / 1e12:.3f} TFLOP/s "
               f"{str(amp or torch.float32).replace('torch.', '')})", "",
+              f"Input: {steps[0]['data']}, {args.step_points} points per cloud"
+              + (", FPS'd to the preset's points inside the step (`fit_points`, as `jepa3d pretrain` does with "
+                 "ShapeNet-55)." if args.step_points > 1024 else "."), "",
               "| preset | batch | precision | clouds/s | step (s) | GFLOP/step | achieved TFLOP/s | of matmul peak "
               "| peak memory (GB) | 300 epochs x 41,952 clouds (h) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in steps:
@@ -291,8 +327,8 @@ def main():
               "checked against torch's FlopCounterMode in the tests). The 300-epoch column projects this "
               "step rate over ShapeNet-55's 41,952 training clouds.", "",
               "## 3. Data pipeline", "",
-              "Read + collate + to device + fit_points + augmentation, no worker processes, against the fastest "
-              f"step above ({fastest:.1f} clouds/s):", "",
+              "The loader alone (read + collate + to device; `--workers` processes do the first two in parallel "
+              f"with the step), one process, against the fastest step above ({fastest:.1f} clouds/s):", "",
               "| data | batch | clouds/s | keeps up? |", "|---|---|---|---|"]
     for r in data:
         lines.append(f"| {r['data']} | {r['batch']} | {r['clouds_per_s']:.0f} | "

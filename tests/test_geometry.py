@@ -1,5 +1,6 @@
 """FPS, KNN and grouping against brute-force references."""
 import numpy as np
+import pytest
 import torch
 
 import jepa3d
@@ -68,12 +69,14 @@ def test_fit_points_subsamples_by_fps_and_pads_by_repeats():
     assert all_real(up[:, 50:]) and all_real(down)
 
 
-def test_fps_two_level_argmax_matches_brute_force_on_padded_blocks():
-    # 1000 and 5000 points are not multiples of the block widths (64, 128): the padded tail must never win
+@pytest.mark.parametrize("flat", [False, True])
+def test_fps_both_argmax_forms_match_brute_force(flat):
+    # two-level (the CPU's): 1000 and 5000 points are not multiples of the block widths (64, 128),
+    # the padded tail must never win; flat (the GPU's) is checked here on the CPU
     g = torch.Generator().manual_seed(2)
-    for P in (1000, 5000):
+    for P in (300, 1000, 5000):
         xyz = torch.rand(2, P, 3, generator=g)
-        idx = jepa3d.farthest_point_sample(xyz, 24, torch.Generator().manual_seed(0))
+        idx = jepa3d.farthest_point_sample(xyz, 24, torch.Generator().manual_seed(0), flat=flat)
         for b in range(2):
             assert idx[b].tolist() == fps_reference(xyz[b].double().numpy(), 24, int(idx[b, 0]))
 

@@ -73,3 +73,24 @@ def test_impossible_scales_are_refused():
         jepa3d.make_configs("paper", num_targets=8, target_scale=(0.2, 0.3), context_scale=(0.85, 1.0))
     with pytest.raises(ValueError, match="empty target block"):
         jepa3d.make_configs("paper", sampler="knn-blocks", mask_ratio=0.1, num_targets=16)
+
+
+def test_block_sizes_come_from_the_host_off_the_cpu():
+    # a CPU generator draws them itself; a GPU generator's seed seeds a host generator (no .item() sync),
+    # so equal seeds give equal sizes and the step's new seed new ones
+    cpu = torch.Generator().manual_seed(3)
+    assert jepa3d.host_generator(cpu) is cpu
+
+    class OnGPU:  # what host_generator reads of a torch.Generator(device="cuda")
+        device = torch.device("cuda")
+
+        def __init__(self, seed):
+            self.seed = seed
+
+        def initial_seed(self):
+            return self.seed
+
+    def draws(seed):
+        return [jepa3d._uniform((0.15, 0.2), jepa3d.host_generator(OnGPU(seed))) for _ in range(2)]
+    assert draws(7) == draws(7) != draws(8)
+    assert all(0.15 <= u <= 0.2 for u in draws(7))
