@@ -128,9 +128,13 @@ def bench_tokenization(batch: int, repeats: int, device: torch.device) -> list[d
             flat = device.type == "cpu"
             timings[f"jepa3d, {'flat' if flat else 'two-level'} argmax"] = best_time(
                 lambda: jepa3d.farthest_point_sample(xyz, groups, g.manual_seed(0), flat=flat), device, repeats)
-        if device.type == "cuda":
-            timings["jepa3d in a CUDA graph"] = graph_time(ours if size else lambda: jepa3d.farthest_point_sample(
-                xyz, groups), device, repeats)
+        if device.type == "cuda":  # without a generator (start at index 0): a graph would replay fixed draws
+            fixed = (lambda: jepa3d.group_points(xyz, groups, size)) if size else (
+                lambda: jepa3d.farthest_point_sample(xyz, groups))
+            try:
+                timings["jepa3d in a CUDA graph"] = graph_time(fixed, device, repeats)
+            except RuntimeError as e:  # a row to learn from, not a reason to lose the rest of the run
+                print(f"bench_speed: {task} could not be captured in a CUDA graph: {e}", file=sys.stderr)
         if fpsample is not None and device.type == "cpu":
             # QuickFPS tree height: the library suggests 3 for small and 5-7 for medium clouds; take its best
             fps_times = {h: best_time(lambda h=h: np.stack([fpsample.bucket_fps_kdline_sampling(c, groups, h=h)
@@ -154,7 +158,7 @@ def bench_tokenization(batch: int, repeats: int, device: torch.device) -> list[d
 
 def graph_time(fn, device: torch.device, repeats: int) -> float:
     """best_time of fn captured once in a CUDA graph and replayed: what graphs would save of
-    the per-kernel launch cost. fn must draw no random numbers (its inputs are its closure's)."""
+    the per-kernel launch cost. fn draws no random numbers (a replay repeats the captured ones)."""
     side = torch.cuda.Stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(side):
