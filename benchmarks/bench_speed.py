@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 import jepa3d  # noqa: E402
 import jepa3d_data  # noqa: E402
 
-SHARED = ROOT.parent / "shared" / "data"  # --shared replaces it (a copy carried to a GPU machine)
+SHARED = ROOT.parent / "shared" / "data"  # the default of --shared (a copy can be carried to a GPU machine)
 SHAPENET_SIZE = 41_952  # clouds in ShapeNet-55's train split: the 300-epoch projection's epoch
 
 
@@ -50,13 +50,13 @@ def best_time(fn, device: torch.device, repeats: int) -> float:
 
 
 # ----------------------------------------------------------------------------- data
-def real_clouds(points: int, n: int) -> tuple[np.ndarray, str]:
+def real_clouds(points: int, n: int, shared: Path) -> tuple[np.ndarray, str]:
     """n real clouds (n, points, 3): ModelNet40 test (1024 pts) or the ShapeNet-55 sample (8192
     pts), repeated to n; the built-in shapes when the shared data is absent."""
-    if points == 1024 and (SHARED / "modelnet40" / "modelnet40_1024_test.npz").exists():
-        arr = np.load(SHARED / "modelnet40" / "modelnet40_1024_test.npz")["points"][:n].astype(np.float32)
+    if points == 1024 and (shared / "modelnet40" / "modelnet40_1024_test.npz").exists():
+        arr = np.load(shared / "modelnet40" / "modelnet40_1024_test.npz")["points"][:n].astype(np.float32)
         return arr, "ModelNet40 test"
-    files = sorted((SHARED / "shapenet55_sample" / "shapenet_pc").glob("*.npy"))
+    files = sorted((shared / "shapenet55_sample" / "shapenet_pc").glob("*.npy"))
     if points == 8192 and files:
         arr = np.stack([np.load(f) for f in files]).astype(np.float32)
         return np.resize(arr, (n, points, 3)), f"ShapeNet-55 sample ({len(files)} clouds, repeated)"
@@ -102,14 +102,14 @@ def numpy_knn(query: np.ndarray, xyz: np.ndarray, k: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- 1. tokenization
-def bench_tokenization(batch: int, repeats: int, device: torch.device) -> list[dict]:
+def bench_tokenization(batch: int, repeats: int, device: torch.device, shared: Path) -> list[dict]:
     try:
         import fpsample
     except ImportError:
         fpsample = None
     rows = []
     for points, groups, size in ((1024, 64, 32), (8192, 1024, 0)):
-        arr, source = real_clouds(points, batch)
+        arr, source = real_clouds(points, batch, shared)
         xyz = torch.from_numpy(arr).to(device)
         task = f"{points} -> {groups}x{size}" if size else f"{points} -> {groups} points (FPS)"
         g = torch.Generator(device=device)
@@ -188,8 +188,6 @@ def _step_child(preset: str, batch: int, steps: int, device: str, precision: str
     A step is what `jepa3d pretrain`'s loop does to a batch on the device: fit_points (the FPS
     down to the preset's num_points when the clouds have more, as ShapeNet-55's 8192),
     augmentation, train_step."""
-    global SHARED
-    SHARED = Path(shared)
     torch.set_num_threads(threads)
     dev = torch.device(device)
     model_cfg, train_cfg = jepa3d.make_configs(preset, batch_size=batch)
@@ -197,7 +195,7 @@ def _step_child(preset: str, batch: int, steps: int, device: str, precision: str
     model = jepa3d.JEPA(model_cfg).to(dev).train()
     opt = jepa3d.make_optimizer(model, train_cfg)
     amp = jepa3d.resolve_precision(precision, dev)
-    arr, source = real_clouds(points, batch)
+    arr, source = real_clouds(points, batch, Path(shared))
     clouds = torch.from_numpy(arr).to(dev)                                   # (batch, points, 3)
     g = torch.Generator(device=dev)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -233,11 +231,12 @@ def _step_child(preset: str, batch: int, steps: int, device: str, precision: str
                "mean_context": sum(contexts[1:]) / steps, "input_points": points})
 
 
-def bench_step(preset: str, batch: int, steps: int, device: torch.device, precision: str, points: int) -> dict:
+def bench_step(preset: str, batch: int, steps: int, device: torch.device, precision: str, points: int,
+               shared: Path) -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_step_child, args=(preset, batch, steps, str(device), precision,
-                                                 torch.get_num_threads(), points, str(SHARED), queue))
+                                                 torch.get_num_threads(), points, str(shared), queue))
     proc.start()
     result = queue.get()
     proc.join()
@@ -245,14 +244,14 @@ def bench_step(preset: str, batch: int, steps: int, device: torch.device, precis
 
 
 # ----------------------------------------------------------------------------- 4. data pipeline
-def bench_data(device: torch.device, batch: int = 32, batches: int = 10) -> list[dict]:
+def bench_data(device: torch.device, shared: Path, batch: int = 32, batches: int = 10) -> list[dict]:
     """The loader of the pretraining loop (read + collate + to device; worker processes do the
     first two in parallel with the step), in clouds/s: ModelNet40 (in memory, 1024 points) and
     the ShapeNet-55 sample (one .npy per cloud read lazily, 8192 points; their FPS to 1024 is
     part of the step)."""
     sources = [(path, split, name) for path, split, name in  # ModelNet40's test split: its file alone is carried
-               ((SHARED / "modelnet40", "test", "ModelNet40 npz (1024 pts)"),
-                (SHARED / "shapenet55_sample", "train", "ShapeNet-55 .npy files (8192 pts)")) if path.exists()]
+               ((shared / "modelnet40", "test", "ModelNet40 npz (1024 pts)"),
+                (shared / "shapenet55_sample", "train", "ShapeNet-55 .npy files (8192 pts)")) if path.exists()]
     rows = []
     for path, split, name in sources or [(None, "train", "built-in")]:
         ds = jepa3d_data.open_dataset(path, split, num_points=1024)
@@ -269,7 +268,6 @@ def bench_data(device: torch.device, batch: int = 32, batches: int = 10) -> list
 
 # ----------------------------------------------------------------------------- report
 def main():
-    global SHARED
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="auto", help="autocast for the step: auto = bf16 on GPU, fp32 on CPU")
@@ -286,24 +284,24 @@ def main():
                                                           "where absent)")
     ap.add_argument("--name", default=None, help="result files benchmarks/speed_<name>.{md,json} (default: device)")
     args = ap.parse_args()
-    SHARED = Path(args.shared)
+    shared = Path(args.shared)
     device = jepa3d.resolve_device(args.device)
     kind = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
     threads = torch.get_num_threads()
     print(f"bench_speed on {device} ({kind}), {threads} threads, torch {torch.__version__}", file=sys.stderr)
 
-    tok = bench_tokenization(args.batch, args.repeats, device)
+    tok = bench_tokenization(args.batch, args.repeats, device, shared)
     amp = jepa3d.resolve_precision(args.precision, device)
     peak = bench_matmul(device, amp or torch.float32, args.repeats)
     steps = []
     for preset in args.presets:
         batch = args.step_batch or (jepa3d.PRESETS[preset].get("batch_size", 128) if device.type == "cuda" else 32)
-        r = bench_step(preset, batch, args.steps, device, args.precision, args.step_points)
+        r = bench_step(preset, batch, args.steps, device, args.precision, args.step_points, shared)
         r["matmul_fraction"] = r["tflops"] * 1e12 / peak
         r["hours_300_epochs_shapenet55"] = SHAPENET_SIZE * 300 / r["clouds_per_s"] / 3600
         steps.append(r)
         print(json.dumps(r), file=sys.stderr)
-    data = bench_data(device)
+    data = bench_data(device, shared)
 
     lines = [f"# Speed ({device}: {kind}, {threads} threads, torch {torch.__version__})", "",
              "`python benchmarks/bench_speed.py" + (f" --device {args.device}" if args.device != "auto" else "")
