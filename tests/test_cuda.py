@@ -2,29 +2,22 @@
 on the GPU and back on the CPU, and --compile. Skipped, with the reason, where torch sees no CUDA
 GPU (CI has none); benchmarks/gpu_check.sh runs it on one."""
 import json
-import os
-import subprocess
-import sys
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
 
 import jepa3d
 from conftest import SMALL_FLAGS
+from test_cli import jepa3d as cli
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="torch sees no CUDA GPU on this machine")
-ROOT = Path(__file__).resolve().parents[1]
 CUDA = torch.device("cuda")
 
 
-def run_cli(*args):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "jepa3d", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def run_cli(*args) -> dict:
+    """A jepa3d command (test_cli's runner) -> its JSON result."""
+    return json.loads(cli(*args).stdout)
 
 
 def test_geometry_on_the_gpu_equals_the_cpu():
