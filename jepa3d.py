@@ -8,7 +8,10 @@ paper's context-aware decoder, or I-JEPA's concatenating predictor) predicts the
 encoder's features for M spatially contiguous target blocks. The loss lives in feature space.
 
 `import jepa3d` needs torch alone; click, numpy and safetensors are imported where used,
-so this file can be copied into another repository.
+so this file can be copied into another repository. The file reads top to bottom: configs,
+runtime, geometry, tokenizer, blocks, encoder, predictor, masking, objectives, training,
+checkpoints, pretraining, downstream protocols (fine-tune, linear probe, few-shot, embed),
+mask preview, and last the command-line layer, the only part that imports jepa3d_data.
 
 Tensor dimension legend, used in every shape comment:
     B batch            P points per cloud      G groups (patches) per cloud
@@ -17,6 +20,12 @@ Tensor dimension legend, used in every shape comment:
 """
 
 from __future__ import annotations
+
+if __name__ == "__main__":  # `python -m jepa3d`: run the importable module, so one copy of each class exists
+    import jepa3d
+
+    jepa3d.main()
+    raise SystemExit(0)
 
 import copy
 import dataclasses
@@ -37,6 +46,27 @@ import torch.nn.functional as F
 __version__ = "0.1.0"
 FORMAT_VERSION = 1  # checkpoint format; bump when tensor names or metadata change meaning
 
+__all__ = [
+    # configs
+    "ModelConfig", "TrainConfig", "FinetuneConfig", "ProbeConfig", "FewShotConfig", "PRESETS", "TASK_GEOMETRY",
+    "make_configs", "config_from_json",
+    # runtime
+    "resolve_device", "resolve_precision", "autocast", "grad_scaler",
+    # geometry
+    "gather", "farthest_point_sample", "knn", "group_points", "fit_points",
+    # model
+    "MiniPointNet", "Block", "Encoder", "Predictor", "Masks", "SAMPLERS", "Objective", "OBJECTIVES", "JEPA",
+    # training
+    "make_optimizer", "train_step", "ema_update", "lr_at", "momentum_at", "step_flops", "pretrain",
+    # checkpoints
+    "CheckpointError", "save_checkpoint", "read_checkpoint", "load_jepa", "load_encoder",
+    # downstream
+    "Classifier", "Segmenter", "extract_features", "fit_linear", "accuracy", "sample_episode",
+    "embed", "linear_probe", "few_shot", "finetune", "evaluate",
+    # tools
+    "mask_preview", "write_ply", "make_cli", "main",
+]
+
 
 # ----------------------------------------------------------------------------- configs
 # Frozen dataclasses are the only home of defaults. Each field's help text is also its
@@ -45,6 +75,11 @@ FORMAT_VERSION = 1  # checkpoint format; bump when tensor names or metadata chan
 def _opt(default, help: str, **check):
     """A config field with its CLI help; `check` holds click hints (choices, min, max)."""
     return field(default=default, metadata={"help": help, **check})
+
+
+# jepa3d_data.AUGMENTATIONS applies them; a test checks every choice here is one it knows
+AUGMENT_CHOICES = ("scale-translate", "rotate", "jitter", "scale-translate+rotate", "scale-translate+jitter",
+                   "scale-translate+rotate+jitter", "none")
 
 
 @dataclass(frozen=True)
@@ -116,7 +151,7 @@ class TrainConfig:
     ema_end: float = _opt(1.0, "EMA momentum at the last step (cosine schedule)", min=0.0, max=1.0)
     augment: str = _opt("scale-translate", "train-time augmentation on the device: scale-translate (Point-MAE), "
                         "rotate (about the up axis), both, or none",
-                        choices=("scale-translate", "rotate", "scale-translate+rotate", "none"))
+                        choices=AUGMENT_CHOICES)
 
 
 # Named presets: field overrides on top of the paper's configuration. `tiny` trains in minutes
@@ -127,6 +162,55 @@ PRESETS: dict[str, dict] = {
     "tiny": dict(num_points=512, num_groups=32, group_size=16, dim=96, depth=4, heads=3, pred_dim=96,
                  pred_depth=2, pred_heads=3, drop_path=0.0, batch_size=32, epochs=10, warmup_epochs=1.0,
                  lr=5e-4, ema_start=0.99),
+}
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    epochs: int = _opt(300, "fine-tuning epochs (Point-MAE: 300 on ModelNet40 and ScanObjectNN)", min=1)
+    batch_size: int = _opt(32, "clouds per step (Point-MAE)", min=1)
+    lr: float = _opt(5e-4, "peak AdamW learning rate (Point-MAE)", min=0.0)
+    min_lr: float = _opt(1e-6, "final learning rate of the cosine schedule", min=0.0)
+    warmup_epochs: float = _opt(10.0, "linear warm-up epochs (Point-MAE)", min=0.0)
+    weight_decay: float = _opt(0.05, "AdamW weight decay (Point-MAE)", min=0.0)
+    grad_clip: float = _opt(10.0, "gradient-norm clip (Point-MAE)", min=0.0)
+    label_smoothing: float = _opt(0.2, "label smoothing of the classification loss (Point-MAE's smooth loss)",
+                                  min=0.0, max=0.9)
+    drop_path: float = _opt(0.1, "stochastic depth of the encoder while fine-tuning", min=0.0, max=0.9)
+    dropout: float = _opt(0.5, "dropout in the head (Point-MAE)", min=0.0, max=0.9)
+    augment: str = _opt("scale-translate", "train-time augmentation (see pretrain --augment)",
+                        choices=AUGMENT_CHOICES)
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    classifier: str = _opt("svm", "linear SVM (squared hinge, LinearSVC's objective) and/or logistic regression",
+                           choices=("svm", "logreg", "both"))
+    C: float = _opt(0.012, "SVM regularisation: larger C fits the train split harder (JEPA lineage: 0.012, "
+                    "from Point-M2AE)", min=0.0, min_open=True)
+    logreg_C: float = _opt(1.0, "logistic-regression regularisation (scikit-learn's default)", min=0.0, min_open=True)
+    batch_size: int = _opt(64, "clouds per forward pass of the frozen encoder (no effect on the result)", min=1)
+
+
+@dataclass(frozen=True)
+class FewShotConfig:
+    way: int = _opt(5, "classes per episode", min=2)
+    shot: int = _opt(10, "train clouds per class", min=1)
+    query: int = _opt(20, "test clouds per class (peers: 20)", min=1)
+    folds: int = _opt(10, "episodes; mean and std are over these (peers: 10)", min=1)
+    protocol: str = _opt("svm", "svm: linear SVM on frozen features (fast); finetune: the peers' per-episode "
+                         "fine-tuning", choices=("svm", "finetune"))
+    episode_epochs: int = _opt(150, "--protocol finetune: epochs per episode (peers: 150)", min=1)
+    C: float = _opt(ProbeConfig.C, "SVM regularisation (the linear probe's)", min=0.0, min_open=True)
+    batch_size: int = _opt(ProbeConfig.batch_size, "clouds per forward pass", min=1)
+
+
+# Point counts and patching per task, as the peers run them; the encoder's weights do not
+# depend on them, so a checkpoint pretrained at 1024 x 64 serves ScanObjectNN at 2048 x 128.
+TASK_GEOMETRY = {
+    "modelnet40": dict(num_points=1024, num_groups=64, group_size=32),
+    "scanobjectnn": dict(num_points=2048, num_groups=128, group_size=32),
+    "shapenetpart": dict(num_points=2048, num_groups=128, group_size=32),
 }
 
 
@@ -154,7 +238,9 @@ def config_from_json(cls, text: str):
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
-# ----------------------------------------------------------------------------- devices
+
+
+# ----------------------------------------------------------------------------- runtime
 def resolve_device(name: str = "auto") -> torch.device:
     """'auto' picks cuda, then mps, then cpu; an explicit name must be available."""
     if name == "auto":
@@ -180,13 +266,28 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
+def autocast(device: torch.device, amp_dtype: torch.dtype | None) -> torch.autocast:
+    """The autocast context of a resolved precision; amp_dtype None runs plain fp32."""
+    return torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+
+
+def grad_scaler(device: torch.device, amp_dtype: torch.dtype | None) -> torch.amp.GradScaler | None:
+    """A GradScaler for float16 only: bf16 and fp32 have fp32's range and need none."""
+    return torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set the learning rate of every parameter group (schedules are pure functions of the step)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
 # ----------------------------------------------------------------------------- geometry
 # Pure torch, batched, always float32 (autocast is switched off: fp16 distances lose the
 # ordering FPS and KNN depend on). No compiled extensions.
 
 def gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """Per-sample indexing: x (B, N, *F), idx (B, *I) long -> (B, *I, *F). One index_select
-    over the flattened batch: 3x faster on a CPU than x[batch, idx]."""
+    over the flattened batch: faster on a CPU than x[batch, idx]."""
     B, N = x.shape[:2]
     flat = idx + torch.arange(B, device=x.device).view(-1, *([1] * (idx.dim() - 1))) * N   # (B, *I)
     return x.reshape(B * N, *x.shape[2:]).index_select(0, flat.reshape(-1)).view(*idx.shape, *x.shape[2:])
@@ -198,14 +299,12 @@ def farthest_point_sample(xyz: torch.Tensor, n: int, generator: torch.Generator 
     `generator` (index 0 without one). Loops over n (inherent), vectorised over B; both forms
     below return the textbook loop's indices (first maximum on ties).
 
-    On a CPU (flat=False, its default there), two things make it fast
-    (benchmarks/bench_speed.py): coordinates held as (B, 3, P) rows and updated in place (7x
-    faster than (xyz - c).square().sum(-1)), and the argmax taken in two levels, over blocks of
-    w distances and then inside the winning block (a flat argmax over P is a scalar loop in
-    torch's CPU kernels and was 70% of the time). That costs ~15 kernels per iteration. Elsewhere
-    (flat=True, the default off the CPU) every kernel is a launch, so the loop is the six
-    launches the algorithm needs: gather the new point, difference, square, sum, minimum, argmax
-    (itself one parallel reduction on a GPU)."""
+    flat=False (the default on a CPU): coordinates held as (B, 3, P) rows updated in place, and
+    the argmax taken in two levels (over blocks of w distances, then inside the winning block),
+    because a flat argmax over P is a scalar loop in torch's CPU kernels. flat=True (the default
+    elsewhere): the six kernels the algorithm needs per iteration (gather, difference, square,
+    sum, minimum, argmax), since on a GPU every kernel is a launch. Measurements behind both
+    choices: benchmarks/README.md."""
     B, P, _ = xyz.shape
     dev = xyz.device
     flat = dev.type != "cpu" if flat is None else flat
@@ -252,11 +351,9 @@ def knn(query: torch.Tensor, xyz: torch.Tensor, k: int, sorted: bool = True) -> 
     distances of a query are cut into nb blocks of w points (block j holds points j, j + nb,
     j + 2nb, ...); the k blocks with the smallest minimum hold every one of the k nearest points
     (a point closer than the k-th smallest block minimum lies in a block whose minimum is
-    smaller still), so the final top-k runs over k * w candidates, not N. torch.topk is the bulk
-    of tokenization on a CPU and two small ones cost less than one over N; strided blocks make
-    the block minimum an elementwise minimum of w rows; and the batch goes through in chunks of
-    about 2M distances (8 MB) that stay in cache and under the size where every allocation is a
-    fresh mmap (benchmarks/README.md)."""
+    smaller still), so the final top-k runs over k * w candidates, not N. Strided blocks make a
+    block's minimum an elementwise minimum of w rows, and the batch goes through in chunks of
+    about 2M distances so the distance matrix stays small (benchmarks/README.md has the why)."""
     with torch.autocast(query.device.type, enabled=False):
         B, G, _ = query.shape
         N = xyz.shape[1]
@@ -419,17 +516,24 @@ class Encoder(nn.Module):
         self.norm = nn.LayerNorm(cfg.dim)
         init_weights(self)
 
-    def forward(self, patches: torch.Tensor, centres: torch.Tensor,
-                return_layers: tuple[int, ...] = ()) -> torch.Tensor | list[torch.Tensor]:
-        """patches (B, N, K, 3), centres (B, N, 3) -> tokens (B, N, D); with `return_layers`,
-        the normed outputs of those blocks (0-based) as a list instead."""
+    def forward(self, patches: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+        """patches (B, N, K, 3), centres (B, N, 3) -> tokens (B, N, D)."""
+        x = self.patch_embed(patches) + self.pos_embed(centres)              # (B, N, D)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x)
+
+    def layer_outputs(self, patches: torch.Tensor, centres: torch.Tensor,
+                      layers: tuple[int, ...]) -> list[torch.Tensor]:
+        """The normed outputs of blocks `layers` (0-based, ascending): a list of (B, N, D), for
+        heads that read several depths (part segmentation)."""
         x = self.patch_embed(patches) + self.pos_embed(centres)              # (B, N, D)
         outs = []
-        for i, blk in enumerate(self.blocks):
+        for i, blk in enumerate(self.blocks[:max(layers) + 1]):
             x = blk(x)
-            if i in return_layers:
+            if i in layers:
                 outs.append(self.norm(x))
-        return outs if return_layers else self.norm(x)
+        return outs
 
 
 # ----------------------------------------------------------------------------- predictor
@@ -548,7 +652,11 @@ SAMPLERS: dict[str, Callable[[torch.Tensor, ModelConfig, torch.Generator], Masks
 }
 
 
-# ----------------------------------------------------------------------------- JEPA
+# ----------------------------------------------------------------------------- objectives
+# What the predictor's output is trained to match. An objective adds its own modules to the
+# model (at stable checkpoint names) and turns one batch's prediction into a loss; a new
+# objective is one entry in OBJECTIVES, not a branch in JEPA.forward.
+
 def jepa_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
     """Feature-space loss, averaged over target patches. pred, target (M*B, T, D)."""
     pred, target = pred.float(), target.float()
@@ -566,21 +674,73 @@ def chamfer_l2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return d.amin(dim=2).mean() + d.amin(dim=1).mean()
 
 
+def _add_teacher(model: JEPA) -> None:
+    """The EMA target encoder: a frozen copy of the encoder, updated by ema_update."""
+    model.target_encoder = copy.deepcopy(model.encoder).requires_grad_(False)
+
+
+def _jepa_objective(model: JEPA, patches: torch.Tensor, centres: torch.Tensor, masks: Masks,
+                    context: torch.Tensor, pred: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """Predict the teacher's layer-normed features of the target patches. The teacher sees
+    the whole cloud. patches (B, G, K, 3), centres (B, G, 3), pred (M*B, T, D)."""
+    B, M, T = masks.targets.shape
+    with torch.no_grad():
+        teacher = model.target_encoder(patches, centres)                     # (B, G, D)
+        teacher = F.layer_norm(teacher.float(), teacher.shape[-1:])
+        target = gather(teacher, masks.targets).transpose(0, 1).reshape(M * B, T, -1)  # (M*B, T, D)
+    loss = jepa_loss(pred, target, model.cfg.loss)
+    with torch.no_grad():  # collapse monitor: per-channel std over target tokens -> 0 on collapse
+        stats = {"target_std": target.flatten(0, 1).std(0).mean(),
+                 "pred_std": pred.detach().float().flatten(0, 1).std(0).mean()}
+    return loss, stats
+
+
+def _add_point_head(model: JEPA) -> None:
+    """A linear head that turns each predicted target token into its patch's K points."""
+    model.point_head = nn.Linear(model.cfg.dim, model.cfg.group_size * 3)
+
+
+def _reconstruct_objective(model: JEPA, patches: torch.Tensor, centres: torch.Tensor, masks: Masks,
+                           context: torch.Tensor, pred: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """Predict the target patches' points (Chamfer-L2): the Point-MAE-style baseline of the
+    paper's ablation, with the same masking and predictor and no teacher."""
+    B, M, T = masks.targets.shape
+    K = model.cfg.group_size
+    points_pred = model.point_head(pred).view(M * B, T, K, 3)                 # (M*B, T, K, 3)
+    truth = gather(patches, masks.targets).transpose(0, 1).reshape(M * B, T, K, 3)
+    loss = chamfer_l2(points_pred.flatten(0, 1), truth.flatten(0, 1))
+    with torch.no_grad():  # collapse monitor on the context features instead
+        stats = {"feature_std": context.float().flatten(0, 1).std(0).mean()}
+    return loss, stats
+
+
+@dataclass(frozen=True)
+class Objective:
+    """build(model) adds the objective's modules; loss(model, patches, centres, masks, context,
+    pred) -> (loss, detached stats); `monitor` names the stat that shows collapse."""
+    build: Callable[[JEPA], None]
+    loss: Callable[..., tuple[torch.Tensor, dict]]
+    monitor: str
+
+
+OBJECTIVES: dict[str, Objective] = {
+    "jepa": Objective(_add_teacher, _jepa_objective, "target_std"),
+    "reconstruct": Objective(_add_point_head, _reconstruct_objective, "feature_std"),
+}
+
+
+# ----------------------------------------------------------------------------- JEPA
 class JEPA(nn.Module):
-    """Context encoder + predictor + EMA target encoder. forward(points) -> (loss, stats).
-    With objective 'reconstruct' there is no teacher: a linear head turns each predicted
-    target token into the patch's K points."""
+    """Context encoder + predictor + the objective's parts (the EMA target encoder for 'jepa',
+    a point head for 'reconstruct'). forward(points) -> (loss, stats)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
         self.encoder = Encoder(cfg)
         self.predictor = Predictor(cfg)
-        if cfg.objective == "jepa":
-            self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
-        else:
-            self.target_encoder = None
-            self.point_head = nn.Linear(cfg.dim, cfg.group_size * 3)
+        self.target_encoder: Encoder | None = None  # set by the objectives that have a teacher
+        OBJECTIVES[cfg.objective].build(self)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -595,26 +755,10 @@ class JEPA(nn.Module):
         masks = SAMPLERS[cfg.sampler](centres, cfg, generator)
         B, M, T = masks.targets.shape
         context = self.encoder(gather(patches, masks.context), gather(centres, masks.context))  # (B, Nc, D)
-        pred = self.predictor(context, gather(centres, masks.context), gather(centres, masks.targets))
-        if self.target_encoder is None:
-            points_pred = self.point_head(pred).view(M * B, T, cfg.group_size, 3)          # (M*B, T, K, 3)
-            truth = gather(patches, masks.targets).transpose(0, 1).reshape(M * B, T, cfg.group_size, 3)
-            loss = chamfer_l2(points_pred.flatten(0, 1), truth.flatten(0, 1))
-            with torch.no_grad():  # collapse monitor on the context features instead
-                stats = {"feature_std": context.float().flatten(0, 1).std(0).mean(),
-                         "context_patches": torch.tensor(float(masks.context.shape[1])),
-                         "target_patches": torch.tensor(float(M * T))}
-            return loss, stats
-        with torch.no_grad():
-            teacher = self.target_encoder(patches, centres)                   # (B, G, D)
-            teacher = F.layer_norm(teacher.float(), teacher.shape[-1:])
-            target = gather(teacher, masks.targets).transpose(0, 1).reshape(M * B, T, -1)  # (M*B, T, D)
-        loss = jepa_loss(pred, target, cfg.loss)
-        with torch.no_grad():  # collapse monitor: per-channel std over target tokens -> 0 on collapse
-            stats = {"target_std": target.flatten(0, 1).std(0).mean(),
-                     "pred_std": pred.detach().float().flatten(0, 1).std(0).mean(),
-                     "context_patches": torch.tensor(float(masks.context.shape[1])),
-                     "target_patches": torch.tensor(float(M * T))}
+        pred = self.predictor(context, gather(centres, masks.context), gather(centres, masks.targets))  # (M*B, T, D)
+        loss, stats = OBJECTIVES[cfg.objective].loss(self, patches, centres, masks, context, pred)
+        stats.update(context_patches=torch.tensor(float(masks.context.shape[1])),
+                     target_patches=torch.tensor(float(M * T)))
         return loss, stats
 
 
@@ -687,9 +831,8 @@ def train_step(model: JEPA, optimizer: torch.optim.Optimizer, scaler: torch.amp.
     EMA update. `ddp`, the model wrapped in DistributedDataParallel, averages the gradients
     over ranks during backward; every rank then takes the same step and the same EMA update.
     Returns detached tensors (no host sync)."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    with torch.autocast(points.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+    set_lr(optimizer, lr)
+    with autocast(points.device, amp_dtype):
         loss, stats = (ddp or model)(points, generator)
     grad_norm = optimizer_step(loss, optimizer, scaler, grad_clip)
     if model.target_encoder is not None:
@@ -811,14 +954,22 @@ def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Te
             optimizer.state[p] = state
 
 
+def checkpoint_config(cls, meta: dict[str, str], path: str | Path, **overrides):
+    """The ModelConfig or TrainConfig stored in a checkpoint's metadata, with `overrides`
+    replaced; anything missing or inconsistent is a CheckpointError naming the file."""
+    key = {ModelConfig: "model_config", TrainConfig: "train_config"}[cls]
+    try:
+        return dataclasses.replace(config_from_json(cls, meta[key]), **overrides)
+    except KeyError:
+        raise CheckpointError(f"{path}: has no {key} in its metadata (not a pretraining checkpoint?)") from None
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"{path}: bad {key} in metadata ({err})") from None
+
+
 def load_jepa(path: str | Path) -> tuple[JEPA, dict[str, str], dict[str, torch.Tensor]]:
     """Rebuild the JEPA model stored in a checkpoint -> (model, metadata, tensors)."""
     tensors, metadata = read_checkpoint(path)
-    try:
-        cfg = config_from_json(ModelConfig, metadata["model_config"])
-    except (KeyError, ValueError, TypeError) as err:
-        raise CheckpointError(f"{path}: bad model_config in metadata ({err})") from None
-    model = JEPA(cfg)
+    model = JEPA(checkpoint_config(ModelConfig, metadata, path))
     load_model(model, tensors, path)
     return model, metadata, tensors
 
@@ -826,6 +977,26 @@ def load_jepa(path: str | Path) -> tuple[JEPA, dict[str, str], dict[str, torch.T
 def load_model(model: JEPA, tensors: dict[str, torch.Tensor], path: str | Path) -> None:
     """Strictly load every model tensor of a pretraining checkpoint (all but optimizer.*)."""
     load_state(model, {k: v for k, v in tensors.items() if not k.startswith("optimizer.")}, "", path)
+
+
+def load_encoder(checkpoint: str, which: str = "target", preset: str = "paper",
+                 seed: int = 0, **geometry) -> tuple[Encoder, ModelConfig, str]:
+    """The encoder of a checkpoint ('target' = EMA teacher, 'context' = student; a fine-tuned
+    checkpoint has one encoder), or with checkpoint 'none' a random-init encoder of `preset`.
+    `geometry` overrides num_points / num_groups / group_size / drop_path (no weight depends on
+    them). -> (encoder, its config, a description for the JSON result)."""
+    geometry = {k: v for k, v in geometry.items() if v is not None}
+    if checkpoint == "none":
+        cfg, _ = make_configs(preset, **geometry)
+        torch.manual_seed(seed)
+        return Encoder(cfg), cfg, f"none (random init, preset {preset}, seed {seed})"
+    tensors, meta = read_checkpoint(checkpoint)
+    cfg = checkpoint_config(ModelConfig, meta, checkpoint, **geometry)
+    prefix = "target_encoder." if which == "target" and any(k.startswith("target_encoder.") for k in tensors) \
+        else "encoder."
+    encoder = Encoder(cfg)
+    load_state(encoder, tensors, prefix, checkpoint)
+    return encoder, cfg, f"{checkpoint} ({prefix[:-1]}, step {meta.get('step', '?')})"
 
 
 # ----------------------------------------------------------------------------- pretraining loop
@@ -918,6 +1089,53 @@ def params_digest(model: nn.Module) -> torch.Tensor:
     return digest
 
 
+@dataclass
+class _Run:
+    """What a pretraining run holds while it trains (built by _start_run)."""
+    model: JEPA
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    amp_dtype: torch.dtype | None
+    device: torch.device
+    step: int                         # the next global step
+    ddp: nn.Module | None = None      # the model wrapped in DDP under torchrun
+
+
+def _start_run(model_cfg: ModelConfig, train_cfg: TrainConfig, ckpt_path: Path, *, device: torch.device,
+               seed: int, precision: str, resume: bool) -> _Run:
+    """A fresh model, optimizer and scaler, or with `resume` all three (and the step) as the
+    checkpoint left them."""
+    torch.manual_seed(seed)
+    model = JEPA(model_cfg).to(device)
+    optimizer = make_optimizer(model, train_cfg)
+    amp_dtype = resolve_precision(precision, device)
+    scaler = grad_scaler(device, amp_dtype)
+    step = 0
+    if resume:
+        tensors, meta = read_checkpoint(ckpt_path)
+        load_model(model, tensors, ckpt_path)
+        load_optimizer(optimizer, tensors)
+        if scaler is not None and "grad_scaler" in meta:
+            scaler.load_state_dict(json.loads(meta["grad_scaler"]))
+        step = json.loads(meta["step"])
+    return _Run(model, optimizer, scaler, amp_dtype, device, step)
+
+
+def _wrap(run: _Run, compile: bool, world: int) -> None:
+    """torch.compile the Transformers in place (state-dict keys stay; the FPS loop is not
+    unrolled), and wrap the model in DDP under torchrun (it wraps, not copies: the model's
+    parameters are the ones DDP synchronises)."""
+    model = run.model
+    if compile:
+        for module in (model.encoder, model.target_encoder, model.predictor):
+            if module is not None:
+                module.compile(dynamic=None)
+    if world > 1:
+        device = run.device
+        run.ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                      else None)
+
+
 def pretrain(dataset, out_dir: str | Path, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
              device: torch.device, seed: int = 0, precision: str = "auto", resume: bool = False,
              max_steps: int | None = None, save_every: int = 0, num_workers: int = 0,
@@ -934,7 +1152,6 @@ def pretrain(dataset, out_dir: str | Path, model_cfg: ModelConfig, train_cfg: Tr
     run can resume on a different number of GPUs."""
     created = distributed_env()[1] > 1 and not dist.is_initialized()
     rank, world, device = _init_distributed(device)
-    lead = rank == 0
     out = Path(out_dir)
     ckpt_path, metrics_path = out / "checkpoint.safetensors", out / "metrics.jsonl"
     batch_size = min(train_cfg.batch_size, len(dataset))
@@ -943,89 +1160,86 @@ def pretrain(dataset, out_dir: str | Path, model_cfg: ModelConfig, train_cfg: Tr
                          "(it is the global batch; each rank takes an equal share)")
     per_epoch = max(1, len(dataset) // batch_size)
     total = train_cfg.epochs * per_epoch
-    warmup = round(train_cfg.warmup_epochs * per_epoch)
-    save_every = save_every or per_epoch
-
-    torch.manual_seed(seed)
-    model = JEPA(model_cfg).to(device)
-    optimizer = make_optimizer(model, train_cfg)
-    amp_dtype = resolve_precision(precision, device)
-    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
-    step = 0
-    if resume:
-        tensors, meta = read_checkpoint(ckpt_path)
-        load_model(model, tensors, ckpt_path)
-        load_optimizer(optimizer, tensors)
-        if scaler is not None and "grad_scaler" in meta:
-            scaler.load_state_dict(json.loads(meta["grad_scaler"]))
-        step = json.loads(meta["step"])
-        if lead:
-            _truncate_metrics(metrics_path, step)
+    run = _start_run(model_cfg, train_cfg, ckpt_path, device=device, seed=seed, precision=precision, resume=resume)
     run_info = {"model_config": dataclasses.asdict(model_cfg), "train_config": dataclasses.asdict(train_cfg),
-                "seed": seed, "device": str(device), "precision": str(amp_dtype or "fp32"),
+                "seed": seed, "device": str(device), "precision": str(run.amp_dtype or "fp32"),
                 "dataset": getattr(dataset, "name", type(dataset).__name__), "clouds": len(dataset),
                 "batch_size": batch_size, "world_size": world, "steps_per_epoch": per_epoch, "total_steps": total,
                 "jepa3d_version": __version__, "torch_version": torch.__version__}
-    if lead:
+    if rank == 0:
+        if resume:
+            _truncate_metrics(metrics_path, run.step)
         out.mkdir(parents=True, exist_ok=True)
         (out / "run.json").write_text(json.dumps(run_info, indent=2))
-    if compile:  # the Transformers only, in place: state-dict keys stay; the FPS loop is not unrolled
-        for module in (model.encoder, model.target_encoder, model.predictor):
-            if module is not None:
-                module.compile(dynamic=None)
-    ddp = None
-    if world > 1:  # wraps, does not copy: model's parameters are the ones DDP synchronises
-        ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    generator = torch.Generator(device=device)
+    _wrap(run, compile, world)
     end = total if max_steps is None else min(total, max_steps)
-    nparams = sum(p.numel() for p in model.encoder.parameters())
-    if lead:
-        print(f"jepa3d pretrain: {len(dataset)} clouds, {per_epoch} steps/epoch, steps {step}->{end} of {total}, "
-              f"encoder {nparams / 1e6:.2f}M params, {device}"
+    if rank == 0:
+        nparams = sum(p.numel() for p in run.model.encoder.parameters())
+        print(f"jepa3d pretrain: {len(dataset)} clouds, {per_epoch} steps/epoch, steps {run.step}->{end} of "
+              f"{total}, encoder {nparams / 1e6:.2f}M params, {device}"
               f"{f' x {world} ranks' if world > 1 else ''}, {run_info['precision']}", file=sys.stderr)
-
-    model.train()
-    progress = Progress(end, step)
-    pending: list[dict] = []
-    last: dict = {}
-    t_flush = time.time()
-    with open(metrics_path, "a") if lead else open(os.devnull, "w") as metrics:
-        batches = _batches(dataset, batch_size, seed, step, num_workers, rank, world, pin=device.type == "cuda")
-        while step < end:
-            points = next(batches).to(device, non_blocking=True)             # (B / world, P, 3)
-            s = _rank_seed(seed, step, rank)
-            torch.manual_seed(s)  # drop path
-            generator.manual_seed(s)
-            points = fit_points(points, model_cfg.num_points, generator)     # (B / world, num_points, 3)
-            if augment is not None:
-                points = augment(points, generator)
-            lr, momentum = lr_at(step, total, warmup, train_cfg), momentum_at(step, total, train_cfg)
-            stats = train_step(model, optimizer, scaler, points, generator, lr=lr, momentum=momentum,
-                               grad_clip=train_cfg.grad_clip, amp_dtype=amp_dtype, ddp=ddp)
-            pending.append({"step": step, "epoch": step // per_epoch, "lr": lr, "momentum": momentum, **stats})
-            step += 1
-            if len(pending) >= log_every or step == end or step % save_every == 0:
-                last = _flush_metrics(pending, metrics, batch_size, time.time() - t_flush, world)
-                t_flush, pending = time.time(), []
-                monitor = "target_std" if "target_std" in last else "feature_std"
-                if lead:
-                    progress.update(step, f"loss {last['loss']:.4f} {monitor} {last[monitor]:.3f}")
-            if lead and (step % save_every == 0 or step == end):
-                save_checkpoint(ckpt_path, model, optimizer, scaler, train_cfg, step=step, seed=seed,
-                                epoch=step // per_epoch, kind="pretrain")
-    if lead:
-        progress.close()
-    result = {"checkpoint": str(ckpt_path), "metrics": str(metrics_path), "step": step, "total_steps": total,
-              "finished": step >= total, "final_loss": last.get("loss"),
-              **{f"final_{k}": last[k] for k in ("target_std", "feature_std") if k in last}}
+    batches = _batches(dataset, batch_size, seed, run.step, num_workers, rank, world, pin=device.type == "cuda")
+    last = _pretrain_steps(run, batches, train_cfg, end=end, total=total, per_epoch=per_epoch, seed=seed,
+                           batch_size=batch_size, rank=rank, world=world, save_every=save_every or per_epoch, augment=augment,
+                           log_every=log_every, ckpt_path=ckpt_path, metrics_path=metrics_path)
+    monitor = OBJECTIVES[model_cfg.objective].monitor
+    result = {"checkpoint": str(ckpt_path), "metrics": str(metrics_path), "step": run.step, "total_steps": total,
+              "finished": run.step >= total, "final_loss": last.get("loss"),
+              **({f"final_{monitor}": last[monitor]} if monitor in last else {})}
     if world > 1:
         digests = [torch.empty(3, dtype=torch.float64, device=device) for _ in range(world)]
-        dist.all_gather(digests, params_digest(model))
+        dist.all_gather(digests, params_digest(run.model))
         result.update(world_size=world, ranks_in_sync=all(torch.equal(d, digests[0]) for d in digests))
         dist.barrier()  # rank 0's checkpoint is on disk before any rank returns
         if created:
             dist.destroy_process_group()
     return result
+
+
+def _pretrain_steps(run: _Run, batches: Iterator[torch.Tensor], cfg: TrainConfig, *, end: int, total: int,
+                    per_epoch: int, seed: int, batch_size: int, rank: int, world: int, save_every: int, augment: Callable | None,
+                    log_every: int, ckpt_path: Path, metrics_path: Path) -> dict:
+    """The training loop from run.step to `end`: metrics buffered and flushed every log_every
+    steps (one host sync), a checkpoint every save_every steps and at the end (rank 0).
+    -> the last flushed metrics line."""
+    model, lead = run.model, rank == 0
+    warmup = round(cfg.warmup_epochs * per_epoch)
+    generator = torch.Generator(device=run.device)
+    monitor = OBJECTIVES[model.cfg.objective].monitor
+    progress = Progress(end, run.step)
+    pending: list[dict] = []
+    last: dict = {}
+    t_flush = time.time()
+    model.train()
+    with open(metrics_path, "a") if lead else open(os.devnull, "w") as metrics:
+        while run.step < end:
+            step = run.step
+            # the step's draws (drop path, masks, FPS starts, augmentation) come from its seed
+            points = next(batches).to(run.device, non_blocking=True)         # (B / world, P, 3)
+            s = _rank_seed(seed, step, rank)
+            torch.manual_seed(s)
+            generator.manual_seed(s)
+            points = fit_points(points, model.cfg.num_points, generator)    # (B / world, num_points, 3)
+            if augment is not None:
+                points = augment(points, generator)
+            # forward, backward, update, EMA
+            lr, momentum = lr_at(step, total, warmup, cfg), momentum_at(step, total, cfg)
+            stats = train_step(model, run.optimizer, run.scaler, points, generator, lr=lr, momentum=momentum,
+                               grad_clip=cfg.grad_clip, amp_dtype=run.amp_dtype, ddp=run.ddp)
+            pending.append({"step": step, "epoch": step // per_epoch, "lr": lr, "momentum": momentum, **stats})
+            run.step = step = step + 1
+            # log and checkpoint
+            if len(pending) >= log_every or step == end or step % save_every == 0:
+                last = _flush_metrics(pending, metrics, batch_size, time.time() - t_flush, world)
+                t_flush, pending = time.time(), []
+                if lead:
+                    progress.update(step, f"loss {last['loss']:.4f} {monitor} {last[monitor]:.3f}")
+            if lead and (step % save_every == 0 or step == end):
+                save_checkpoint(ckpt_path, model, run.optimizer, run.scaler, cfg, step=step, seed=seed,
+                                epoch=step // per_epoch, kind="pretrain")
+    if lead:
+        progress.close()
+    return last
 
 
 def _flush_metrics(pending: list[dict], fh, batch_size: int, seconds: float, world: int = 1) -> dict:
@@ -1057,59 +1271,10 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 # ----------------------------------------------------------------------------- downstream
-# One encoder serves every task: features for linear probes and few-shot come from one
-# extractor, fine-tuning puts a small head on top. The EMA target encoder is the default
-# (I-JEPA evaluates it); --encoder context takes the student.
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    epochs: int = _opt(300, "fine-tuning epochs (Point-MAE: 300 on ModelNet40 and ScanObjectNN)", min=1)
-    batch_size: int = _opt(32, "clouds per step (Point-MAE)", min=1)
-    lr: float = _opt(5e-4, "peak AdamW learning rate (Point-MAE)", min=0.0)
-    min_lr: float = _opt(1e-6, "final learning rate of the cosine schedule", min=0.0)
-    warmup_epochs: float = _opt(10.0, "linear warm-up epochs (Point-MAE)", min=0.0)
-    weight_decay: float = _opt(0.05, "AdamW weight decay (Point-MAE)", min=0.0)
-    grad_clip: float = _opt(10.0, "gradient-norm clip (Point-MAE)", min=0.0)
-    label_smoothing: float = _opt(0.2, "label smoothing of the classification loss (Point-MAE's smooth loss)",
-                                  min=0.0, max=0.9)
-    drop_path: float = _opt(0.1, "stochastic depth of the encoder while fine-tuning", min=0.0, max=0.9)
-    dropout: float = _opt(0.5, "dropout in the head (Point-MAE)", min=0.0, max=0.9)
-    augment: str = _opt("scale-translate", "train-time augmentation (see pretrain --augment)",
-                        choices=("scale-translate", "rotate", "scale-translate+rotate", "none"))
-
-
-# Point counts and patching per task, as the peers run them; the encoder's weights do not
-# depend on them, so a checkpoint pretrained at 1024 x 64 serves ScanObjectNN at 2048 x 128.
-TASK_GEOMETRY = {
-    "modelnet40": dict(num_points=1024, num_groups=64, group_size=32),
-    "scanobjectnn": dict(num_points=2048, num_groups=128, group_size=32),
-    "shapenetpart": dict(num_points=2048, num_groups=128, group_size=32),
-}
-
-
-def load_encoder(checkpoint: str, which: str = "target", preset: str = "paper",
-                 seed: int = 0, **geometry) -> tuple[Encoder, ModelConfig, str]:
-    """The encoder of a checkpoint ('target' = EMA teacher, 'context' = student; a fine-tuned
-    checkpoint has one encoder), or with checkpoint 'none' a random-init encoder of `preset`.
-    `geometry` overrides num_points / num_groups / group_size / drop_path (no weight depends on
-    them). -> (encoder, its config, a description for the JSON result)."""
-    geometry = {k: v for k, v in geometry.items() if v is not None}
-    if checkpoint == "none":
-        cfg, _ = make_configs(preset, **geometry)
-        torch.manual_seed(seed)
-        return Encoder(cfg), cfg, f"none (random init, preset {preset}, seed {seed})"
-    tensors, meta = read_checkpoint(checkpoint)
-    try:
-        cfg = config_from_json(ModelConfig, meta["model_config"])
-        cfg = dataclasses.replace(cfg, **geometry)
-    except (KeyError, ValueError, TypeError) as err:
-        raise CheckpointError(f"{checkpoint}: bad model_config in metadata ({err})") from None
-    prefix = "target_encoder." if which == "target" and any(k.startswith("target_encoder.") for k in tensors) \
-        else "encoder."
-    encoder = Encoder(cfg)
-    load_state(encoder, tensors, prefix, checkpoint)
-    return encoder, cfg, f"{checkpoint} ({prefix[:-1]}, step {meta.get('step', '?')})"
-
+# One encoder serves every task: features for the linear probe, few-shot and embed come from
+# one extractor; fine-tuning puts a small head on top, and the head owns its loss, its
+# prediction and its metric, so the loops never branch on the task. Each protocol is a
+# library function (linear_probe, few_shot, embed, finetune) returning the dict the CLI prints.
 
 def pool(tokens: torch.Tensor) -> torch.Tensor:
     """Cloud feature of the JEPA lineage: concat(max, mean) over patches. (B, G, D) -> (B, 2D)."""
@@ -1117,11 +1282,12 @@ def pool(tokens: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def extract_features(encoder: Encoder, cfg: ModelConfig, dataset, device: torch.device, batch_size: int = 64,
-                     seed: int = 0, per_patch: bool = False, amp_dtype: torch.dtype | None = None) -> dict:
+def extract_features(encoder: Encoder, cfg: ModelConfig, dataset, device: torch.device,
+                     batch_size: int = ProbeConfig.batch_size, seed: int = 0, per_patch: bool = False,
+                     amp_dtype: torch.dtype | None = None) -> dict:
     """Frozen features of every cloud, in dataset order: {'features' (N, 2D), 'labels' (N,)}
     and with per_patch {'tokens' (N, G, D), 'centres' (N, G, 3)}. FPS starts are drawn from
-    `seed`, so the same call gives the same features."""
+    `seed` per batch, so the same call (same batch size) gives the same features."""
     encoder = encoder.to(device).eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
     g = torch.Generator(device=device)
@@ -1130,7 +1296,7 @@ def extract_features(encoder: Encoder, cfg: ModelConfig, dataset, device: torch.
         g.manual_seed(step_seed(seed, i))
         points = fit_points(points.to(device), cfg.num_points, g)          # (B, num_points, 3)
         patches, centres = group_points(points, cfg.num_groups, cfg.group_size, g)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        with autocast(device, amp_dtype):
             tokens = encoder(patches, centres).float()                      # (B, G, D)
         out["features"].append(pool(tokens).cpu())
         out["labels"].append(labels)
@@ -1142,7 +1308,7 @@ def extract_features(encoder: Encoder, cfg: ModelConfig, dataset, device: torch.
     return {k: torch.cat(v) for k, v in out.items() if v}
 
 
-def fit_linear(x: torch.Tensor, y: torch.Tensor, num_classes: int, C: float = 0.012, kind: str = "svm",
+def fit_linear(x: torch.Tensor, y: torch.Tensor, num_classes: int, C: float = ProbeConfig.C, kind: str = "svm",
                max_iter: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
     """A linear classifier on features x (N, F), labels y (N,), by full-batch L-BFGS.
     'svm': one-vs-rest squared hinge, min 0.5|w|^2 + C sum max(0, 1 - y w.x)^2 per class, the
@@ -1199,6 +1365,40 @@ def sample_episode(train_labels: torch.Tensor, test_labels: torch.Tensor, way: i
     return {k: torch.cat(v) if k != "classes" else v for k, v in episode.items()}
 
 
+class Relabelled(torch.utils.data.Dataset):
+    """The clouds of `base` at `indices`, with new labels (a few-shot episode)."""
+
+    def __init__(self, base, indices: torch.Tensor, labels: torch.Tensor, num_classes: int):
+        self.base, self.indices, self.labels = base, indices.tolist(), labels
+        self.classes = [str(c) for c in range(num_classes)]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.base[self.indices[i]][0], self.labels[i]
+
+
+def draw_episodes(train_set, test_set, cfg: FewShotConfig, seed: int = 0) -> list[tuple[Relabelled, Relabelled]]:
+    """cfg.folds episodes drawn with `seed` from two labelled datasets -> [(support, query)].
+    ValueError when too few classes have enough clouds (the message says how many do)."""
+    g = torch.Generator().manual_seed(seed)
+    train_labels, test_labels = torch.as_tensor(train_set.labels), torch.as_tensor(test_set.labels)
+    episodes = []
+    for _ in range(cfg.folds):
+        ep = sample_episode(train_labels, test_labels, cfg.way, cfg.shot, cfg.query, g)
+        episodes.append((Relabelled(train_set, ep["support"], ep["support_y"], cfg.way),
+                         Relabelled(test_set, ep["query"], ep["query_y"], cfg.way)))
+    return episodes
+
+
+# ----------------------------------------------------------------------------- heads
+def vote_views(points: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A test-time voting view: isotropic scale in [0.85, 1.15] (Point-MAE's voting). (B, P, 3)."""
+    s = torch.empty(points.shape[0], 1, 1, device=points.device).uniform_(0.85, 1.15, generator=generator)
+    return points * s
+
+
 class ClassificationHead(nn.Module):
     """Point-MAE's head on the pooled feature: 2D -> 256 -> 256 -> classes, with BatchNorm and
     dropout. (B, 2D) -> logits (B, classes)."""
@@ -1214,7 +1414,10 @@ class ClassificationHead(nn.Module):
 
 
 class Classifier(nn.Module):
-    """Encoder + classification head. points (B, num_points, 3) -> logits (B, classes)."""
+    """Encoder + classification head. points (B, num_points, 3) -> logits (B, classes).
+    Batches are dicts: points (B, P, 3), labels (B,)."""
+
+    metric = "accuracy"  # what fine-tuning tracks as "best"
 
     def __init__(self, encoder: Encoder, cfg: ModelConfig, num_classes: int, dropout: float = 0.5):
         super().__init__()
@@ -1223,6 +1426,33 @@ class Classifier(nn.Module):
     def forward(self, points: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         patches, centres = group_points(points, self.cfg.num_groups, self.cfg.group_size, generator)
         return self.head(pool(self.encoder(patches, centres)))
+
+    def loss(self, batch: dict, generator: torch.Generator, augment: Callable | None = None,
+             label_smoothing: float = 0.0) -> torch.Tensor:
+        """Cross-entropy on clouds FPS'd to num_points and augmented (Point-MAE's recipe)."""
+        points = fit_points(batch["points"], self.cfg.num_points, generator)
+        if augment is not None:
+            points = augment(points, generator)
+        return F.cross_entropy(self(points, generator).float(), batch["labels"], label_smoothing=label_smoothing)
+
+    def predict(self, batch: dict, generator: torch.Generator, votes: int = 0) -> dict:
+        """{'pred' (B,)} and with votes > 0 {'voted' (B,)}: the argmax of the softmax averaged
+        over that many voting views."""
+        points = fit_points(batch["points"], self.cfg.num_points, generator)
+        out = {"pred": self(points, generator).float().argmax(-1)}
+        if votes:
+            probs = sum(self(vote_views(points, generator), generator).float().softmax(-1) for _ in range(votes))
+            out["voted"] = probs.argmax(-1)
+        return out
+
+    def score(self, outputs: dict, target: torch.Tensor, dataset) -> dict:
+        """Overall and class-mean accuracy (and the voted ones), in %."""
+        n = len(dataset.classes)
+        oa, macc = accuracy(outputs["pred"], target, n)
+        result = {"accuracy": oa, "class_mean_accuracy": macc}
+        if "voted" in outputs:
+            result["voted_accuracy"], result["voted_class_mean_accuracy"] = accuracy(outputs["voted"], target, n)
+        return result
 
 
 def interpolate(points: torch.Tensor, centres: torch.Tensor, features: torch.Tensor, k: int = 3) -> torch.Tensor:
@@ -1239,34 +1469,6 @@ def seg_layers(depth: int) -> tuple[int, ...]:
     """The blocks whose outputs feed the segmentation head: 4/8/12 of 12 (Point-MAE), the
     same thirds of a shallower encoder. 0-based."""
     return tuple(sorted({max(0, round(depth * f) - 1) for f in (1 / 3, 2 / 3, 1.0)}))
-
-
-class Segmenter(nn.Module):
-    """Encoder + part-segmentation head (Point-MAE's, LayerNorm for BatchNorm): features of
-    three encoder depths are propagated from patch centres to every point, joined with the
-    cloud's global max/mean feature and a category embedding, and classified per point.
-    points (B, P, 3), category (B,) -> part logits (B, P, parts)."""
-
-    def __init__(self, encoder: Encoder, cfg: ModelConfig, num_parts: int, num_categories: int,
-                 dropout: float = 0.5):
-        super().__init__()
-        self.cfg, self.encoder, self.layers = cfg, encoder, seg_layers(cfg.depth)
-        width = len(self.layers) * cfg.dim
-        self.category = nn.Sequential(nn.Embedding(num_categories, 64), nn.LayerNorm(64), nn.GELU())
-        self.propagate = nn.Sequential(nn.Linear(width + 3, 4 * cfg.dim), nn.LayerNorm(4 * cfg.dim), nn.GELU(),
-                                       nn.Linear(4 * cfg.dim, 1024), nn.LayerNorm(1024), nn.GELU())
-        self.head = nn.Sequential(nn.Linear(1024 + 2 * width + 64, 512), nn.LayerNorm(512), nn.GELU(),
-                                  nn.Dropout(dropout), nn.Linear(512, 256), nn.LayerNorm(256), nn.GELU(),
-                                  nn.Linear(256, num_parts))
-
-    def forward(self, points: torch.Tensor, category: torch.Tensor,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-        B, P, _ = points.shape
-        patches, centres = group_points(points, self.cfg.num_groups, self.cfg.group_size, generator)
-        feats = torch.cat(self.encoder(patches, centres, return_layers=self.layers), dim=-1)  # (B, G, 3D)
-        glob = torch.cat([pool(feats), self.category(category)], dim=-1)     # (B, 6D + 64)
-        per_point = self.propagate(torch.cat([interpolate(points, centres, feats), points], dim=-1))  # (B, P, 1024)
-        return self.head(torch.cat([per_point, glob[:, None].expand(B, P, -1)], dim=-1))
 
 
 def part_miou(pred: torch.Tensor, target: torch.Tensor, category: torch.Tensor,
@@ -1297,145 +1499,260 @@ def restrict_to_category(logits: torch.Tensor, category: torch.Tensor, parts_of:
     return logits.masked_fill(~allowed[category][:, None], float("-inf")).argmax(-1)
 
 
-def vote_views(points: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """A test-time voting view: isotropic scale in [0.85, 1.15] (Point-MAE's voting). (B, P, 3)."""
-    s = torch.empty(points.shape[0], 1, 1, device=points.device).uniform_(0.85, 1.15, generator=generator)
-    return points * s
+class Segmenter(nn.Module):
+    """Encoder + part-segmentation head (Point-MAE's, LayerNorm for BatchNorm): features of
+    three encoder depths are propagated from patch centres to every point, joined with the
+    cloud's global max/mean feature and a category embedding, and classified per point.
+    points (B, P, 3), category (B,) -> part logits (B, P, parts). Batches are dicts: points
+    (B, P, 3), labels (B, P) part ids, category (B,). `parts_of[c]` lists the parts category c
+    may take (every part when not given)."""
+
+    metric = "instance_miou"
+
+    def __init__(self, encoder: Encoder, cfg: ModelConfig, num_parts: int, num_categories: int,
+                 dropout: float = 0.5, parts_of: list[list[int]] | None = None):
+        super().__init__()
+        self.cfg, self.encoder, self.layers = cfg, encoder, seg_layers(cfg.depth)
+        self.parts_of = parts_of or [list(range(num_parts))] * num_categories
+        width = len(self.layers) * cfg.dim
+        self.category = nn.Sequential(nn.Embedding(num_categories, 64), nn.LayerNorm(64), nn.GELU())
+        self.propagate = nn.Sequential(nn.Linear(width + 3, 4 * cfg.dim), nn.LayerNorm(4 * cfg.dim), nn.GELU(),
+                                       nn.Linear(4 * cfg.dim, 1024), nn.LayerNorm(1024), nn.GELU())
+        self.head = nn.Sequential(nn.Linear(1024 + 2 * width + 64, 512), nn.LayerNorm(512), nn.GELU(),
+                                  nn.Dropout(dropout), nn.Linear(512, 256), nn.LayerNorm(256), nn.GELU(),
+                                  nn.Linear(256, num_parts))
+
+    def forward(self, points: torch.Tensor, category: torch.Tensor,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        B, P, _ = points.shape
+        patches, centres = group_points(points, self.cfg.num_groups, self.cfg.group_size, generator)
+        feats = torch.cat(self.encoder.layer_outputs(patches, centres, self.layers), dim=-1)  # (B, G, 3D)
+        glob = torch.cat([pool(feats), self.category(category)], dim=-1)     # (B, 6D + 64)
+        per_point = self.propagate(torch.cat([interpolate(points, centres, feats), points], dim=-1))  # (B, P, 1024)
+        return self.head(torch.cat([per_point, glob[:, None].expand(B, P, -1)], dim=-1))
+
+    def loss(self, batch: dict, generator: torch.Generator, augment: Callable | None = None,
+             label_smoothing: float = 0.0) -> torch.Tensor:
+        """Per-point cross-entropy on the points as read: Point-MAE's part-segmentation recipe
+        uses no augmentation and no label smoothing, so both are ignored here."""
+        logits = self(batch["points"], batch["category"], generator)        # (B, P, parts)
+        return F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten())
+
+    def predict(self, batch: dict, generator: torch.Generator, votes: int = 0) -> dict:
+        """{'pred' (B, P)} restricted to each cloud's category's parts, and the 'category' (B,)."""
+        logits = self(batch["points"], batch["category"], generator).float()
+        return {"pred": restrict_to_category(logits, batch["category"], self.parts_of), "category": batch["category"]}
+
+    def score(self, outputs: dict, target: torch.Tensor, dataset) -> dict:
+        """Instance and class mIoU, and the IoU per category, in %."""
+        return part_miou(outputs["pred"], target, outputs["category"], self.parts_of, dataset.classes)
+
+
+def _stack_items(items: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """[(points (P, 3), label or part labels)] -> points (B, P, 3), labels (B,) or (B, P)."""
+    return torch.stack([p for p, _ in items]), torch.stack([torch.as_tensor(y) for _, y in items])
+
+
+def _batch(dataset, indices: list[int], device: torch.device) -> dict:
+    """The items at `indices` as a head's batch: points (B, P, 3), labels (B,) or part labels
+    (B, P), and for part datasets the object category (B,)."""
+    points, labels = _stack_items([dataset[i] for i in indices])
+    batch = {"points": points.to(device), "labels": labels.to(device)}
+    if hasattr(dataset, "category"):
+        batch["category"] = torch.as_tensor(dataset.category)[indices].to(device)
+    return batch
+
+
+def make_head(encoder: Encoder, cfg: ModelConfig, train_set, dropout: float = 0.5) -> Classifier | Segmenter:
+    """The head a dataset calls for: a Segmenter for part datasets (they have `parts_of`), else
+    a Classifier over the dataset's classes."""
+    if hasattr(train_set, "parts_of"):
+        return Segmenter(encoder, cfg, train_set.num_parts, len(train_set.classes), dropout, train_set.parts_of)
+    return Classifier(encoder, cfg, len(train_set.classes), dropout)
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset, device: torch.device, batch_size: int = 64, seed: int = 0,
-             votes: int = 0, parts_of: list[list[int]] | None = None, amp_dtype: torch.dtype | None = None) -> dict:
-    """Accuracy of a Classifier (OA, mAcc; with votes > 0 also the average of the logits over
-    that many voting views), or mIoU of a Segmenter (when parts_of is given)."""
+def evaluate(model: Classifier | Segmenter, dataset, device: torch.device, batch_size: int = ProbeConfig.batch_size,
+             seed: int = 0, votes: int = 0, amp_dtype: torch.dtype | None = None) -> dict:
+    """The head's metrics on `dataset`: accuracy (with votes > 0 also over that many voting
+    views) for a Classifier, mIoU for a Segmenter. FPS starts are seeded per batch."""
     model.eval()
-    cfg = model.cfg
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
     g = torch.Generator(device=device)
-    preds, voted, targets, cats = [], [], [], []
-    for i, (points, labels) in enumerate(loader):
+    outputs: dict[str, list] = {}
+    targets = []
+    for i, start in enumerate(range(0, len(dataset), batch_size)):
         g.manual_seed(step_seed(seed, i))
-        points, labels = points.to(device), labels.to(device)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            if parts_of is not None:
-                category = dataset.category[i * batch_size:i * batch_size + len(points)].to(device)
-                logits = model(points, category, g).float()
-                preds.append(restrict_to_category(logits, category, parts_of).cpu())
-                cats.append(category.cpu())
-            else:
-                points = fit_points(points, cfg.num_points, g)
-                preds.append(model(points, g).float().argmax(-1).cpu())
-                if votes:
-                    logits = sum(model(vote_views(points, g), g).float().softmax(-1) for _ in range(votes))
-                    voted.append(logits.argmax(-1).cpu())
-        targets.append(labels.cpu())
-    target = torch.cat(targets)
-    if parts_of is not None:
-        return part_miou(torch.cat(preds), target, torch.cat(cats), parts_of, dataset.classes)
-    n = len(dataset.classes)
-    oa, macc = accuracy(torch.cat(preds), target, n)
-    result = {"accuracy": oa, "class_mean_accuracy": macc}
-    if votes:
-        result["voted_accuracy"], result["voted_class_mean_accuracy"] = accuracy(torch.cat(voted), target, n)
+        batch = _batch(dataset, list(range(start, min(start + batch_size, len(dataset)))), device)
+        with autocast(device, amp_dtype):
+            for key, value in model.predict(batch, g, votes).items():
+                outputs.setdefault(key, []).append(value.cpu())
+        targets.append(batch["labels"].cpu())
+    return model.score({k: torch.cat(v) for k, v in outputs.items()}, torch.cat(targets), dataset)
+
+
+# ----------------------------------------------------------------------------- protocols
+def embed(encoder: Encoder, cfg: ModelConfig, dataset, *, device: torch.device = torch.device("cpu"),
+          seed: int = 0, precision: str = "auto", batch_size: int = ProbeConfig.batch_size,
+          per_patch: bool = False) -> dict[str, torch.Tensor]:
+    """The frozen features `jepa3d embed` writes: {'features' (N, 2D) concat(max, mean) of the
+    last-layer tokens, 'labels' (N,)}, with per_patch also {'tokens' (N, G, D), 'centres' (N, G, 3)}."""
+    return extract_features(encoder, cfg, dataset, device, batch_size, seed=seed, per_patch=per_patch,
+                            amp_dtype=resolve_precision(precision, device))
+
+
+def linear_probe(encoder: Encoder, cfg: ModelConfig, train_set, test_set, probe: ProbeConfig = ProbeConfig(), *,
+                 device: torch.device = torch.device("cpu"), seed: int = 0, precision: str = "auto") -> dict:
+    """Frozen encoder, concat(max, mean) features of both splits, a linear classifier fit on
+    the train split (probe.classifier: svm, logreg or both) -> the result `jepa3d
+    linear-probe` prints: test accuracy and class-mean accuracy per classifier, and the protocol."""
+    feats = {}
+    for split, ds in (("train", train_set), ("test", test_set)):
+        print(f"features of {len(ds)} {split} clouds ({getattr(ds, 'name', '')})", file=sys.stderr)
+        feats[split] = embed(encoder, cfg, ds, device=device, seed=seed, precision=precision,
+                             batch_size=probe.batch_size)
+    train, test = feats["train"], feats["test"]
+    n = len(train_set.classes)
+    result = {"data": getattr(train_set, "name", ""), "train_clouds": len(train["labels"]),
+              "test_clouds": len(test["labels"]),
+              "protocol": {"features": "concat(max, mean) of the last-layer tokens, frozen",
+                           "svm": f"one-vs-rest squared hinge, C={probe.C}", "logreg": f"multinomial, C={probe.logreg_C}",
+                           "num_points": cfg.num_points, "num_groups": cfg.num_groups,
+                           "group_size": cfg.group_size, "seed": seed}}
+    for kind in (("svm", "logreg") if probe.classifier == "both" else (probe.classifier,)):
+        t = time.time()
+        W, b = fit_linear(train["features"], train["labels"], n, C=probe.C if kind == "svm" else probe.logreg_C,
+                          kind=kind)
+        oa, macc = accuracy((test["features"] @ W + b).argmax(-1), test["labels"], n)
+        train_oa, _ = accuracy((train["features"] @ W + b).argmax(-1), train["labels"], n)
+        result[kind] = {"accuracy": oa, "class_mean_accuracy": macc, "train_accuracy": train_oa,
+                        "fit_seconds": round(time.time() - t, 2)}
+        print(f"{kind}: test accuracy {oa:.2f} (class mean {macc:.2f}), train {train_oa:.2f}", file=sys.stderr)
     return result
 
 
-def finetune(model: nn.Module, train_set, test_set, cfg: FinetuneConfig, *, device: torch.device, out_dir: Path,
-             seed: int = 0, precision: str = "auto", votes: int = 0, eval_every: int = 0,
-             select_best_on_test: bool = False, augment: Callable | None = None, max_steps: int | None = None,
-             meta: dict | None = None) -> dict:
-    """Fine-tune a Classifier or a Segmenter end to end (Point-MAE's recipe in `cfg`). The
-    reported accuracy is the last epoch's; with select_best_on_test, the best test epoch is
-    also reported, labelled as selected on the test set. Writes out_dir/metrics.jsonl (one
-    line per epoch) and out_dir/finetuned.safetensors (encoder., head. ...)."""
+def few_shot(encoder: Encoder, cfg: ModelConfig, train_set=None, test_set=None, fs: FewShotConfig = FewShotConfig(),
+             *, episodes: list | None = None, device: torch.device = torch.device("cpu"), seed: int = 0,
+             precision: str = "auto", augment: Callable | None = None, out_dir: str | Path | None = None) -> dict:
+    """W-way S-shot episodes -> the result `jepa3d few-shot` prints: mean +- std of the query
+    accuracy over the folds. Episodes are drawn from train_set/test_set with `seed`
+    (draw_episodes), or given as [(support, query)] datasets (the peers' fold files).
+    fs.protocol 'svm' fits the linear SVM on frozen features; 'finetune' fine-tunes a copy of
+    the encoder with a head per episode (checkpoints under out_dir/fold<i>)."""
+    episodes = draw_episodes(train_set, test_set, fs, seed) if episodes is None else episodes
+    accs = []
+    progress = Progress(len(episodes))
+    for i, (support, queries) in enumerate(episodes):
+        if fs.protocol == "svm":
+            fsup = embed(encoder, cfg, support, device=device, seed=seed, precision=precision, batch_size=fs.batch_size)
+            fq = embed(encoder, cfg, queries, device=device, seed=seed, precision=precision, batch_size=fs.batch_size)
+            W, b = fit_linear(fsup["features"], fsup["labels"], fs.way, C=fs.C)
+            accs.append(accuracy((fq["features"] @ W + b).argmax(-1), fq["labels"], fs.way)[0])
+        else:
+            ft = FinetuneConfig(epochs=fs.episode_epochs, warmup_epochs=min(10.0, fs.episode_epochs / 10))
+            res = finetune(copy.deepcopy(encoder), cfg, support, queries, ft, device=device, seed=seed + i,
+                           precision=precision, augment=augment, out_dir=Path(out_dir or "runs/few-shot") / f"fold{i}")
+            accs.append(res["accuracy"])
+        progress.update(i + 1, f"fold {i} accuracy {accs[-1]:.1f}")
+    progress.close()
+    t = torch.tensor(accs)
+    result = {"way": fs.way, "shot": fs.shot, "folds": len(accs), "accuracy_mean": t.mean().item(),
+              "accuracy_std": t.std().item() if len(accs) > 1 else 0.0, "per_fold": accs,
+              "protocol": {"episodes": f"drawn with seed {seed}: {fs.way} classes, {fs.shot} train + {fs.query} "
+                                       "test clouds each" if train_set is not None else "peers' fold files",
+                           "classifier": f"linear SVM C={fs.C} on frozen concat(max, mean) features"
+                           if fs.protocol == "svm" else f"fine-tune encoder + head, {fs.episode_epochs} epochs "
+                                                        "per episode",
+                           "num_points": cfg.num_points, "num_groups": cfg.num_groups}}
+    print(f"{fs.way}-way {fs.shot}-shot: {result['accuracy_mean']:.2f} +- {result['accuracy_std']:.2f} "
+          f"over {len(accs)} folds", file=sys.stderr)
+    return result
+
+
+def finetune(encoder: Encoder, cfg: ModelConfig, train_set, test_set, ft: FinetuneConfig = FinetuneConfig(), *,
+             device: torch.device = torch.device("cpu"), out_dir: str | Path = "runs/finetune", seed: int = 0,
+             precision: str = "auto", votes: int = 0, eval_every: int = 0, select_best_on_test: bool = False,
+             augment: Callable | None = None, max_steps: int | None = None, meta: dict | None = None) -> dict:
+    """Fine-tune the encoder end to end with the head the data calls for (make_head: part
+    segmentation for part datasets, else classification), Point-MAE's recipe in `ft`. The
+    reported metric is the last epoch's; with select_best_on_test, the best test epoch is also
+    reported, labelled as selected on the test set. Writes out_dir/metrics.jsonl (one line per
+    epoch) and out_dir/finetuned.safetensors (encoder., head. ...)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    seg = isinstance(model, Segmenter)
-    parts_of = train_set.parts_of if seg else None
-    model = model.to(device)
+    torch.manual_seed(seed)
+    model = make_head(encoder, cfg, train_set, ft.dropout).to(device)
     amp_dtype = resolve_precision(precision, device)
-    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
-    optimizer = make_optimizer(model, cfg)
-    batch_size = min(cfg.batch_size, len(train_set))
+    batch_size = min(ft.batch_size, len(train_set))
     per_epoch = max(1, len(train_set) // batch_size)
-    total, warmup = cfg.epochs * per_epoch, round(cfg.warmup_epochs * per_epoch)
+    total = ft.epochs * per_epoch
     end = total if max_steps is None else min(total, max_steps)
-    eval_every = eval_every or cfg.epochs
-    g = torch.Generator(device=device)
+    train = _HeadTraining(model, make_optimizer(model, ft), grad_scaler(device, amp_dtype), amp_dtype, device,
+                          total, round(ft.warmup_epochs * per_epoch), end)
     progress = Progress(end)
-    history, best, step = [], None, 0
-    category = getattr(train_set, "category", None)
+    history, best = [], None
     with open(out_dir / "metrics.jsonl", "w") as log:
-        for epoch in range(cfg.epochs):
-            model.train()
-            losses = []
-            for batch in epoch_batches(len(train_set), batch_size, seed, epoch):
-                if step >= end:
-                    break
-                s = step_seed(seed, step)
-                torch.manual_seed(s)
-                g.manual_seed(s)
-                points, labels = _stack_items([train_set[i] for i in batch])
-                points, labels = points.to(device), labels.to(device)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr_at(step, total, warmup, cfg)
-                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                    if seg:
-                        logits = model(points, category[batch].to(device), g)       # (B, P, parts)
-                        loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
-                    else:
-                        points = fit_points(points, model.cfg.num_points, g)
-                        if augment is not None:
-                            points = augment(points, g)
-                        logits = model(points, g)                                   # (B, classes)
-                        loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
-                optimizer_step(loss, optimizer, scaler, cfg.grad_clip)
-                losses.append(loss.detach())
-                step += 1
-            last_epoch = epoch == cfg.epochs - 1 or step >= end
-            record = {"epoch": epoch, "step": step, "train_loss": torch.stack(losses).mean().item() if losses else None}
-            if last_epoch or select_best_on_test or (epoch + 1) % eval_every == 0:
-                record.update(evaluate(model, test_set, device, seed=seed, parts_of=parts_of, amp_dtype=amp_dtype,
+        for epoch in range(ft.epochs):
+            losses = train.epoch(train_set, epoch_batches(len(train_set), batch_size, seed, epoch), ft, seed, augment)
+            last_epoch = epoch == ft.epochs - 1 or train.step >= end
+            record = {"epoch": epoch, "step": train.step,
+                      "train_loss": torch.stack(losses).mean().item() if losses else None}
+            if last_epoch or select_best_on_test or (epoch + 1) % (eval_every or ft.epochs) == 0:
+                record.update(evaluate(model, test_set, device, seed=seed, amp_dtype=amp_dtype,
                                        votes=votes if last_epoch else 0))
-                key = "instance_miou" if seg else "accuracy"
-                if best is None or record[key] > best[key]:
-                    best = {key: record[key], "epoch": epoch}
+                if best is None or record[model.metric] > best[model.metric]:
+                    best = {model.metric: record[model.metric], "epoch": epoch}
             history.append(record)
             log.write(json.dumps(record) + "\n")
             log.flush()
-            progress.update(step, f"epoch {epoch} loss {record['train_loss'] or 0:.4f}"
-                            + (f" test {record.get('accuracy', record.get('instance_miou')):.2f}"
-                               if "accuracy" in record or "instance_miou" in record else ""))
-            if step >= end:
+            shown = f" test {record[model.metric]:.2f}" if model.metric in record else ""
+            progress.update(train.step, f"epoch {epoch} loss {record['train_loss'] or 0:.4f}{shown}")
+            if train.step >= end:
                 break
     progress.close()
-    save_checkpoint(out_dir / "finetuned.safetensors", model, kind="finetune-seg" if seg else "finetune-cls",
-                    finetune_config=dataclasses.asdict(cfg), classes=train_set.classes, **(meta or {}))
-    result = {k: v for k, v in history[-1].items() if k not in ("step",)}
-    result.update({"epochs_run": len(history), "steps": step, "reported": "last epoch"})
+    save_checkpoint(out_dir / "finetuned.safetensors", model,
+                    kind="finetune-seg" if isinstance(model, Segmenter) else "finetune-cls",
+                    finetune_config=dataclasses.asdict(ft), classes=train_set.classes, **(meta or {}))
+    result = {k: v for k, v in history[-1].items() if k != "step"}
+    result.update({"epochs_run": len(history), "steps": train.step, "reported": "last epoch"})
     if select_best_on_test:
         result["best_epoch_on_test"] = {**best, "note": "selected on the test set: optimistic, not comparable "
                                                         "to last-epoch numbers"}
     return result
 
 
-class Relabelled(torch.utils.data.Dataset):
-    """The clouds of `base` at `indices`, with new labels (a few-shot episode)."""
+@dataclass
+class _HeadTraining:
+    """The state of a fine-tuning run between epochs; epoch() runs one epoch's steps."""
+    model: Classifier | Segmenter
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    amp_dtype: torch.dtype | None
+    device: torch.device
+    total: int           # steps of the whole schedule
+    warmup: int          # warm-up steps
+    end: int             # stop after this step (max_steps)
+    step: int = 0
 
-    def __init__(self, base, indices: torch.Tensor, labels: torch.Tensor, num_classes: int):
-        self.base, self.indices, self.labels = base, indices.tolist(), labels
-        self.classes = [str(c) for c in range(num_classes)]
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.base[self.indices[i]][0], self.labels[i]
-
-
-def _stack_items(items: list) -> tuple[torch.Tensor, torch.Tensor]:
-    """[(points (P, 3), label or part labels)] -> points (B, P, 3), labels (B,) or (B, P)."""
-    return torch.stack([p for p, _ in items]), torch.stack([torch.as_tensor(y) for _, y in items])
+    def epoch(self, dataset, batches: list[list[int]], cfg: FinetuneConfig, seed: int,
+              augment: Callable | None) -> list[torch.Tensor]:
+        """Train on `batches` (index lists) until self.end -> the detached losses."""
+        self.model.train()
+        g = torch.Generator(device=self.device)
+        losses = []
+        for indices in batches:
+            if self.step >= self.end:
+                break
+            s = step_seed(seed, self.step)  # drop path, dropout, FPS, augmentation
+            torch.manual_seed(s)
+            g.manual_seed(s)
+            batch = _batch(dataset, indices, self.device)
+            set_lr(self.optimizer, lr_at(self.step, self.total, self.warmup, cfg))
+            with autocast(self.device, self.amp_dtype):
+                loss = self.model.loss(batch, g, augment, cfg.label_smoothing)
+            optimizer_step(loss, self.optimizer, self.scaler, cfg.grad_clip)
+            losses.append(loss.detach())
+            self.step += 1
+        return losses
 
 
 # ----------------------------------------------------------------------------- mask preview
@@ -1470,10 +1787,14 @@ def write_ply(path: str | Path, points: torch.Tensor, roles: torch.Tensor) -> No
     Path(path).write_text("\n".join(lines) + "\n")
 
 
-# ----------------------------------------------------------------------------- CLI
+# ----------------------------------------------------------------------------- command line
+# A thin layer: each command parses its options, opens the data and the encoder, calls the
+# library function of the same name and reports (progress on stderr, one JSON result on
+# stdout). click and jepa3d_data are imported only in here, so `import jepa3d` needs torch alone.
+
 def _config_options(cls, with_presets: bool = True):
     """Click options generated from a config dataclass: one --flag per field, default None
-    (= the preset's value), with the default and each preset's value in the help."""
+    (= the preset's or the dataclass's value), with the default and each preset's value in the help."""
     import click
 
     def decorate(fn):
@@ -1490,72 +1811,384 @@ def _config_options(cls, with_presets: bool = True):
             elif isinstance(f.default, int):
                 kw["type"] = click.IntRange(meta.get("min"), meta.get("max"))
             else:
-                kw["type"] = click.FloatRange(meta.get("min"), meta.get("max"))
+                kw["type"] = click.FloatRange(meta.get("min"), meta.get("max"), min_open=meta.get("min_open", False))
             fn = click.option("--" + f.name.replace("_", "-"), f.name, **kw)(fn)
         return fn
     return decorate
 
 
-def _data_options(fn):
-    """The options every command that reads data shares."""
-    import click
-
-    import jepa3d_data
-
-    options = [
-        click.option("--data", type=click.Path(), default=None,
-                     help="dataset folder or .npz file; the built-in procedural shapes when not given"),
-        click.option("--dataset", type=click.Choice(jepa3d_data.LAYOUTS), default=None,
-                     help="force a layout instead of detecting it (`jepa3d inspect PATH` shows the detected one)"),
-        click.option("--variant", type=click.Choice(list(jepa3d_data.SCANOBJECTNN_FILES)), default="pb_t50_rs",
-                     help="ScanObjectNN variant"),
-        click.option("--trust-pickle", is_flag=True,
-                     help="allow reading the peers' pickled caches (.dat/.pkl); unpickling can run arbitrary code"),
-        click.option("--skip-bad", is_flag=True,
-                     help="skip unreadable files of a folder dataset (the count is reported) instead of stopping"),
-    ]
+def _options(fn, options: list):
     for option in reversed(options):
         fn = option(fn)
     return fn
 
 
-def _load_data(opts: dict, split: str, num_points: int):
-    """Open the dataset named by the --data options (jepa3d_data is imported here: the model
-    file needs torch alone)."""
-    import jepa3d_data
-
-    return jepa3d_data.open_dataset(opts["data"], split=split, dataset=opts["dataset"], num_points=num_points,
-                                    variant=opts["variant"], trust_pickle=opts["trust_pickle"],
-                                    skip_bad=opts["skip_bad"])
-
-
 _DATA_KEYS = ("data", "dataset", "variant", "trust_pickle", "skip_bad")
+_ENCODER_KEYS = ("checkpoint", "which", "preset", "num_points", "num_groups", "group_size")
 
 
-def _pop_data(kwargs: dict) -> dict:
-    return {k: kwargs.pop(k) for k in _DATA_KEYS}
-
-
-def _build_cli():
+def _data_options(fn):
+    """The options every command that reads data shares (jepa3d_data.ReadOptions)."""
     import click
 
     import jepa3d_data
+
+    return _options(fn, [
+        click.option("--data", type=click.Path(), default=None,
+                     help="dataset folder or .npz file; the built-in procedural shapes when not given"),
+        click.option("--dataset", type=click.Choice(jepa3d_data.LAYOUTS), default=None,
+                     help="force a layout instead of detecting it (`jepa3d inspect PATH` shows the detected one)"),
+        click.option("--variant", type=click.Choice(list(jepa3d_data.SCANOBJECTNN_FILES)),
+                     default=jepa3d_data.DEFAULT_VARIANT, help="ScanObjectNN variant"),
+        click.option("--trust-pickle", is_flag=True,
+                     help="allow reading the peers' pickled caches (.dat/.pkl); unpickling can run arbitrary code"),
+        click.option("--skip-bad", is_flag=True,
+                     help="skip unreadable files of a folder dataset (the count is reported) instead of stopping"),
+    ])
+
+
+def _encoder_options(fn):
+    """--checkpoint / --encoder / --preset / geometry, shared by every downstream command."""
+    import click
+
+    return _options(fn, [
+        click.option("--checkpoint", required=True,
+                     help="a jepa3d checkpoint, or 'none' for a random-init encoder of --preset (the baseline)"),
+        click.option("--encoder", "which", type=click.Choice(["target", "context"]), default="target",
+                     help="which encoder of a pretraining checkpoint: the EMA target (I-JEPA evaluates it) "
+                          "or the context encoder"),
+        click.option("--preset", type=click.Choice(list(PRESETS)), default="paper",
+                     help="configuration of the random-init encoder with --checkpoint none"),
+        click.option("--num-points", type=click.IntRange(16), default=None,
+                     help="points per cloud [default: the task's protocol, else the checkpoint's]"),
+        click.option("--num-groups", type=click.IntRange(4), default=None, help="patches per cloud [default: as above]"),
+        click.option("--group-size", type=click.IntRange(2), default=None, help="points per patch [default: as above]"),
+    ])
+
+
+def _pop(kwargs: dict, keys: tuple) -> dict:
+    return {k: kwargs.pop(k) for k in keys}
+
+
+def _given(kwargs: dict) -> dict:
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def _usage(build: Callable, *args, **kwargs):
+    """build(*args, **kwargs), with a ValueError (an inconsistent option) as a usage error (exit
+    2); a bad file stays a data or checkpoint error (exit 1, see _fail_cleanly)."""
+    import click
+
     from jepa3d_data import DataError
 
-    def fail_cleanly(fn):
-        """Bad input ends in one line and exit code 1, never a traceback."""
-        import functools
+    try:
+        return build(*args, **kwargs)
+    except (CheckpointError, DataError):
+        raise
+    except ValueError as err:
+        raise click.UsageError(str(err)) from None
 
-        @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
-            try:
-                return fn(*args, **kwargs)
-            except (DataError, CheckpointError) as err:
-                raise click.ClickException(str(err)) from None
-            except KeyboardInterrupt:
-                raise click.ClickException("interrupted; the last checkpoint written is intact "
-                                           "(continue with --resume)") from None
-        return wrapper
+
+def _runtime(ctx) -> dict:
+    """The group's shared options as the library functions take them."""
+    return {"device": ctx.obj["device"], "seed": ctx.obj["seed"], "precision": ctx.obj["precision"]}
+
+
+def _load_data(opts: dict, split: str, num_points: int):
+    """Open the dataset the data options name; say on stderr what --skip-bad skipped."""
+    import jepa3d_data
+
+    ds = jepa3d_data.open_dataset(opts["data"], split=split, dataset=opts["dataset"], num_points=num_points,
+                                  variant=opts["variant"], trust_pickle=opts["trust_pickle"],
+                                  skip_bad=opts["skip_bad"])
+    skipped = getattr(ds, "skipped", [])
+    if skipped:
+        print(f"jepa3d: skipped {len(skipped)} bad file(s) of {ds.files_read}; first: {skipped[0]}", file=sys.stderr)
+    return ds
+
+
+def _open_encoder(ctx, enc: dict, drop_path: float | None = None) -> tuple[Encoder, ModelConfig, str]:
+    geometry = {k: enc[k] for k in ("num_points", "num_groups", "group_size")}
+    return _usage(load_encoder, enc["checkpoint"], enc["which"], enc["preset"], seed=ctx.obj["seed"],
+                  drop_path=drop_path, **geometry)
+
+
+def _report(result: dict, path: Path) -> None:
+    """The JSON result: on stdout and in `path` (a folder gets metrics.json), written atomically."""
+    import click
+
+    if path.suffix != ".json":
+        path.mkdir(parents=True, exist_ok=True)
+        path = path / "metrics.json"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, path)
+    click.echo(json.dumps(result))
+
+
+def _fail_cleanly(fn):
+    """Bad input ends in one line and exit code 1, never a traceback."""
+    import functools
+
+    import click
+
+    from jepa3d_data import DataError
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (DataError, CheckpointError) as err:
+            raise click.ClickException(str(err)) from None
+        except KeyboardInterrupt:
+            raise click.ClickException("interrupted; the last checkpoint written is intact "
+                                       "(continue with --resume)") from None
+    return wrapper
+
+
+def _pretrain_command(click):
+    @click.command("pretrain")
+    @_data_options
+    @click.option("--out", type=click.Path(file_okay=False), default="runs/pretrain",
+                  help="run folder: checkpoint.safetensors, metrics.jsonl, run.json")
+    @click.option("--preset", type=click.Choice(list(PRESETS)), default="paper",
+                  help="named configuration; the options below override it")
+    @click.option("--resume", is_flag=True, help="continue the run in --out from its last checkpoint, exactly")
+    @click.option("--max-steps", type=click.IntRange(1), default=None,
+                  help="stop after this many steps in total (the schedule still spans --epochs; --resume goes on)")
+    @click.option("--save-every", type=click.IntRange(0), default=0, help="checkpoint every N steps (0 = every epoch)")
+    @click.option("--workers", type=click.IntRange(0), default=0, help="data-loading worker processes")
+    @click.option("--compile", "use_compile", is_flag=True, help="torch.compile the model (GPU; slow to start)")
+    @click.option("--log-every", type=click.IntRange(1), default=10, help="steps between progress lines")
+    @_config_options(ModelConfig)
+    @_config_options(TrainConfig)
+    @click.pass_context
+    @_fail_cleanly
+    def pretrain_cmd(ctx, out, preset, resume, max_steps, save_every, workers, use_compile, log_every, **overrides):
+        """Pretrain a 3D-JEPA encoder (self-supervised; labels are ignored).
+
+        Several GPUs or nodes: torchrun --nproc-per-node N -m jepa3d pretrain ... (DDP; the
+        --batch-size is global; rank 0 writes --out)."""
+        import jepa3d_data
+
+        data = _pop(overrides, _DATA_KEYS)
+        ckpt = Path(out) / "checkpoint.safetensors"
+        run = _runtime(ctx)
+        if resume:
+            if _given(overrides):
+                raise click.UsageError(f"--resume takes the configuration from {ckpt}; drop "
+                                       + ", ".join("--" + g.replace("_", "-") for g in sorted(_given(overrides))))
+            _, meta = read_checkpoint(ckpt)
+            model_cfg, train_cfg = checkpoint_config(ModelConfig, meta, ckpt), checkpoint_config(TrainConfig, meta, ckpt)
+            run["seed"] = json.loads(meta.get("seed", "0"))
+        elif ckpt.exists():
+            raise click.ClickException(f"{ckpt} already exists; pass --resume to continue that run "
+                                       "or --out NEW_FOLDER to start another (nothing was overwritten)")
+        else:
+            model_cfg, train_cfg = _usage(make_configs, preset, **overrides)
+        world = distributed_env()[1]
+        if train_cfg.batch_size % world:
+            raise click.UsageError(f"--batch-size {train_cfg.batch_size} is the global batch and must divide by "
+                                   f"the {world} torchrun processes")
+        ds = _load_data(data, "train", model_cfg.num_points)
+        result = pretrain(ds, out, model_cfg, train_cfg, resume=resume, max_steps=max_steps, save_every=save_every,
+                          num_workers=workers, compile=use_compile, log_every=log_every,
+                          augment=jepa3d_data.augmentation(train_cfg.augment), **run)
+        if distributed_env()[0] == 0:  # under torchrun, one result line, from rank 0
+            click.echo(json.dumps(result))
+    return pretrain_cmd
+
+
+def _mask_preview_command(click):
+    @click.command("mask-preview")
+    @_data_options
+    @click.option("--index", type=click.IntRange(0), default=0, help="which cloud of the train split")
+    @click.option("--checkpoint", type=click.Path(), default=None,
+                  help="take the masking configuration from this checkpoint")
+    @click.option("--preset", type=click.Choice(list(PRESETS)), default="paper", help="named configuration")
+    @click.option("--out", type=click.Path(dir_okay=False), default="mask_preview.ply", help="PLY file to write")
+    @_config_options(ModelConfig)
+    @click.pass_context
+    @_fail_cleanly
+    def mask_preview_cmd(ctx, index, checkpoint, preset, out, **overrides):
+        """Write a coloured PLY of one cloud: grey unused, blue context, one colour per target block."""
+        data = _pop(overrides, _DATA_KEYS)
+        if checkpoint:
+            cfg = checkpoint_config(ModelConfig, read_checkpoint(checkpoint)[1], checkpoint, **_given(overrides))
+        else:
+            cfg, _ = _usage(make_configs, preset, **overrides)
+        ds = _load_data(data, "train", cfg.num_points)
+        if index >= len(ds):
+            raise click.BadParameter(f"{index} is past the last cloud ({len(ds) - 1})", param_hint="--index")
+        pts, roles = mask_preview(ds[index][0], cfg, seed=ctx.obj["seed"])
+        write_ply(out, pts, roles)
+        counts = {"unused": int((roles == 0).sum()), "context": int((roles == 1).sum()),
+                  "target": int((roles >= 2).sum())}
+        click.echo(json.dumps({"out": str(out), "points": len(pts), "sampler": cfg.sampler, **counts}))
+    return mask_preview_cmd
+
+
+def _finetune_command(click):
+    @click.command("finetune")
+    @click.option("--task", required=True,
+                  help="modelnet40 | scanobjectnn | shapenetpart (these need --data), builtin | builtin-parts "
+                       "(the built-in shapes), or a folder of your own (one subfolder per class, train/ and test/)")
+    @_encoder_options
+    @_data_options
+    @click.option("--out", type=click.Path(file_okay=False), default="runs/finetune",
+                  help="folder for metrics.json and finetuned.safetensors")
+    @click.option("--vote", type=click.IntRange(0), default=0,
+                  help="also report test-time voting over this many scaled views at the end (peers: 10)")
+    @click.option("--eval-every", type=click.IntRange(0), default=0,
+                  help="evaluate on the test split every N epochs (0 = at the end only); logged, never selected")
+    @click.option("--select-best-on-test", is_flag=True,
+                  help="also report the best test epoch, labelled as selected on the test set (optimistic)")
+    @click.option("--max-steps", type=click.IntRange(1), default=None, help="stop after this many steps")
+    @_config_options(FinetuneConfig, with_presets=False)
+    @click.pass_context
+    @_fail_cleanly
+    def finetune_cmd(ctx, task, out, vote, eval_every, select_best_on_test, max_steps, **kw):
+        """Fine-tune the encoder with a classification or part-segmentation head (Point-MAE's recipe).
+        Reports the last epoch's test accuracy (or mIoU)."""
+        import jepa3d_data
+
+        data, enc = _pop(kw, _DATA_KEYS), _pop(kw, _ENCODER_KEYS)
+        ft = _usage(FinetuneConfig, **_given(kw))
+        seg = task in ("shapenetpart", "builtin-parts")
+        if task in TASK_GEOMETRY and data["data"] is None:
+            raise click.UsageError(f"--task {task} needs --data PATH (its folder on your disk)")
+        if task in ("builtin", "builtin-parts"):
+            data["dataset"] = data["dataset"] or task
+        elif task not in TASK_GEOMETRY:
+            data["data"] = task
+        geometry = {**TASK_GEOMETRY.get(task, {}), **_given({k: enc[k] for k in ("num_points", "num_groups",
+                                                                                 "group_size")})}
+        encoder, cfg, source = _open_encoder(ctx, {**enc, **geometry}, ft.drop_path)
+        train_set, test_set = (_load_data(data, split, cfg.num_points) for split in ("train", "test"))
+        if seg != hasattr(train_set, "parts_of"):
+            raise click.UsageError(f"--task {task} does not fit the {getattr(train_set, 'name', '')} data")
+        click.echo(f"jepa3d finetune: {task}, {len(train_set)} train / {len(test_set)} test clouds, "
+                   f"encoder {source}", err=True)
+        result = finetune(encoder, cfg, train_set, test_set, ft, out_dir=out, votes=vote, eval_every=eval_every,
+                          select_best_on_test=select_best_on_test, max_steps=max_steps,
+                          augment=jepa3d_data.augmentation(ft.augment), meta={"task": task, "encoder_source": source},
+                          **_runtime(ctx))
+        protocol = {**dataclasses.asdict(ft), **geometry, "seed": ctx.obj["seed"],
+                    "voting": f"{vote} views, isotropic scale 0.85-1.15, softmax average" if vote else "none",
+                    "selection": "last epoch" + (" (+ best test epoch, labelled)" if select_best_on_test else "")}
+        _report({"command": "finetune", "task": task, "encoder": source, "data": getattr(test_set, "name", ""),
+                 **result, "checkpoint": str(Path(out) / "finetuned.safetensors"), "protocol": protocol}, Path(out))
+    return finetune_cmd
+
+
+def _linear_probe_command(click):
+    @click.command("linear-probe")
+    @_encoder_options
+    @_data_options
+    @click.option("--out", type=click.Path(file_okay=False), default="runs/linear-probe", help="folder for metrics.json")
+    @_config_options(ProbeConfig, with_presets=False)
+    @click.pass_context
+    @_fail_cleanly
+    def linear_probe_cmd(ctx, out, **kw):
+        """Frozen encoder, concat(max, mean) features, linear classifier on the train split, test accuracy."""
+        data, enc = _pop(kw, _DATA_KEYS), _pop(kw, _ENCODER_KEYS)
+        probe = _usage(ProbeConfig, **_given(kw))
+        encoder, cfg, source = _open_encoder(ctx, enc)
+        train_set, test_set = (_load_data(data, split, cfg.num_points) for split in ("train", "test"))
+        result = linear_probe(encoder, cfg, train_set, test_set, probe, **_runtime(ctx))
+        _report({"command": "linear-probe", "encoder": source, **result}, Path(out))
+    return linear_probe_cmd
+
+
+def _few_shot_command(click):
+    @click.command("few-shot")
+    @_encoder_options
+    @_data_options
+    @click.option("--out", type=click.Path(file_okay=False), default="runs/few-shot", help="folder for metrics.json")
+    @click.option("--fold-files", type=click.Path(exists=True, file_okay=False), default=None,
+                  help="the peers' ModelNetFewshot folder: use its pickled folds (needs --trust-pickle)")
+    @_config_options(FewShotConfig, with_presets=False)
+    @click.pass_context
+    @_fail_cleanly
+    def few_shot_cmd(ctx, out, fold_files, **kw):
+        """W-way S-shot episodes; reports mean +- std of the query accuracy over folds."""
+        import jepa3d_data
+
+        data, enc = _pop(kw, _DATA_KEYS), _pop(kw, _ENCODER_KEYS)
+        fs = _usage(FewShotConfig, **_given(kw))
+        encoder, cfg, source = _open_encoder(ctx, enc)
+        train_set = test_set = None
+        if fold_files:
+            episodes = [jepa3d_data.read_fewshot_fold(Path(fold_files), fs.way, fs.shot, fold, data["trust_pickle"])
+                        for fold in range(fs.folds)]
+        else:
+            train_set, test_set = (_load_data(data, split, cfg.num_points) for split in ("train", "test"))
+            episodes = _usage(draw_episodes, train_set, test_set, fs, ctx.obj["seed"])
+        result = few_shot(encoder, cfg, train_set, test_set, fs, episodes=episodes, out_dir=out,
+                          augment=jepa3d_data.augmentation(FinetuneConfig.augment), **_runtime(ctx))
+        _report({"command": "few-shot", "encoder": source, **result}, Path(out))
+    return few_shot_cmd
+
+
+def _embed_command(click):
+    @click.command("embed")
+    @_encoder_options
+    @_data_options
+    @click.option("--split", type=click.Choice(["train", "test"]), default="train", help="which split to embed")
+    @click.option("--per-patch", is_flag=True, help="also store per-patch tokens (N, G, D) and centres (N, G, 3)")
+    @click.option("--out", type=click.Path(dir_okay=False), default="features.npz",
+                  help="the .npz to write (the JSON result goes beside it, as <out>.json)")
+    @click.option("--batch-size", type=click.IntRange(1), default=ProbeConfig.batch_size,
+                  help="clouds per forward pass (FPS starts are drawn per batch)")
+    @click.pass_context
+    @_fail_cleanly
+    def embed_cmd(ctx, split, per_patch, out, batch_size, **kw):
+        """Write per-cloud features (and optionally per-patch tokens) to an .npz for other tools."""
+        import numpy as np
+
+        data, enc = _pop(kw, _DATA_KEYS), _pop(kw, _ENCODER_KEYS)
+        encoder, cfg, source = _open_encoder(ctx, enc)
+        ds = _load_data(data, split, cfg.num_points)
+        feats = embed(encoder, cfg, ds, per_patch=per_patch, batch_size=batch_size, **_runtime(ctx))
+        arrays = {k: v.numpy() for k, v in feats.items()}
+        arrays["classes"] = np.array(getattr(ds, "classes", []))
+        dest = Path(out)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".tmp.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, dest)
+        _report({"command": "embed", "encoder": source, "data": getattr(ds, "name", ""), "split": split,
+                 "file": str(dest), "arrays": {k: list(v.shape) for k, v in arrays.items()},
+                 "features": "concat(max, mean) of the last-layer tokens"}, dest.with_name(dest.name + ".json"))
+    return embed_cmd
+
+
+def _inspect_command(click):
+    import jepa3d_data
+
+    @click.command("inspect")
+    @click.argument("path", type=click.Path())
+    @click.option("--dataset", type=click.Choice(jepa3d_data.LAYOUTS), default=None, help="force a layout")
+    @click.option("--variant", type=click.Choice(list(jepa3d_data.SCANOBJECTNN_FILES)),
+                  default=jepa3d_data.DEFAULT_VARIANT, help="ScanObjectNN variant")
+    @click.option("--trust-pickle", is_flag=True, help="allow reading pickled caches")
+    @click.option("--num-points", type=click.IntRange(16), default=1024, help="points per cloud to read")
+    @_fail_cleanly
+    def inspect_cmd(path, dataset, variant, trust_pickle, num_points):
+        """Show the layout detected at PATH, samples per split, classes, points per cloud and problems."""
+        report = jepa3d_data.inspect(path, dataset=dataset, variant=variant, trust_pickle=trust_pickle,
+                                     num_points=num_points)
+        for line in jepa3d_data.describe(report):
+            click.echo(line, err=True)
+        click.echo(json.dumps(report))
+        if not any(s.get("samples") for s in report["splits"].values()):
+            raise SystemExit(1)
+    return inspect_cmd
+
+
+def make_cli():
+    """The `jepa3d` click group with every command (click is imported here, not at import time)."""
+    import click
 
     @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
     @click.version_option(__version__, prog_name="jepa3d")
@@ -1576,373 +2209,12 @@ def _build_cli():
             raise click.BadParameter(str(err), param_hint="--device") from None
         ctx.obj = {"device": dev, "seed": seed, "precision": precision}
 
-    @cli.command("pretrain")
-    @_data_options
-    @click.option("--out", type=click.Path(file_okay=False), default="runs/pretrain",
-                  help="run folder: checkpoint.safetensors, metrics.jsonl, run.json")
-    @click.option("--preset", type=click.Choice(list(PRESETS)), default="paper",
-                  help="named configuration; the options below override it")
-    @click.option("--resume", is_flag=True, help="continue the run in --out from its last checkpoint, exactly")
-    @click.option("--max-steps", type=click.IntRange(1), default=None,
-                  help="stop after this many steps in total (the schedule still spans --epochs; --resume goes on)")
-    @click.option("--save-every", type=click.IntRange(0), default=0, help="checkpoint every N steps (0 = every epoch)")
-    @click.option("--workers", type=click.IntRange(0), default=0, help="data-loading worker processes")
-    @click.option("--compile", "use_compile", is_flag=True, help="torch.compile the model (GPU; slow to start)")
-    @click.option("--log-every", type=click.IntRange(1), default=10, help="steps between progress lines")
-    @_config_options(ModelConfig)
-    @_config_options(TrainConfig)
-    @click.pass_context
-    @fail_cleanly
-    def pretrain_cmd(ctx, out, preset, resume, max_steps, save_every, workers, use_compile, log_every, **overrides):
-        """Pretrain a 3D-JEPA encoder (self-supervised; labels are ignored).
-
-        Several GPUs or nodes: torchrun --nproc-per-node N -m jepa3d pretrain ... (DDP; the
-        --batch-size is global; rank 0 writes --out)."""
-        import jepa3d_data
-
-        data_opts = _pop_data(overrides)
-        out = Path(out)
-        ckpt = out / "checkpoint.safetensors"
-        seed = ctx.obj["seed"]
-        if resume:
-            given = sorted(k for k, v in overrides.items() if v is not None)
-            if given:
-                raise click.UsageError(f"--resume takes the configuration from {ckpt}; drop "
-                                       + ", ".join("--" + g.replace("_", "-") for g in given))
-            _, meta = read_checkpoint(ckpt)
-            model_cfg = config_from_json(ModelConfig, meta["model_config"])
-            train_cfg = config_from_json(TrainConfig, meta["train_config"])
-            seed = json.loads(meta.get("seed", "0"))
-        else:
-            if ckpt.exists():
-                raise click.ClickException(f"{ckpt} already exists; pass --resume to continue that run "
-                                           "or --out NEW_FOLDER to start another (nothing was overwritten)")
-            try:
-                model_cfg, train_cfg = make_configs(preset, **overrides)
-            except ValueError as err:
-                raise click.UsageError(str(err)) from None
-        world = distributed_env()[1]
-        if train_cfg.batch_size % world:
-            raise click.UsageError(f"--batch-size {train_cfg.batch_size} is the global batch and must divide by "
-                                   f"the {world} torchrun processes")
-        ds = _load_data(data_opts, "train", model_cfg.num_points)
-        result = pretrain(ds, out, model_cfg, train_cfg, device=ctx.obj["device"], seed=seed,
-                          precision=ctx.obj["precision"], resume=resume, max_steps=max_steps,
-                          save_every=save_every, num_workers=workers, compile=use_compile,
-                          augment=jepa3d_data.augmentation(train_cfg.augment), log_every=log_every)
-        if distributed_env()[0] == 0:  # under torchrun, one result line, from rank 0
-            click.echo(json.dumps(result))
-
-    @cli.command("mask-preview")
-    @_data_options
-    @click.option("--index", type=click.IntRange(0), default=0, help="which cloud of the train split")
-    @click.option("--checkpoint", type=click.Path(), default=None,
-                  help="take the masking configuration from this checkpoint")
-    @click.option("--preset", type=click.Choice(list(PRESETS)), default="paper", help="named configuration")
-    @click.option("--out", type=click.Path(dir_okay=False), default="mask_preview.ply", help="PLY file to write")
-    @_config_options(ModelConfig)
-    @click.pass_context
-    @fail_cleanly
-    def mask_preview_cmd(ctx, index, checkpoint, preset, out, **overrides):
-        """Write a coloured PLY of one cloud: grey unused, blue context, one colour per target block."""
-        data_opts = _pop_data(overrides)
-        if checkpoint:
-            _, meta = read_checkpoint(checkpoint)
-            cfg = dataclasses.replace(config_from_json(ModelConfig, meta["model_config"]),
-                                      **{k: v for k, v in overrides.items() if v is not None})
-        else:
-            try:
-                cfg, _ = make_configs(preset, **overrides)
-            except ValueError as err:
-                raise click.UsageError(str(err)) from None
-        ds = _load_data(data_opts, "train", cfg.num_points)
-        if index >= len(ds):
-            raise click.BadParameter(f"{index} is past the last cloud ({len(ds) - 1})", param_hint="--index")
-        pts, roles = mask_preview(ds[index][0], cfg, seed=ctx.obj["seed"])
-        write_ply(out, pts, roles)
-        counts = {"unused": int((roles == 0).sum()), "context": int((roles == 1).sum()),
-                  "target": int((roles >= 2).sum())}
-        click.echo(json.dumps({"out": str(out), "points": len(pts), "sampler": cfg.sampler, **counts}))
-
-    def encoder_options(fn):
-        """--checkpoint / --encoder / --preset / geometry, shared by every downstream command."""
-        options = [
-            click.option("--checkpoint", required=True,
-                         help="a jepa3d checkpoint, or 'none' for a random-init encoder of --preset (the baseline)"),
-            click.option("--encoder", "which", type=click.Choice(["target", "context"]), default="target",
-                         help="which encoder of a pretraining checkpoint: the EMA target (I-JEPA evaluates it) "
-                              "or the context encoder"),
-            click.option("--preset", type=click.Choice(list(PRESETS)), default="paper",
-                         help="configuration of the random-init encoder with --checkpoint none"),
-            click.option("--num-points", type=click.IntRange(16), default=None,
-                         help="points per cloud [default: the task's protocol, else the checkpoint's]"),
-            click.option("--num-groups", type=click.IntRange(4), default=None, help="patches per cloud [default: as above]"),
-            click.option("--group-size", type=click.IntRange(2), default=None, help="points per patch [default: as above]"),
-        ]
-        for option in reversed(options):
-            fn = option(fn)
-        return fn
-
-    def open_encoder(ctx, checkpoint, which, preset, geometry, drop_path=None):
-        try:
-            return load_encoder(checkpoint, which, preset, seed=ctx.obj["seed"], drop_path=drop_path, **geometry)
-        except CheckpointError:
-            raise
-        except ValueError as err:  # an inconsistent geometry override
-            raise click.UsageError(str(err)) from None
-
-    def report(result: dict, path: Path) -> None:
-        """The JSON result: on stdout and in `path` (a folder gets metrics.json), written atomically."""
-        if path.suffix != ".json":
-            path.mkdir(parents=True, exist_ok=True)
-            path = path / "metrics.json"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        os.replace(tmp, path)
-        click.echo(json.dumps(result))
-
-    def features_of(ctx, encoder, cfg, data_opts, split, batch_size):
-        ds = _load_data(data_opts, split, cfg.num_points)
-        click.echo(f"features of {len(ds)} {split} clouds ({getattr(ds, 'name', '')})", err=True)
-        amp = resolve_precision(ctx.obj["precision"], ctx.obj["device"])
-        return ds, extract_features(encoder, cfg, ds, ctx.obj["device"], batch_size, seed=ctx.obj["seed"],
-                                    amp_dtype=amp)
-
-    @cli.command("finetune")
-    @click.option("--task", required=True,
-                  help="modelnet40 | scanobjectnn | shapenetpart (these need --data), builtin | builtin-parts "
-                       "(the built-in shapes), or a folder of your own (one subfolder per class, train/ and test/)")
-    @encoder_options
-    @_data_options
-    @click.option("--out", type=click.Path(file_okay=False), default="runs/finetune",
-                  help="folder for metrics.json and finetuned.safetensors")
-    @click.option("--vote", type=click.IntRange(0), default=0,
-                  help="also report test-time voting over this many scaled views at the end (peers: 10)")
-    @click.option("--eval-every", type=click.IntRange(0), default=0,
-                  help="evaluate on the test split every N epochs (0 = at the end only); logged, never selected")
-    @click.option("--select-best-on-test", is_flag=True,
-                  help="also report the best test epoch, labelled as selected on the test set (optimistic)")
-    @click.option("--max-steps", type=click.IntRange(1), default=None, help="stop after this many steps")
-    @_config_options(FinetuneConfig, with_presets=False)
-    @click.pass_context
-    @fail_cleanly
-    def finetune_cmd(ctx, task, checkpoint, which, preset, num_points, num_groups, group_size, out, vote,
-                     eval_every, select_best_on_test, max_steps, **overrides):
-        """Fine-tune the encoder with a classification or part-segmentation head (Point-MAE's recipe).
-        Reports the last epoch's test accuracy (or mIoU)."""
-        data_opts = _pop_data(overrides)
-        seg = task in ("shapenetpart", "builtin-parts")
-        if task in ("modelnet40", "scanobjectnn", "shapenetpart"):
-            if data_opts["data"] is None:
-                raise click.UsageError(f"--task {task} needs --data PATH (its folder on your disk)")
-        elif task in ("builtin", "builtin-parts"):
-            data_opts["dataset"] = data_opts["dataset"] or task
-        else:
-            data_opts["data"] = task
-        geometry = {**TASK_GEOMETRY.get(task, {}), **{k: v for k, v in dict(
-            num_points=num_points, num_groups=num_groups, group_size=group_size).items() if v is not None}}
-        try:
-            ft_cfg = FinetuneConfig(**{k: v for k, v in overrides.items() if v is not None})
-        except ValueError as err:
-            raise click.UsageError(str(err)) from None
-        encoder, cfg, source = open_encoder(ctx, checkpoint, which, preset, geometry, ft_cfg.drop_path)
-        train_set = _load_data(data_opts, "train", cfg.num_points)
-        test_set = _load_data(data_opts, "test", cfg.num_points)
-        if seg != hasattr(train_set, "parts_of"):
-            raise click.UsageError(f"--task {task} does not fit the {getattr(train_set, 'name', '')} data")
-        torch.manual_seed(ctx.obj["seed"])
-        if seg:
-            model = Segmenter(encoder, cfg, train_set.num_parts if hasattr(train_set, "num_parts") else 50,
-                              len(train_set.classes), ft_cfg.dropout)
-        else:
-            model = Classifier(encoder, cfg, len(train_set.classes), ft_cfg.dropout)
-        out = Path(out)
-        click.echo(f"jepa3d finetune: {task}, {len(train_set)} train / {len(test_set)} test clouds, "
-                   f"encoder {source}", err=True)
-        result = finetune(model, train_set, test_set, ft_cfg, device=ctx.obj["device"], out_dir=out,
-                          seed=ctx.obj["seed"], precision=ctx.obj["precision"], votes=vote, eval_every=eval_every,
-                          select_best_on_test=select_best_on_test, max_steps=max_steps,
-                          augment=jepa3d_data.augmentation(ft_cfg.augment),
-                          meta={"task": task, "encoder_source": source})
-        result = {"command": "finetune", "task": task, "encoder": source, "data": getattr(test_set, "name", ""),
-                  **result, "checkpoint": str(out / "finetuned.safetensors"),
-                  "protocol": {**dataclasses.asdict(ft_cfg), **geometry, "seed": ctx.obj["seed"],
-                               "voting": f"{vote} views, isotropic scale 0.85-1.15, softmax average" if vote else "none",
-                               "selection": "last epoch" + (" (+ best test epoch, labelled)" if select_best_on_test else "")}}
-        report(result, out)
-
-    @cli.command("linear-probe")
-    @encoder_options
-    @_data_options
-    @click.option("--out", type=click.Path(file_okay=False), default="runs/linear-probe",
-                  help="folder for metrics.json")
-    @click.option("--classifier", type=click.Choice(["svm", "logreg", "both"]), default="svm",
-                  help="linear SVM (squared hinge, LinearSVC's objective) and/or logistic regression")
-    @click.option("--C", "C", type=click.FloatRange(0, min_open=True), default=0.012,
-                  help="SVM regularisation: larger C fits the train split harder (JEPA lineage: 0.012)")
-    @click.option("--logreg-C", "logreg_C", type=click.FloatRange(0, min_open=True), default=1.0,
-                  help="logistic-regression regularisation (scikit-learn's default)")
-    @click.option("--batch-size", type=click.IntRange(1), default=64, help="clouds per forward pass")
-    @click.pass_context
-    @fail_cleanly
-    def linear_probe_cmd(ctx, checkpoint, which, preset, num_points, num_groups, group_size, out, classifier, C,
-                         logreg_C, batch_size, **data_kw):
-        """Frozen encoder, concat(max, mean) features, linear classifier on the train split, test accuracy."""
-        data_opts = _pop_data(data_kw)
-        geometry = dict(num_points=num_points, num_groups=num_groups, group_size=group_size)
-        encoder, cfg, source = open_encoder(ctx, checkpoint, which, preset, geometry)
-        train_set, train = features_of(ctx, encoder, cfg, data_opts, "train", batch_size)
-        _, test = features_of(ctx, encoder, cfg, data_opts, "test", batch_size)
-        n = len(train_set.classes)
-        result = {"command": "linear-probe", "encoder": source, "data": getattr(train_set, "name", ""),
-                  "train_clouds": len(train["labels"]), "test_clouds": len(test["labels"]),
-                  "protocol": {"features": "concat(max, mean) of the last-layer tokens, frozen",
-                               "svm": f"one-vs-rest squared hinge, C={C}", "logreg": f"multinomial, C={logreg_C}",
-                               "num_points": cfg.num_points, "num_groups": cfg.num_groups,
-                               "group_size": cfg.group_size, "seed": ctx.obj["seed"]}}
-        for kind in (("svm", "logreg") if classifier == "both" else (classifier,)):
-            t = time.time()
-            W, b = fit_linear(train["features"], train["labels"], n, C=C if kind == "svm" else logreg_C, kind=kind)
-            oa, macc = accuracy((test["features"] @ W + b).argmax(-1), test["labels"], n)
-            train_oa, _ = accuracy((train["features"] @ W + b).argmax(-1), train["labels"], n)
-            result[kind] = {"accuracy": oa, "class_mean_accuracy": macc, "train_accuracy": train_oa,
-                            "fit_seconds": round(time.time() - t, 2)}
-            click.echo(f"{kind}: test accuracy {oa:.2f} (class mean {macc:.2f}), train {train_oa:.2f}", err=True)
-        report(result, Path(out))
-
-    @cli.command("few-shot")
-    @encoder_options
-    @_data_options
-    @click.option("--out", type=click.Path(file_okay=False), default="runs/few-shot",
-                  help="folder for metrics.json")
-    @click.option("--way", type=click.IntRange(2), default=5, help="classes per episode")
-    @click.option("--shot", type=click.IntRange(1), default=10, help="train clouds per class")
-    @click.option("--query", type=click.IntRange(1), default=20, help="test clouds per class (peers: 20)")
-    @click.option("--folds", type=click.IntRange(1), default=10, help="episodes; mean and std are over these")
-    @click.option("--fold-files", type=click.Path(exists=True, file_okay=False), default=None,
-                  help="the peers' ModelNetFewshot folder: use its pickled folds (needs --trust-pickle)")
-    @click.option("--protocol", type=click.Choice(["svm", "finetune"]), default="svm",
-                  help="svm: linear SVM on frozen features (fast); finetune: the peers' per-episode fine-tuning")
-    @click.option("--episode-epochs", type=click.IntRange(1), default=150,
-                  help="--protocol finetune: epochs per episode (peers: 150)")
-    @click.option("--C", "C", type=click.FloatRange(0, min_open=True), default=0.012, help="SVM regularisation")
-    @click.option("--batch-size", type=click.IntRange(1), default=64, help="clouds per forward pass")
-    @click.pass_context
-    @fail_cleanly
-    def few_shot_cmd(ctx, checkpoint, which, preset, num_points, num_groups, group_size, out, way, shot, query,
-                     folds, fold_files, protocol, episode_epochs, C, batch_size, **data_kw):
-        """W-way S-shot episodes; reports mean +- std of the query accuracy over folds."""
-        data_opts = _pop_data(data_kw)
-        geometry = dict(num_points=num_points, num_groups=num_groups, group_size=group_size)
-        encoder, cfg, source = open_encoder(ctx, checkpoint, which, preset, geometry)
-        dev, seed = ctx.obj["device"], ctx.obj["seed"]
-        episodes = []
-        if fold_files:
-            for fold in range(folds):
-                tr, te = jepa3d_data.read_fewshot_fold(Path(fold_files), way, shot, fold, data_opts["trust_pickle"])
-                episodes.append((tr, te))
-        else:
-            train_set = _load_data(data_opts, "train", cfg.num_points)
-            test_set = _load_data(data_opts, "test", cfg.num_points)
-            g = torch.Generator().manual_seed(seed)
-            train_labels, test_labels = torch.as_tensor(train_set.labels), torch.as_tensor(test_set.labels)
-            for _ in range(folds):
-                try:
-                    ep = sample_episode(train_labels, test_labels, way, shot, query, g)
-                except ValueError as err:
-                    raise click.UsageError(str(err)) from None
-                episodes.append((Relabelled(train_set, ep["support"], ep["support_y"], way),
-                                 Relabelled(test_set, ep["query"], ep["query_y"], way)))
-        accs = []
-        progress = Progress(len(episodes))
-        for i, (support, queries) in enumerate(episodes):
-            if protocol == "svm":
-                fs = extract_features(encoder, cfg, support, dev, batch_size, seed=seed)
-                fq = extract_features(encoder, cfg, queries, dev, batch_size, seed=seed)
-                W, b = fit_linear(fs["features"], fs["labels"], way, C=C)
-                accs.append(accuracy((fq["features"] @ W + b).argmax(-1), fq["labels"], way)[0])
-            else:
-                torch.manual_seed(seed + i)
-                model = Classifier(copy.deepcopy(encoder), cfg, way)
-                ft = FinetuneConfig(epochs=episode_epochs, warmup_epochs=min(10.0, episode_epochs / 10))
-                res = finetune(model, support, queries, ft, device=dev, out_dir=Path(out) / f"fold{i}",
-                               seed=seed + i, precision=ctx.obj["precision"],
-                               augment=jepa3d_data.augmentation(ft.augment))
-                accs.append(res["accuracy"])
-            progress.update(i + 1, f"fold {i} accuracy {accs[-1]:.1f}")
-        progress.close()
-        t = torch.tensor(accs)
-        result = {"command": "few-shot", "encoder": source, "way": way, "shot": shot, "folds": len(accs),
-                  "accuracy_mean": t.mean().item(), "accuracy_std": t.std().item() if len(accs) > 1 else 0.0,
-                  "per_fold": accs,
-                  "protocol": {"episodes": "peers' fold files" if fold_files else
-                               f"drawn with seed {seed}: {way} classes, {shot} train + {query} test clouds each",
-                               "classifier": f"linear SVM C={C} on frozen concat(max, mean) features" if protocol == "svm"
-                               else f"fine-tune encoder + head, {episode_epochs} epochs per episode",
-                               "num_points": cfg.num_points, "num_groups": cfg.num_groups}}
-        click.echo(f"{way}-way {shot}-shot: {result['accuracy_mean']:.2f} +- {result['accuracy_std']:.2f} "
-                   f"over {len(accs)} folds", err=True)
-        report(result, Path(out))
-
-    @cli.command("embed")
-    @encoder_options
-    @_data_options
-    @click.option("--split", type=click.Choice(["train", "test"]), default="train", help="which split to embed")
-    @click.option("--per-patch", is_flag=True, help="also store per-patch tokens (N, G, D) and centres (N, G, 3)")
-    @click.option("--out", type=click.Path(dir_okay=False), default="features.npz",
-                  help="the .npz to write (the JSON result goes beside it, as <out>.json)")
-    @click.option("--batch-size", type=click.IntRange(1), default=64, help="clouds per forward pass")
-    @click.pass_context
-    @fail_cleanly
-    def embed_cmd(ctx, checkpoint, which, preset, num_points, num_groups, group_size, split, per_patch, out,
-                  batch_size, **data_kw):
-        """Write per-cloud features (and optionally per-patch tokens) to an .npz for other tools."""
-        import numpy as np
-
-        data_opts = _pop_data(data_kw)
-        geometry = dict(num_points=num_points, num_groups=num_groups, group_size=group_size)
-        encoder, cfg, source = open_encoder(ctx, checkpoint, which, preset, geometry)
-        ds = _load_data(data_opts, split, cfg.num_points)
-        amp = resolve_precision(ctx.obj["precision"], ctx.obj["device"])
-        feats = extract_features(encoder, cfg, ds, ctx.obj["device"], batch_size, seed=ctx.obj["seed"],
-                                 per_patch=per_patch, amp_dtype=amp)
-        arrays = {k: v.numpy() for k, v in feats.items()}
-        arrays["classes"] = np.array(getattr(ds, "classes", []))
-        dest = Path(out)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(dest.name + ".tmp.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, dest)
-        result = {"command": "embed", "encoder": source, "data": getattr(ds, "name", ""), "split": split,
-                  "file": str(dest), "arrays": {k: list(v.shape) for k, v in arrays.items()},
-                  "features": "concat(max, mean) of the last-layer tokens"}
-        report(result, dest.with_name(dest.name + ".json"))
-
-    @cli.command("inspect")
-    @click.argument("path", type=click.Path())
-    @click.option("--dataset", type=click.Choice(jepa3d_data.LAYOUTS), default=None, help="force a layout")
-    @click.option("--variant", type=click.Choice(list(jepa3d_data.SCANOBJECTNN_FILES)), default="pb_t50_rs",
-                  help="ScanObjectNN variant")
-    @click.option("--trust-pickle", is_flag=True, help="allow reading pickled caches")
-    @click.option("--num-points", type=click.IntRange(16), default=1024, help="points per cloud to read")
-    @fail_cleanly
-    def inspect_cmd(path, dataset, variant, trust_pickle, num_points):
-        """Show the layout detected at PATH, samples per split, classes, points per cloud and problems."""
-        report = jepa3d_data.inspect(path, dataset=dataset, variant=variant, trust_pickle=trust_pickle,
-                                     num_points=num_points)
-        for line in jepa3d_data.describe(report):
-            click.echo(line, err=True)
-        click.echo(json.dumps(report))
-        if not any(s.get("samples") for s in report["splits"].values()):
-            raise SystemExit(1)
-
+    for command in (_pretrain_command, _mask_preview_command, _finetune_command, _linear_probe_command,
+                    _few_shot_command, _embed_command, _inspect_command):
+        cli.add_command(command(click))
     return cli
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point (`jepa3d`, `python -m jepa3d`)."""
-    _build_cli()(args=argv, prog_name="jepa3d")
-
-
-if __name__ == "__main__":
-    main()
+    make_cli()(args=argv, prog_name="jepa3d")

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
+
+import jepa3d  # imports point one way: the readers use the model's geometry (FPS), never the reverse
 
 
 class DataError(ValueError):
@@ -564,8 +567,6 @@ def resample(points: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray
     """Bring a cloud (P, 3) to n points: FPS when P > n (evenly spread, as the peers' caches
     do), random repeats when P < n. -> (n, 3)."""
     if len(points) > n:
-        import jepa3d  # FPS lives with the model; this import is only needed by the data readers
-
         start = torch.Generator().manual_seed(int(rng.integers(2**31)))
         idx = jepa3d.farthest_point_sample(torch.from_numpy(points)[None], n, start)[0].numpy()
         return points[idx]
@@ -679,12 +680,13 @@ def read_npz_split(root: Path, split: str) -> ArrayDataset:
 
 SCANOBJECTNN_CLASSES = ["bag", "bin", "box", "cabinet", "chair", "desk", "display", "door", "shelf", "table",
                         "bed", "pillow", "sink", "sofa", "toilet"]
+DEFAULT_VARIANT = "pb_t50_rs"  # the hardest split, the one the peers' headline numbers use
 SCANOBJECTNN_FILES = {"obj_bg": ("main_split", "{split}_objectdataset.h5"),
                       "obj_only": ("main_split_nobg", "{split}_objectdataset.h5"),
                       "pb_t50_rs": ("main_split", "{split}_objectdataset_augmentedrot_scale75.h5")}
 
 
-def read_scanobjectnn(root: Path, split: str, variant: str = "pb_t50_rs") -> ArrayDataset:
+def read_scanobjectnn(root: Path, split: str, variant: str = DEFAULT_VARIANT) -> ArrayDataset:
     """ScanObjectNN h5 (data (N, 2048, 3), label (N,)); variant obj_bg | obj_only | pb_t50_rs."""
     if variant not in SCANOBJECTNN_FILES:
         raise DataError(f"unknown ScanObjectNN variant {variant!r}; use obj_bg, obj_only or pb_t50_rs")
@@ -843,7 +845,7 @@ class ShapeNetPart(torch.utils.data.Dataset):
     Train = train + val (the peers' protocol). Clouds are resampled to num_points with
     replacement by a seeded draw per cloud (Point-MAE draws a random choice)."""
 
-    NUM_PARTS = 50
+    num_parts = 50  # part ids 0..49 over all categories, as PartDataset.num_parts
 
     def __init__(self, root: Path, split: str, num_points: int = 2048):
         if (root / "shapenetcore_partanno_segmentation_benchmark_v0_normal").is_dir():
@@ -886,7 +888,7 @@ class ShapeNetPart(torch.utils.data.Dataset):
         if rows.shape[1] < 7:
             raise DataError(f"{self.files[i]}: expected 7 columns 'x y z nx ny nz part', found {rows.shape[1]}")
         points = _check_cloud(rows[:, :3], self.files[i])
-        parts = _check_labels(rows[:, -1], self.NUM_PARTS, self.files[i])
+        parts = _check_labels(rows[:, -1], self.num_parts, self.files[i])
         choice = np.random.default_rng(i).choice(len(points), self.num_points, replace=len(points) < self.num_points)
         return torch.from_numpy(normalize(points[choice]).astype(np.float32)), torch.from_numpy(parts[choice])
 
@@ -908,14 +910,10 @@ def read_folder(root: Path, split: str, num_points: int, skip_bad: bool = False)
             if not skip_bad:
                 raise
             problems.append(str(err))
-    if problems:
-        import sys
-
-        print(f"jepa3d: skipped {len(problems)} bad file(s) of {len(files)}; first: {problems[0]}", file=sys.stderr)
     if not points:
         raise DataError(f"{root}: every file failed to read ({len(problems)} bad)")
     ds = ArrayDataset(np.stack(points), labels, classes, f"folder-{split}", str(root))
-    ds.skipped = problems
+    ds.skipped, ds.files_read = problems, len(files)  # the caller reports what --skip-bad skipped
     return ds
 
 
@@ -984,74 +982,80 @@ def builtin_parts_dataset(split: str = "train", num_points: int = 1024, per_clas
 
 
 # ----------------------------------------------------------------------------- opening datasets
-LAYOUTS = ("builtin", "builtin-parts", "shapenet55", "modelnet40-h5", "modelnet40-resampled", "npz", "scanobjectnn",
-           "shapenetpart", "modelnet40-pickle", "folder")
+@dataclass(frozen=True)
+class ReadOptions:
+    """How a split is read: the data options every command shares (--variant, --trust-pickle, --skip-bad)."""
+    num_points: int = 1024          # layouts that resample when read (folders, meshes, text) bring clouds to this
+    variant: str = DEFAULT_VARIANT  # ScanObjectNN only
+    trust_pickle: bool = False      # unpickling the peers' caches can run code: an explicit opt-in
+    skip_bad: bool = False          # folder datasets: skip unreadable files (listed in ds.skipped) instead of stopping
+
+
+@dataclass(frozen=True)
+class Layout:
+    """An on-disk layout: how to recognise it in a folder and how to read one split of it."""
+    detect: Callable[[Path], bool] | None  # None: never detected, only named (built-in data)
+    read: Callable[[Path, str, ReadOptions], torch.utils.data.Dataset]
+
+
+# Every layout, in the order detection tries them; `open_dataset`, `inspect` and the --dataset
+# choices all come from this table, so a new reader is one entry.
+LAYOUT_TABLE: dict[str, Layout] = {
+    "builtin": Layout(None, lambda root, split, o: builtin_dataset(split, o.num_points)),
+    "builtin-parts": Layout(None, lambda root, split, o: builtin_parts_dataset(split, o.num_points)),
+    "shapenet55": Layout(lambda p: (p / "shapenet_pc").is_dir() and (p / "ShapeNet-55").is_dir(),
+                         lambda root, split, o: ShapeNet55(root, split)),
+    "modelnet40-h5": Layout(lambda p: any(p.glob("ply_data_*.h5")),
+                            lambda root, split, o: read_modelnet40_h5(root, split)),
+    "modelnet40-resampled": Layout(
+        lambda p: (p / "modelnet40_normal_resampled").is_dir() or (p / "modelnet40_shape_names.txt").is_file(),
+        lambda root, split, o: read_modelnet40_resampled(root, split, o.num_points)),
+    "scanobjectnn": Layout(
+        lambda p: any(p.glob("*_objectdataset*.h5")) or (p / "main_split").is_dir() or (p / "main_split_nobg").is_dir(),
+        lambda root, split, o: read_scanobjectnn(root, split, o.variant)),
+    "shapenetpart": Layout(
+        lambda p: (p / "synsetoffset2category.txt").is_file()
+        or (p / "shapenetcore_partanno_segmentation_benchmark_v0_normal").is_dir(),
+        lambda root, split, o: ShapeNetPart(root, split, o.num_points)),
+    "modelnet40-pickle": Layout(lambda p: any(p.glob("modelnet40_*_fps.dat")),
+                                lambda root, split, o: read_modelnet40_pickle(root, split, o.trust_pickle)),
+    "npz": Layout(lambda p: any(p.glob("*_train.npz")) or any(p.glob("*_test.npz")),
+                  lambda root, split, o: read_npz_split(root, split)),
+    "folder": Layout(lambda p: True, lambda root, split, o: read_folder(root, split, o.num_points, o.skip_bad)),
+}
+LAYOUTS = tuple(LAYOUT_TABLE)
 
 
 def detect_layout(path: Path) -> str:
-    """Name the on-disk layout at path (see LAYOUTS)."""
+    """Name the on-disk layout at path: the first entry of LAYOUT_TABLE that recognises it."""
     if path.is_file():
         if path.suffix == ".npz":
             return "npz"
         raise DataError(f"{path}: a single file is read only as .npz (points, labels); pass its folder instead")
-    if (path / "shapenet_pc").is_dir() and (path / "ShapeNet-55").is_dir():
-        return "shapenet55"
-    if any(path.glob("ply_data_*.h5")):
-        return "modelnet40-h5"
-    if (path / "modelnet40_normal_resampled").is_dir() or (path / "modelnet40_shape_names.txt").is_file():
-        return "modelnet40-resampled"
-    if any(path.glob("*_objectdataset*.h5")) or (path / "main_split").is_dir() or (path / "main_split_nobg").is_dir():
-        return "scanobjectnn"
-    if (path / "synsetoffset2category.txt").is_file() or \
-            (path / "shapenetcore_partanno_segmentation_benchmark_v0_normal").is_dir():
-        return "shapenetpart"
-    if any(path.glob("modelnet40_*_fps.dat")):
-        return "modelnet40-pickle"
-    if any(path.glob("*_train.npz")) or any(path.glob("*_test.npz")):
-        return "npz"
-    return "folder"
+    return next(name for name, layout in LAYOUT_TABLE.items() if layout.detect is not None and layout.detect(path))
 
 
 def open_dataset(path: str | Path | None, split: str = "train", dataset: str | None = None,
-                 num_points: int = 1024, variant: str = "pb_t50_rs", trust_pickle: bool = False,
+                 num_points: int = 1024, variant: str = DEFAULT_VARIANT, trust_pickle: bool = False,
                  skip_bad: bool = False) -> torch.utils.data.Dataset:
     """Open a dataset: the built-in shapes when path is None, else the layout detected at
     path (or forced by `dataset`). Items are (points (P, 3) float32, label int64)."""
+    options = ReadOptions(num_points, variant, trust_pickle, skip_bad)
     if path is None:
-        if dataset == "builtin-parts":
-            return builtin_parts_dataset(split, num_points)
-        if dataset not in (None, "builtin"):
+        if dataset not in (None, "builtin", "builtin-parts"):
             raise DataError(f"--dataset {dataset} needs --data PATH")
-        return builtin_dataset(split, num_points)
+        return LAYOUT_TABLE[dataset or "builtin"].read(None, split, options)
     root = Path(path)
     if not root.exists():
         raise DataError(f"{root}: no such file or folder")
     if root.is_dir() and not any(root.iterdir()):
         raise DataError(f"{root}: the folder is empty")
     layout = dataset or detect_layout(root)
-    if layout not in LAYOUTS:
+    if layout not in LAYOUT_TABLE:
         raise DataError(f"unknown --dataset {layout!r}; choose one of {', '.join(LAYOUTS)}")
     if split not in ("train", "test"):
         raise DataError(f"unknown split {split!r}; use train or test")
-    if layout == "builtin":
-        return builtin_dataset(split, num_points)
-    if layout == "builtin-parts":
-        return builtin_parts_dataset(split, num_points)
-    if layout == "shapenet55":
-        return ShapeNet55(root, split)
-    if layout == "modelnet40-h5":
-        return read_modelnet40_h5(root, split)
-    if layout == "modelnet40-resampled":
-        return read_modelnet40_resampled(root, split, num_points)
-    if layout == "npz":
-        return read_npz_split(root, split)
-    if layout == "scanobjectnn":
-        return read_scanobjectnn(root, split, variant)
-    if layout == "shapenetpart":
-        return ShapeNetPart(root, split, num_points)
-    if layout == "modelnet40-pickle":
-        return read_modelnet40_pickle(root, split, trust_pickle)
-    return read_folder(root, split, num_points, skip_bad)
+    return LAYOUT_TABLE[layout].read(root, split, options)
 
 
 def inspect(path: str | Path, dataset: str | None = None, **kw) -> dict:
@@ -1120,12 +1124,19 @@ def jitter(points: torch.Tensor, generator: torch.Generator, sigma: float = 0.01
     return points + noise.clamp(-clip, clip)
 
 
+AUGMENTATIONS: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = {
+    "scale-translate": scale_translate, "rotate": rotate_up, "jitter": jitter}
+
+
 def augmentation(name: str) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None:
-    """'scale-translate', 'rotate', 'jitter', combinations joined by '+', or 'none'."""
+    """'scale-translate', 'rotate', 'jitter', combinations joined by '+' (applied in that
+    order), or 'none'."""
     if name == "none":
         return None
-    table = {"scale-translate": scale_translate, "rotate": rotate_up, "jitter": jitter}
-    steps = [table[n] for n in name.split("+")]
+    unknown = [n for n in name.split("+") if n not in AUGMENTATIONS]
+    if unknown:
+        raise ValueError(f"unknown augmentation {unknown[0]!r}; use {', '.join(AUGMENTATIONS)} joined by '+', or none")
+    steps = [AUGMENTATIONS[n] for n in name.split("+")]
 
     def apply(points: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         for fn in steps:

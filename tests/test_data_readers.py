@@ -252,7 +252,7 @@ def test_real_data_through_the_cli(tmp_path):
 
 # ----------------------------------------------------------------------------- the CLI on files
 def run(*args):
-    return CliRunner().invoke(jepa3d._build_cli(), [str(a) for a in args])
+    return CliRunner().invoke(jepa3d.make_cli(), [str(a) for a in args])
 
 
 def test_pretrain_and_inspect_read_a_user_folder_through_the_cli(tmp_path):

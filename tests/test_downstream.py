@@ -93,7 +93,7 @@ def test_segmenter_and_classifier_shapes(configs):
 
 # ----------------------------------------------------------------------------- commands
 def run(*args):
-    result = CliRunner().invoke(jepa3d._build_cli(), [str(a) for a in args])
+    result = CliRunner().invoke(jepa3d.make_cli(), [str(a) for a in args])
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout.strip().splitlines()[-1]), result
 
@@ -158,9 +158,9 @@ def test_embed_writes_features(tmp_path, pretrained):
 
 
 def test_downstream_bad_input_is_one_line(tmp_path):
-    r = CliRunner().invoke(jepa3d._build_cli(), ["linear-probe", "--checkpoint", str(tmp_path / "nope.safetensors")])
+    r = CliRunner().invoke(jepa3d.make_cli(), ["linear-probe", "--checkpoint", str(tmp_path / "nope.safetensors")])
     assert r.exit_code == 1 and "no such checkpoint" in r.stderr
-    r = CliRunner().invoke(jepa3d._build_cli(), ["finetune", "--task", "modelnet40", "--checkpoint", "none"])
+    r = CliRunner().invoke(jepa3d.make_cli(), ["finetune", "--task", "modelnet40", "--checkpoint", "none"])
     assert r.exit_code == 2 and "needs --data" in r.stderr
 
 
@@ -177,7 +177,7 @@ def test_few_shot_reads_the_peers_fold_files_only_with_opt_in(tmp_path, pretrain
             pickle.dump(items, fh)
     args = ["few-shot", "--checkpoint", str(pretrained), "--fold-files", str(tmp_path / "ModelNetFewshot"),
             "--way", "5", "--shot", "10", "--folds", "2", "--out", str(tmp_path / "out")]
-    refused = CliRunner().invoke(jepa3d._build_cli(), args)
+    refused = CliRunner().invoke(jepa3d.make_cli(), args)
     assert refused.exit_code == 1 and "--trust-pickle" in refused.stderr and "0.pkl" in refused.stderr
     result, _ = run(*args, "--trust-pickle")
     assert result["folds"] == 2 and result["protocol"]["episodes"] == "peers' fold files"

@@ -118,7 +118,7 @@ def test_configs_reject_unknown_and_inconsistent_options():
 def test_encoder_returns_requested_layers(configs):
     enc = jepa3d.Encoder(configs[0]).eval()
     patches, centres = jepa3d.group_points(torch.randn(2, 128, 3), 16, 8)
-    outs = enc(patches, centres, return_layers=(0, 1))
+    outs = enc.layer_outputs(patches, centres, (0, 1))
     assert len(outs) == 2 and outs[1].shape == (2, 16, 32)
     assert torch.allclose(outs[1], enc(patches, centres))
 
