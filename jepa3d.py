@@ -59,10 +59,10 @@ __all__ = [
     # training
     "make_optimizer", "train_step", "ema_update", "lr_at", "momentum_at", "step_flops", "pretrain",
     # checkpoints
-    "CheckpointError", "save_checkpoint", "read_checkpoint", "load_jepa", "load_encoder",
+    "CheckpointError", "save_checkpoint", "read_checkpoint", "checkpoint_config", "load_jepa", "load_encoder",
     # downstream
-    "Classifier", "Segmenter", "extract_features", "fit_linear", "accuracy", "sample_episode",
-    "embed", "linear_probe", "few_shot", "finetune", "evaluate",
+    "pool", "extract_features", "fit_linear", "accuracy", "sample_episode", "draw_episodes",
+    "Classifier", "Segmenter", "make_head", "evaluate", "embed", "linear_probe", "few_shot", "finetune",
     # tools
     "mask_preview", "write_ply", "make_cli", "main",
 ]
@@ -150,7 +150,7 @@ class TrainConfig:
     ema_start: float = _opt(0.996, "EMA momentum of the target encoder at step 0 (I-JEPA)", min=0.0, max=1.0)
     ema_end: float = _opt(1.0, "EMA momentum at the last step (cosine schedule)", min=0.0, max=1.0)
     augment: str = _opt("scale-translate", "train-time augmentation on the device: scale-translate (Point-MAE), "
-                        "rotate (about the up axis), both, or none",
+                        "rotate (about the up axis), jitter (Gaussian per point), joined by '+', or none",
                         choices=AUGMENT_CHOICES)
 
 
@@ -1650,7 +1650,8 @@ def few_shot(encoder: Encoder, cfg: ModelConfig, train_set=None, test_set=None, 
         else:
             ft = FinetuneConfig(epochs=fs.episode_epochs, warmup_epochs=min(10.0, fs.episode_epochs / 10))
             res = finetune(copy.deepcopy(encoder), cfg, support, queries, ft, device=device, seed=seed + i,
-                           precision=precision, augment=augment, out_dir=Path(out_dir or "runs/few-shot") / f"fold{i}")
+                           precision=precision, augment=augment,
+                           out_dir=None if out_dir is None else Path(out_dir) / f"fold{i}")
             accs.append(res["accuracy"])
         progress.update(i + 1, f"fold {i} accuracy {accs[-1]:.1f}")
     progress.close()
@@ -1669,16 +1670,16 @@ def few_shot(encoder: Encoder, cfg: ModelConfig, train_set=None, test_set=None, 
 
 
 def finetune(encoder: Encoder, cfg: ModelConfig, train_set, test_set, ft: FinetuneConfig = FinetuneConfig(), *,
-             device: torch.device = torch.device("cpu"), out_dir: str | Path = "runs/finetune", seed: int = 0,
+             device: torch.device = torch.device("cpu"), out_dir: str | Path | None = None, seed: int = 0,
              precision: str = "auto", votes: int = 0, eval_every: int = 0, select_best_on_test: bool = False,
              augment: Callable | None = None, max_steps: int | None = None, meta: dict | None = None) -> dict:
     """Fine-tune the encoder end to end with the head the data calls for (make_head: part
     segmentation for part datasets, else classification), Point-MAE's recipe in `ft`. The
     reported metric is the last epoch's; with select_best_on_test, the best test epoch is also
-    reported, labelled as selected on the test set. Writes out_dir/metrics.jsonl (one line per
-    epoch) and out_dir/finetuned.safetensors (encoder., head. ...)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    reported, labelled as selected on the test set. With out_dir, writes out_dir/metrics.jsonl
+    (one line per epoch) and out_dir/finetuned.safetensors (encoder., head. ...)."""
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     model = make_head(encoder, cfg, train_set, ft.dropout).to(device)
     amp_dtype = resolve_precision(precision, device)
@@ -1690,7 +1691,7 @@ def finetune(encoder: Encoder, cfg: ModelConfig, train_set, test_set, ft: Finetu
                           total, round(ft.warmup_epochs * per_epoch), end)
     progress = Progress(end)
     history, best = [], None
-    with open(out_dir / "metrics.jsonl", "w") as log:
+    with open(Path(out_dir) / "metrics.jsonl" if out_dir is not None else os.devnull, "w") as log:
         for epoch in range(ft.epochs):
             losses = train.epoch(train_set, epoch_batches(len(train_set), batch_size, seed, epoch), ft, seed, augment)
             last_epoch = epoch == ft.epochs - 1 or train.step >= end
@@ -1709,9 +1710,10 @@ def finetune(encoder: Encoder, cfg: ModelConfig, train_set, test_set, ft: Finetu
             if train.step >= end:
                 break
     progress.close()
-    save_checkpoint(out_dir / "finetuned.safetensors", model,
-                    kind="finetune-seg" if isinstance(model, Segmenter) else "finetune-cls",
-                    finetune_config=dataclasses.asdict(ft), classes=train_set.classes, **(meta or {}))
+    if out_dir is not None:
+        save_checkpoint(Path(out_dir) / "finetuned.safetensors", model,
+                        kind="finetune-seg" if isinstance(model, Segmenter) else "finetune-cls",
+                        finetune_config=dataclasses.asdict(ft), classes=train_set.classes, **(meta or {}))
     result = {k: v for k, v in history[-1].items() if k != "step"}
     result.update({"epochs_run": len(history), "steps": train.step, "reported": "last epoch"})
     if select_best_on_test:

@@ -13,6 +13,7 @@ library to beat; without it its rows are left out.
 import argparse
 import json
 import multiprocessing as mp
+import os
 import platform
 import resource
 import sys
@@ -337,7 +338,8 @@ def main():
                      f"{'yes' if r['clouds_per_s'] >= fastest else 'NO'} ({r['clouds_per_s'] / fastest:.1f}x) |")
     out = ROOT / "benchmarks" / f"speed_{args.name or device.type}"
     meta = {"device": str(device), "device_name": kind, "threads": threads, "torch": torch.__version__,
-            "python": platform.python_version(), "args": vars(args), "matmul_flops": peak}
+            "python": platform.python_version(), "matmul_flops": peak,
+            "args": {**vars(args), "shared": os.path.relpath(shared.resolve(), ROOT)}}  # portable: relative to the root
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "tokenization": tok, "steps": steps,
                                                     "data": data}, indent=2) + "\n")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")

@@ -11,6 +11,7 @@ an interrupted benchmark continues. Writes benchmarks/evidence_<name>.{md,json}.
 """
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -66,7 +67,7 @@ def mean_std(values: list[float]) -> str:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "modelnet40"))
+    ap.add_argument("--data", default="../shared/data/modelnet40", help="relative to the project root")
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -76,8 +77,13 @@ def main():
                     choices=list(VARIANTS))
     ap.add_argument("--name", default="cpu", help="names the run cache (runs/evidence/<name>) and the result files")
     ap.add_argument("--table", default=None, help="suffix of the result files if not --name")
-    ap.add_argument("--runs", default=str(ROOT / "runs" / "evidence"))
+    ap.add_argument("--runs", default="runs/evidence", help="relative to the project root")
     args = ap.parse_args()
+    # every command runs in the project root and is recorded with paths relative to it, so a
+    # reader can paste it; paths given relative to the caller's folder are rebased first
+    for name in ("data", "runs"):
+        setattr(args, name, os.path.relpath(Path(getattr(args, name)).resolve(), ROOT))
+    os.chdir(ROOT)
 
     rows = []
     for variant in args.variants:

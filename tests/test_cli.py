@@ -91,3 +91,62 @@ print(float(loss))
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_python_m_jepa3d_loads_the_module_once(tmp_path):
+    # A folder dataset with more points than asked makes jepa3d_data call FPS, which imports
+    # jepa3d: under `python -m jepa3d` that import must find the running module, not run the
+    # file a second time (two copies of every class in one process).
+    import numpy as np
+
+    for split in ("train", "test"):
+        (tmp_path / "data" / split / "a").mkdir(parents=True)
+        np.save(tmp_path / "data" / split / "a" / "0.npy", np.random.default_rng(0).random((300, 3), dtype=np.float32))
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(
+        "import atexit, sys\n"
+        "def report():\n"
+        "    copies = {id(m) for m in list(sys.modules.values()) if 'Encoder' in vars(m)}\n"
+        "    print('COPIES', len(copies), 'jepa3d_data' in sys.modules, file=sys.stderr)\n"
+        "atexit.register(report)\n")
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path / 'site'}{os.pathsep}{ROOT}", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "jepa3d", "inspect", tmp_path / "data", "--num-points", "128"],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["splits"]["train"]["points_per_cloud"] == 128
+    assert "COPIES 1 True" in proc.stderr
+
+
+def test_protocols_run_from_python_with_torch_alone():
+    code = """
+import sys
+for name in ('click', 'numpy', 'h5py', 'safetensors', 'jepa3d_data'):
+    sys.modules[name] = None  # as if not installed: import fails, importlib.util.find_spec says None
+import torch
+from jepa3d import linear_probe, few_shot, embed, finetune, Encoder, make_configs, FewShotConfig, FinetuneConfig
+
+class Clouds(torch.utils.data.Dataset):  # a dataset of the user's own, in torch alone
+    classes = ["small", "medium", "large"]
+    def __init__(self, n, seed):
+        self.labels = torch.arange(n) % 3
+        self.points = torch.randn(n, 128, 3, generator=torch.Generator().manual_seed(seed)) * (1 + self.labels[:, None, None])
+    def __len__(self):
+        return len(self.labels)
+    def __getitem__(self, i):
+        return self.points[i], self.labels[i]
+
+cfg = make_configs("tiny", num_points=128, num_groups=16, group_size=8, dim=32, depth=2, heads=2)[0]
+torch.manual_seed(0)
+enc = Encoder(cfg)
+train, test = Clouds(60, 0), Clouds(30, 1)
+print(linear_probe(enc, cfg, train, test)["svm"]["accuracy"])
+print(few_shot(enc, cfg, train, test, FewShotConfig(way=3, shot=5, query=5, folds=2))["accuracy_mean"])
+print(tuple(embed(enc, cfg, test)["features"].shape))
+print(finetune(enc, cfg, train, test, FinetuneConfig(epochs=1, batch_size=20))["steps"])
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    svm, fs, shape, steps = proc.stdout.split("\n")[:4]
+    assert 0 <= float(svm) <= 100 and 0 <= float(fs) <= 100
+    assert shape == "(30, 64)" and steps == "3"

@@ -356,3 +356,18 @@ def test_skip_bad_reports_how_many_files_it_skipped(tmp_path):
     assert "skipped 2 bad file(s) of 14" in result.stderr
     report = json.loads(run("inspect", root).stdout)
     assert len(report["splits"]["train"]["problems"]) == 2
+
+
+def test_a_new_layout_is_one_table_entry(tmp_path, monkeypatch):
+    (tmp_path / "clouds.bin").write_bytes(np.random.default_rng(0).random((4, 16, 3), dtype=np.float32).tobytes())
+
+    def read(root, split, options):
+        points = np.fromfile(root / "clouds.bin", dtype=np.float32).reshape(-1, 16, 3)
+        return jepa3d_data.ArrayDataset(points, [0, 1, 0, 1], ["a", "b"], f"bin-{split}")
+
+    table = {"bin": jepa3d_data.Layout(lambda p: (p / "clouds.bin").is_file(), read), **jepa3d_data.LAYOUT_TABLE}
+    monkeypatch.setattr(jepa3d_data, "LAYOUT_TABLE", table)
+    assert jepa3d_data.detect_layout(tmp_path) == "bin"
+    assert len(jepa3d_data.open_dataset(tmp_path, "test")) == 4
+    report = jepa3d_data.inspect(tmp_path)
+    assert report["layout"] == "bin" and report["splits"]["train"]["samples"] == 4

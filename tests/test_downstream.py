@@ -187,3 +187,58 @@ def test_embed_labels_a_part_dataset_by_category_not_by_a_point(tmp_path, pretra
     run("embed", "--checkpoint", pretrained, "--dataset", "builtin-parts", "--split", "test", "--out", tmp_path / "p.npz")
     labels = np.load(tmp_path / "p.npz")["labels"]
     assert labels.shape == (300,) and sorted(set(labels.tolist())) == list(range(12))  # 12 categories, 25 each
+
+
+# ----------------------------------------------------------------------------- the same protocols from Python
+def _builtin(split, cfg):
+    import jepa3d_data
+
+    return jepa3d_data.open_dataset(None, split, num_points=cfg.num_points)
+
+
+def test_library_protocols_give_the_cli_numbers(tmp_path, pretrained):
+    encoder, cfg, _ = jepa3d.load_encoder(str(pretrained))
+    train, test = _builtin("train", cfg), _builtin("test", cfg)
+
+    cli, _ = run("linear-probe", "--checkpoint", pretrained, "--classifier", "both", "--out", tmp_path / "lp")
+    lib = jepa3d.linear_probe(encoder, cfg, train, test, jepa3d.ProbeConfig(classifier="both"))
+    for kind in ("svm", "logreg"):
+        assert lib[kind]["accuracy"] == cli[kind]["accuracy"]
+        assert lib[kind]["train_accuracy"] == cli[kind]["train_accuracy"]
+
+    cli, _ = run("few-shot", "--checkpoint", pretrained, "--way", "5", "--shot", "5", "--query", "10", "--folds", "2",
+                 "--out", tmp_path / "fs")
+    lib = jepa3d.few_shot(encoder, cfg, train, test, jepa3d.FewShotConfig(way=5, shot=5, query=10, folds=2))
+    assert lib["per_fold"] == cli["per_fold"] and lib["accuracy_mean"] == cli["accuracy_mean"]
+
+    run("embed", "--checkpoint", pretrained, "--split", "test", "--out", tmp_path / "f.npz")
+    lib = jepa3d.embed(encoder, cfg, test)
+    assert np.array_equal(np.load(tmp_path / "f.npz")["features"], lib["features"].numpy())
+
+
+def test_library_finetune_gives_the_cli_numbers(tmp_path, pretrained):
+    import jepa3d_data
+
+    cli, _ = run("finetune", "--task", "builtin", "--checkpoint", pretrained, "--epochs", "2", "--max-steps", "4",
+                 "--vote", "2", "--out", tmp_path / "cli")
+    encoder, cfg, _ = jepa3d.load_encoder(str(pretrained), drop_path=jepa3d.FinetuneConfig.drop_path)
+    ft = jepa3d.FinetuneConfig(epochs=2)
+    lib = jepa3d.finetune(encoder, cfg, _builtin("train", cfg), _builtin("test", cfg), ft, votes=2, max_steps=4,
+                          augment=jepa3d_data.augmentation(ft.augment), out_dir=tmp_path / "lib")
+    for key in ("accuracy", "voted_accuracy", "train_loss", "steps"):
+        assert lib[key] == cli[key]
+
+
+def test_every_augmentation_choice_is_one_the_data_module_applies():
+    import jepa3d_data
+
+    for cls in (jepa3d.TrainConfig, jepa3d.FinetuneConfig):
+        choices = next(f.metadata["choices"] for f in jepa3d.dataclasses.fields(cls) if f.name == "augment")
+        for name in choices:
+            fn = jepa3d_data.augmentation(name)
+            assert (fn is None) == (name == "none")
+    points = torch.zeros(2, 8, 3)
+    jittered = jepa3d_data.augmentation("jitter")(points, torch.Generator().manual_seed(0))
+    assert 0 < jittered.abs().max() <= 0.05
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        jepa3d_data.augmentation("scale-translate+shear")

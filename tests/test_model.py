@@ -186,3 +186,24 @@ def test_mini_pointnet_equals_point_maes_concat_form():
     glob = h.amax(dim=-2, keepdim=True).expand_as(h)
     reference = net.second(torch.cat([glob, h], dim=-1)).amax(dim=-2)  # Point-MAE's formulation
     assert torch.allclose(net(patches), reference, atol=1e-5)
+
+
+def test_a_new_objective_is_one_table_entry(configs, monkeypatch):
+    cfg, _ = configs
+    choices = next(f.metadata["choices"] for f in jepa3d.dataclasses.fields(cfg) if f.name == "objective")
+    assert set(choices) == set(jepa3d.OBJECTIVES)
+
+    def add_head(model):
+        model.centre_head = torch.nn.Linear(model.cfg.dim, 3)
+
+    def centre_loss(model, patches, centres, masks, context, pred):  # predict each target patch's centre
+        B, M, T = masks.targets.shape
+        truth = jepa3d.gather(centres, masks.targets).transpose(0, 1).reshape(M * B, T, 3)
+        return torch.nn.functional.mse_loss(model.centre_head(pred), truth), {"centre_err": torch.tensor(0.0)}
+
+    monkeypatch.setitem(jepa3d.OBJECTIVES, "centres", jepa3d.Objective(add_head, centre_loss, "centre_err"))
+    model = jepa3d.JEPA(jepa3d.dataclasses.replace(cfg, objective="centres"))
+    loss, stats = model(torch.randn(4, 128, 3), torch.Generator().manual_seed(0))
+    loss.backward()
+    assert model.centre_head.weight.grad is not None and model.target_encoder is None
+    assert {"centre_err", "context_patches", "target_patches"} <= set(stats)
