@@ -44,7 +44,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __version__ = "0.1.0"
-FORMAT_VERSION = 1  # checkpoint format; bump when tensor names or metadata change meaning
+FORMAT_VERSION = 2  # checkpoint format; bump when tensor names or metadata change meaning
+# ModelConfig fields a checkpoint of an older format lacks, with the value that reproduces its model
+LEGACY_MODEL_FIELDS = {1: {"position": "input", "pos_init": "trunc-normal", "min_context": 1}}
 
 __all__ = [
     # configs
@@ -113,6 +115,14 @@ class ModelConfig:
     objective: str = _opt("jepa", "jepa: predict the teacher's features of the target patches; reconstruct: "
                           "predict their points (Chamfer-L2, the Point-MAE-style baseline of the paper's "
                           "ablation), same masking and predictor, no teacher", choices=("jepa", "reconstruct"))
+    position: str = _opt("every-block", "where the patch-centre embedding enters: every-block (added before every "
+                         "encoder and predictor block, as Point-MAE, point2vec and Point-JEPA do) or input (once, "
+                         "jepa3d <= 0.1's checkpoints)", choices=("every-block", "input"))
+    pos_init: str = _opt("torch", "initialisation of the position MLPs: torch (PyTorch's default, so the position "
+                         "signal is as large as the patch tokens') or trunc-normal (ViT's 0.02, which makes it "
+                         "~200x smaller; jepa3d <= 0.1)", choices=("torch", "trunc-normal"))
+    min_context: int = _opt(4, "context-block: a sample whose context keeps fewer patches than this once the "
+                            "targets are removed draws its blocks again (I-JEPA's min_keep)", min=1)
 
     def __post_init__(self):
         if self.dim % self.heads or self.pred_dim % self.pred_heads:
@@ -452,10 +462,12 @@ class Attention(nn.Module):
             self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                keep: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, N, D); context (B / r, Nc, D) for cross-attention: with r > 1, row i of x
         attends to context row i % (B / r) (the predictor's block-major stacking), and keys and
-        values are computed once per context row instead of r times."""
+        values are computed once per context row instead of r times. keep (B or B / r, keys)
+        bool: False marks a padding key that no query attends to (None: every key counts)."""
         B, N, D = x.shape                                                     # x (B, N, D)
         H = self.heads
         if self.cross:
@@ -465,7 +477,10 @@ class Attention(nn.Module):
             k, v = kv.view(B, -1, 2, H, D // H).permute(2, 0, 3, 1, 4)        # 2x (B, H, Nc, D/H)
         else:
             q, k, v = self.qkv(x).view(B, N, 3, H, D // H).permute(2, 0, 3, 1, 4)    # 3x (B, H, N, D/H)
-        out = F.scaled_dot_product_attention(q, k, v)                         # (B, H, N, D/H)
+        if keep is not None:
+            keep = keep.repeat(B // keep.shape[0], 1) if keep.shape[0] != B else keep
+            keep = keep[:, None, None, :]                                     # (B, 1, 1, keys)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)         # (B, H, N, D/H)
         return self.proj(out.transpose(1, 2).reshape(B, N, D))
 
 
@@ -483,16 +498,23 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + drop_path(self.attn(self.norm1(x)), self.drop, self.training)
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, keep: torch.Tensor | None = None,
+                context_keep: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, N, D); keep (B, N) marks x's real tokens, context_keep (B / r, Nc) the context's."""
+        x = x + drop_path(self.attn(self.norm1(x), keep=keep), self.drop, self.training)
         if self.cross:
-            x = x + drop_path(self.cross_attn(self.norm_cross(x), context), self.drop, self.training)
+            x = x + drop_path(self.cross_attn(self.norm_cross(x), context, context_keep), self.drop, self.training)
         return x + drop_path(self.mlp(self.norm2(x)), self.drop, self.training)
 
 
-def init_weights(module: nn.Module) -> None:
-    """ViT initialisation: truncated normal(0.02) linears, zero biases, unit norms."""
+def init_weights(module: nn.Module, pos_init: str = "trunc-normal") -> None:
+    """ViT initialisation: truncated normal(0.02) linears, zero biases, unit norms; with
+    pos_init 'torch' the position MLPs (attribute pos_embed) keep PyTorch's default instead,
+    so at init the position signal is as large as the tokens' (0.02 makes it ~200x smaller)."""
+    keep = {id(m) for m in getattr(module, "pos_embed", nn.Identity()).modules()} if pos_init == "torch" else set()
     for m in module.modules():
+        if id(m) in keep:
+            continue
         if isinstance(m, nn.Linear):
             nn.init.trunc_normal_(m.weight, std=0.02)
             if m.bias is not None:
@@ -514,25 +536,30 @@ class Encoder(nn.Module):
         rates = torch.linspace(0, cfg.drop_path, cfg.depth).tolist()
         self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.mlp_ratio, r) for r in rates)
         self.norm = nn.LayerNorm(cfg.dim)
-        init_weights(self)
+        self.every_block = cfg.position == "every-block"
+        init_weights(self, cfg.pos_init)
 
-    def forward(self, patches: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-        """patches (B, N, K, 3), centres (B, N, 3) -> tokens (B, N, D)."""
-        x = self.patch_embed(patches) + self.pos_embed(centres)              # (B, N, D)
-        for blk in self.blocks:
-            x = blk(x)
-        return self.norm(x)
+    def forward(self, patches: torch.Tensor, centres: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """patches (B, N, K, 3), centres (B, N, 3) -> tokens (B, N, D). keep (B, N) bool marks
+        the real patches of a padded batch (padding is attended by no one; its tokens are junk)."""
+        return self.norm(self._run(patches, centres, keep, len(self.blocks))[-1])
 
     def layer_outputs(self, patches: torch.Tensor, centres: torch.Tensor,
                       layers: tuple[int, ...]) -> list[torch.Tensor]:
         """The normed outputs of blocks `layers` (0-based, ascending): a list of (B, N, D), for
         heads that read several depths (part segmentation)."""
-        x = self.patch_embed(patches) + self.pos_embed(centres)              # (B, N, D)
+        outs = self._run(patches, centres, None, max(layers) + 1)
+        return [self.norm(outs[i]) for i in layers]
+
+    def _run(self, patches: torch.Tensor, centres: torch.Tensor, keep: torch.Tensor | None,
+             depth: int) -> list[torch.Tensor]:
+        """The outputs of the first `depth` blocks, each (B, N, D); the centres' embedding is
+        added before the first block, or before every block (cfg.position)."""
+        x, pos = self.patch_embed(patches), self.pos_embed(centres)          # 2x (B, N, D)
         outs = []
-        for i, blk in enumerate(self.blocks[:max(layers) + 1]):
-            x = blk(x)
-            if i in layers:
-                outs.append(self.norm(x))
+        for i, blk in enumerate(self.blocks[:depth]):
+            x = blk(x + pos if i == 0 or self.every_block else x, keep=keep)
+            outs.append(x)
         return outs
 
 
@@ -556,35 +583,42 @@ class Predictor(nn.Module):
                                     for _ in range(cfg.pred_depth))
         self.norm = nn.LayerNorm(cfg.pred_dim)
         self.out = nn.Linear(cfg.pred_dim, cfg.dim)
-        init_weights(self)
+        self.every_block = cfg.position == "every-block"
+        init_weights(self, cfg.pos_init)
         nn.init.trunc_normal_(self.mask_token, std=0.02)
 
-    def forward(self, context: torch.Tensor, context_centres: torch.Tensor,
-                target_centres: torch.Tensor) -> torch.Tensor:
-        """context (B, Nc, D), context_centres (B, Nc, 3), target_centres (B, M, T, 3)
-        -> predictions (M*B, T, D), block-major."""
+    def forward(self, context: torch.Tensor, context_centres: torch.Tensor, target_centres: torch.Tensor,
+                context_keep: torch.Tensor | None = None) -> torch.Tensor:
+        """context (B, Nc, D), context_centres (B, Nc, 3), target_centres (B, M, T, 3),
+        context_keep (B, Nc) bool, False for padding -> predictions (M*B, T, D), block-major.
+        The context (keys/values of the cross predictor) carries its positions once; the target
+        queries get theirs before the first block, or before every block (cfg.position)."""
         B, M, T, _ = target_centres.shape
-        ctx = self.embed(context) + self.pos_embed(context_centres)          # (B, Nc, Dp)
-        where = target_centres.transpose(0, 1).reshape(M * B, T, 3)           # (M*B, T, 3)
-        queries = self.mask_token + self.pos_embed(where)                     # (M*B, T, Dp)
-        if self.kind == "cross":
-            x = queries
-            for blk in self.blocks:
-                x = blk(x, ctx)  # keys/values of the B contexts, shared by their M target blocks
-        else:
-            x = torch.cat([ctx.repeat(M, 1, 1), queries], dim=1)              # (M*B, Nc+T, Dp)
-            for blk in self.blocks:
-                x = blk(x)
-            x = x[:, -T:]
-        return self.out(self.norm(x))                                         # (M*B, T, D)
+        ctx_embed, ctx_pos = self.embed(context), self.pos_embed(context_centres)  # 2x (B, Nc, Dp)
+        ctx = ctx_embed + ctx_pos                                             # (B, Nc, Dp)
+        pos = self.pos_embed(target_centres.transpose(0, 1).reshape(M * B, T, 3))  # (M*B, T, Dp)
+        x, keep = self.mask_token.expand(M * B, T, -1), None                  # (M*B, T, Dp)
+        if self.kind == "concat":  # one sequence: context tokens, then the target queries
+            pos = torch.cat([ctx_pos.repeat(M, 1, 1), pos], dim=1)            # (M*B, Nc+T, Dp)
+            x = torch.cat([ctx_embed.repeat(M, 1, 1), x], dim=1)              # (M*B, Nc+T, Dp)
+            if context_keep is not None:
+                keep = torch.cat([context_keep.repeat(M, 1), context_keep.new_ones(M * B, T)], dim=1)
+        for i, blk in enumerate(self.blocks):
+            x = x + pos if i == 0 or self.every_block else x
+            # cross: keys/values of the B contexts, shared by their M target blocks
+            x = blk(x, ctx, keep=keep, context_keep=context_keep) if self.kind == "cross" else blk(x, keep=keep)
+        return self.out(self.norm(x[:, -T:]))                                 # (M*B, T, D)
 
 
 # ----------------------------------------------------------------------------- masking
 @dataclass
 class Masks:
-    """Per-sample patch indices. context (B, Nc), targets (B, M, T); fixed sizes per batch."""
+    """Per-sample patch indices: context (B, Nc), targets (B, M, T). Contexts of different
+    sizes are padded to the batch's largest: context_keep (B, Nc) bool is False at padding
+    (None when every context has the same size); padding indexes patch 0 and is never attended."""
     context: torch.Tensor
     targets: torch.Tensor
+    context_keep: torch.Tensor | None = None
 
 
 def host_generator(generator: torch.Generator) -> torch.Generator:
@@ -603,26 +637,46 @@ def _uniform(lo_hi: tuple, generator: torch.Generator) -> float:
 
 
 def sample_context_block(centres: torch.Tensor, cfg: ModelConfig, generator: torch.Generator) -> Masks:
-    """The paper's multi-block sampling. M target blocks of scale s_t (drawn once per batch, as
-    in I-JEPA), each a random seed patch and its nearest patches; one context block of scale
-    s_c likewise; target patches are removed from the context, which is then cut to the
-    smallest size in the batch (I-JEPA's `min_keep`). centres (B, G, 3) -> Masks."""
+    """The paper's multi-block sampling, in four steps. centres (B, G, 3) -> Masks.
+    1. Block sizes, once per batch (I-JEPA): T = s_t * G patches per target block, C = s_c * G
+       for the context block, s_t and s_c uniform in cfg.target_scale and cfg.context_scale.
+    2. Per sample, M + 1 random seed patches: target block m is seed m's T nearest patches, the
+       context block the last seed's C nearest; every target patch leaves the context.
+    3. A sample whose context keeps fewer than cfg.min_context patches draws its seeds again
+       (I-JEPA's min_keep), a fixed number of rounds, vectorised (no host sync). The config
+       check guarantees at least one context patch whatever is drawn.
+    4. Every context keeps what it drew: padded to the batch's largest, with context_keep, so
+       the task does not depend on the batch size or the number of GPUs."""
     B, G, _ = centres.shape
     dev = centres.device
     host = host_generator(generator)
     T = max(1, round(_uniform(cfg.target_scale, host) * G))
     C = max(1, round(_uniform(cfg.context_scale, host) * G))
     dist = torch.cdist(centres.float(), centres.float())                      # (B, G, G)
-    seeds = torch.randint(G, (B, cfg.num_targets + 1), generator=generator, device=dev)  # (B, M+1)
-    from_seed = gather(dist, seeds)                                           # (B, M+1, G)
-    targets = from_seed[:, :-1].topk(T, dim=-1, largest=False).indices        # (B, M, T)
-    in_context = torch.zeros(B, G, dtype=torch.bool, device=dev)
-    in_context.scatter_(1, from_seed[:, -1].topk(C, dim=-1, largest=False).indices, True)
-    in_context.scatter_(1, targets.flatten(1), False)                         # (B, G)
-    Nc = int(in_context.sum(1).min())  # one host sync per step: the shapes depend on it
+    targets = in_context = None
+    for _ in range(_REDRAWS + 1):
+        seeds = torch.randint(G, (B, cfg.num_targets + 1), generator=generator, device=dev)  # (B, M+1)
+        from_seed = gather(dist, seeds)                                       # (B, M+1, G)
+        drawn_targets = from_seed[:, :-1].topk(T, dim=-1, largest=False).indices   # (B, M, T)
+        drawn = torch.zeros(B, G, dtype=torch.bool, device=dev)
+        drawn.scatter_(1, from_seed[:, -1].topk(C, dim=-1, largest=False).indices, True)
+        drawn.scatter_(1, drawn_targets.flatten(1), False)                    # (B, G) context members
+        if targets is None:
+            targets, in_context = drawn_targets, drawn
+        else:  # replace the samples still short of min_context
+            short = in_context.sum(1) < cfg.min_context                       # (B,)
+            targets = torch.where(short[:, None, None], drawn_targets, targets)
+            in_context = torch.where(short[:, None], drawn, in_context)
+    count = in_context.sum(1)                                                 # (B,) context sizes
+    Nc = int(count.max())  # one host sync per step: the shapes depend on it
     keys = torch.rand(B, G, generator=generator, device=dev) + (~in_context).float() * 2  # members first
-    context = keys.argsort(dim=1)[:, :Nc]                                     # (B, Nc)
-    return Masks(context.sort(dim=1).values, targets)
+    members = keys.argsort(dim=1)[:, :Nc]                                     # (B, Nc) members, then padding
+    keep = torch.arange(Nc, device=dev) < count[:, None]                      # (B, Nc)
+    context = torch.where(keep, members, G).sort(dim=1).values                # members ascending, then G
+    return Masks(context.masked_fill(~keep, 0), targets, keep)
+
+
+_REDRAWS = 3  # step 3 of sample_context_block: rounds of redrawing short contexts
 
 
 def sample_knn_blocks(centres: torch.Tensor, cfg: ModelConfig, generator: torch.Generator) -> Masks:
@@ -709,8 +763,9 @@ def _reconstruct_objective(model: JEPA, patches: torch.Tensor, centres: torch.Te
     points_pred = model.point_head(pred).view(M * B, T, K, 3)                 # (M*B, T, K, 3)
     truth = gather(patches, masks.targets).transpose(0, 1).reshape(M * B, T, K, 3)
     loss = chamfer_l2(points_pred.flatten(0, 1), truth.flatten(0, 1))
-    with torch.no_grad():  # collapse monitor on the context features instead
-        stats = {"feature_std": context.float().flatten(0, 1).std(0).mean()}
+    with torch.no_grad():  # collapse monitor on the (real) context features instead
+        real = context.float().flatten(0, 1) if masks.context_keep is None else context.float()[masks.context_keep]
+        stats = {"feature_std": real.std(0).mean()}
     return loss, stats
 
 
@@ -754,11 +809,14 @@ class JEPA(nn.Module):
         patches, centres = group_points(points, cfg.num_groups, cfg.group_size, generator)  # (B,G,K,3), (B,G,3)
         masks = SAMPLERS[cfg.sampler](centres, cfg, generator)
         B, M, T = masks.targets.shape
-        context = self.encoder(gather(patches, masks.context), gather(centres, masks.context))  # (B, Nc, D)
-        pred = self.predictor(context, gather(centres, masks.context), gather(centres, masks.targets))  # (M*B, T, D)
+        keep = masks.context_keep                                             # (B, Nc) or None
+        context = self.encoder(gather(patches, masks.context), gather(centres, masks.context), keep)  # (B, Nc, D)
+        pred = self.predictor(context, gather(centres, masks.context), gather(centres, masks.targets),
+                              keep)                                           # (M*B, T, D)
         loss, stats = OBJECTIVES[cfg.objective].loss(self, patches, centres, masks, context, pred)
-        stats.update(context_patches=torch.tensor(float(masks.context.shape[1])),
-                     target_patches=torch.tensor(float(M * T)))
+        padded = torch.tensor(float(masks.context.shape[1]))  # the context length computed on
+        stats.update(context_patches=keep.float().sum(1).mean() if keep is not None else padded,
+                     context_padded=padded, target_patches=torch.tensor(float(M * T)))
         return loss, stats
 
 
@@ -842,9 +900,10 @@ def train_step(model: JEPA, optimizer: torch.optim.Optimizer, scaler: torch.amp.
 
 def step_flops(cfg: ModelConfig, batch: int, context: float, targets: int) -> float:
     """Matmul FLOPs of one pretraining step, counted analytically (2 per multiply-add; norms,
-    activations and the optimizer left out, as MFU figures do). `context` is the mean context
-    size Nc, `targets` the patches per target block T. Trainable parts count 3x (forward +
-    backward), the EMA teacher 1x. Checked against torch's FlopCounterMode in the tests."""
+    activations and the optimizer left out, as MFU figures do). `context` is the context
+    length computed on (the padded Nc, stat `context_padded`), `targets` the patches per target
+    block T. Trainable parts count 3x (forward + backward), the EMA teacher 1x. Checked against
+    torch's FlopCounterMode in the tests."""
     G, K, D, Dp, M = cfg.num_groups, cfg.group_size, cfg.dim, cfg.pred_dim, cfg.num_targets
 
     def block(rows: float, length: float, width: int, kv_length: float = 0) -> float:
@@ -959,7 +1018,11 @@ def checkpoint_config(cls, meta: dict[str, str], path: str | Path, **overrides):
     replaced; anything missing or inconsistent is a CheckpointError naming the file."""
     key = {ModelConfig: "model_config", TrainConfig: "train_config"}[cls]
     try:
-        return dataclasses.replace(config_from_json(cls, meta[key]), **overrides)
+        text = meta[key]
+        if cls is ModelConfig:  # fields an older format lacks take the values its model was built with
+            legacy = LEGACY_MODEL_FIELDS.get(int(meta.get("format_version", 1)), {})
+            text = json.dumps({**legacy, **json.loads(text)})
+        return dataclasses.replace(config_from_json(cls, text), **overrides)
     except KeyError:
         raise CheckpointError(f"{path}: has no {key} in its metadata (not a pretraining checkpoint?)") from None
     except (ValueError, TypeError) as err:
@@ -1767,7 +1830,7 @@ def mask_preview(points: torch.Tensor, cfg: ModelConfig, seed: int = 0) -> tuple
     _, centres = group_points(pts, cfg.num_groups, cfg.group_size, g)       # (1, G, 3)
     masks = SAMPLERS[cfg.sampler](centres, cfg, g)
     role = torch.zeros(cfg.num_groups, dtype=torch.long)
-    role[masks.context[0]] = 1
+    role[masks.context[0] if masks.context_keep is None else masks.context[0][masks.context_keep[0]]] = 1
     for m in range(masks.targets.shape[1]):
         role[masks.targets[0, m]] = 2 + m
     nearest = knn(pts, centres, 1)[0, :, 0]                                   # (P,)

@@ -209,7 +209,7 @@ def _step_child(preset: str, batch: int, steps: int, device: str, precision: str
         g.manual_seed(i)
         x = augment(jepa3d.fit_points(clouds, model_cfg.num_points, g), g)  # (batch, num_points, 3)
         stats = jepa3d.train_step(model, opt, None, x, g, lr=1e-4, momentum=0.996, grad_clip=10.0, amp_dtype=amp)
-        contexts.append(stats["context_patches"].item())
+        contexts.append(stats["context_padded"].item())  # the length computed on
         targets.append(int(stats["target_patches"].item()) // model_cfg.num_targets)
 
     step(0)  # warm-up: allocator, autotuning

@@ -13,6 +13,11 @@ def draw(cfg, c, seed):
     return jepa3d.SAMPLERS[cfg.sampler](c, cfg, torch.Generator().manual_seed(seed))
 
 
+def context_of(m, b):
+    """Sample b's real context patches (padding dropped)."""
+    return m.context[b] if m.context_keep is None else m.context[b][m.context_keep[b]]
+
+
 @pytest.mark.parametrize("sampler", ["context-block", "knn-blocks"])
 def test_context_and_targets_are_disjoint_and_differ_per_sample(sampler):
     cfg, _ = jepa3d.make_configs("paper", sampler=sampler)
@@ -21,12 +26,12 @@ def test_context_and_targets_are_disjoint_and_differ_per_sample(sampler):
     B, M, T = m.targets.shape
     assert M == cfg.num_targets and m.context.shape[0] == B
     for b in range(B):
-        ctx, tgt = set(m.context[b].tolist()), set(m.targets[b].flatten().tolist())
-        assert len(ctx) == m.context.shape[1]  # no repeated context patch
+        ctx, tgt = set(context_of(m, b).tolist()), set(m.targets[b].flatten().tolist())
+        assert len(ctx) == len(context_of(m, b))  # no repeated context patch
         assert not ctx & tgt
     # every sample gets its own mask (a shared mask is a known peer bug)
     assert len({tuple(m.targets[b].flatten().tolist()) for b in range(B)}) == B
-    assert len({tuple(m.context[b].tolist()) for b in range(B)}) > 1
+    assert len({tuple(context_of(m, b).tolist()) for b in range(B)}) > 1
 
 
 @pytest.mark.parametrize("sampler", ["context-block", "knn-blocks"])
@@ -60,7 +65,7 @@ def test_context_block_honours_the_scales():
         m = draw(cfg, c, seed)
         T = m.targets.shape[2]
         assert round(0.15 * 64) <= T <= round(0.2 * 64)
-        assert 1 <= m.context.shape[1] <= 64 - T
+        assert all(cfg.min_context <= len(context_of(m, b)) <= 64 - T for b in range(16))
         d = torch.cdist(c, c)
         for b in range(4):  # each target block is a seed patch and its T nearest
             block = m.targets[b, 0]
@@ -94,3 +99,26 @@ def test_block_sizes_come_from_the_host_off_the_cpu():
         return [jepa3d._uniform((0.15, 0.2), jepa3d.host_generator(OnGPU(seed))) for _ in range(2)]
     assert draws(7) == draws(7) != draws(8)
     assert all(0.15 <= u <= 0.2 for u in draws(7))
+
+
+def test_contexts_keep_what_they_drew_padded_to_the_largest():
+    cfg, _ = jepa3d.make_configs("paper")
+    m = draw(cfg, centres(B=64), 0)
+    sizes = m.context_keep.sum(1)
+    assert m.context.shape[1] == sizes.max()  # padded to the largest context, no cut to the smallest
+    assert sizes.float().std() > 0  # the sizes differ: each sample keeps its own
+    for b in range(64):  # real patches first and ascending, padding after them
+        real = m.context[b, : sizes[b]]
+        assert torch.equal(real, real.sort().values) and m.context_keep[b, : sizes[b]].all()
+    # what a sample keeps does not depend on how many others share its batch
+    small = jepa3d.make_configs("paper")[0]
+    means = [draw(small, centres(B=B, seed=1), 3).context_keep.sum(1).float().mean() for B in (8, 256)]
+    assert abs(means[0] - means[1]) < 4
+
+
+def test_short_contexts_are_drawn_again():
+    # tiny: 32 patches, a context block of 85-100% minus 4 blocks of up to 6: it can leave 3
+    loose = jepa3d.make_configs("tiny", min_context=1)[0]
+    strict = jepa3d.make_configs("tiny", min_context=12)[0]
+    c = centres(B=512, G=32)
+    assert (draw(loose, c, 0).context_keep.sum(1) < 12).sum() > (draw(strict, c, 0).context_keep.sum(1) < 12).sum()

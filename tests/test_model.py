@@ -1,5 +1,6 @@
 """Encoder, predictor layout, EMA teacher, gradients, schedules, configs."""
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -173,7 +174,7 @@ def test_step_flops_match_torch_flop_counter(configs):
             stats = jepa3d.train_step(model, opt, None, points, torch.Generator().manual_seed(0), lr=1e-3,
                                       momentum=0.99, grad_clip=1.0, amp_dtype=None)
         counted = counter.get_total_flops()
-        flops = jepa3d.step_flops(cfg, 4, stats["context_patches"].item(),
+        flops = jepa3d.step_flops(cfg, 4, stats["context_padded"].item(),
                                   int(stats["target_patches"].item()) // cfg.num_targets)
         # only the input gradients of the 3-wide first layers (never needed) separate the two
         assert counted <= flops <= 1.002 * counted, over
@@ -207,3 +208,54 @@ def test_a_new_objective_is_one_table_entry(configs, monkeypatch):
     loss.backward()
     assert model.centre_head.weight.grad is not None and model.target_encoder is None
     assert {"centre_err", "context_patches", "target_patches"} <= set(stats)
+
+
+@pytest.mark.parametrize("predictor", ["cross", "concat"])
+def test_a_padded_context_predicts_what_the_unpadded_one_does(configs, predictor):
+    cfg = jepa3d.dataclasses.replace(configs[0], predictor=predictor)
+    model = jepa3d.JEPA(cfg).eval()
+    g = torch.Generator().manual_seed(0)
+    patches, centres = jepa3d.group_points(torch.randn(6, 128, 3, generator=g), 16, 8, g)
+    masks = jepa3d.sample_context_block(centres, cfg, g)
+    keep, B = masks.context_keep, 6
+    assert not keep.all()  # some contexts are padded
+    ctx = model.encoder(jepa3d.gather(patches, masks.context), jepa3d.gather(centres, masks.context), keep)
+    pred = model.predictor(ctx, jepa3d.gather(centres, masks.context), jepa3d.gather(centres, masks.targets), keep)
+    for b in range(B):  # each cloud alone, with its real context only
+        idx = masks.context[b][keep[b]][None]
+        alone = model.encoder(jepa3d.gather(patches[b:b + 1], idx), jepa3d.gather(centres[b:b + 1], idx))
+        assert torch.allclose(alone[0], ctx[b][keep[b]], atol=1e-5)
+        alone_pred = model.predictor(alone, jepa3d.gather(centres[b:b + 1], idx),
+                                     jepa3d.gather(centres[b:b + 1], masks.targets[b:b + 1]))
+        assert torch.allclose(alone_pred, pred[b::B], atol=1e-5)  # block-major rows m * B + b
+
+
+def test_position_enters_every_block_and_legacy_checkpoints_keep_theirs(configs, tmp_path):
+    cfg = configs[0]
+    assert cfg.position == "every-block" and cfg.pos_init == "torch"
+    enc = jepa3d.Encoder(cfg).eval()
+    patches, centres = jepa3d.group_points(torch.randn(2, 128, 3), 16, 8)
+    # at init the position signal is as large as the patch tokens' (ViT's 0.02 init made it ~200x smaller)
+    ratio = enc.pos_embed(centres).std() / enc.patch_embed(patches).std()
+    assert 0.1 < ratio < 10
+    legacy = jepa3d.dataclasses.replace(cfg, position="input", pos_init="trunc-normal")
+    assert jepa3d.Encoder(legacy).pos_embed(centres).std() / enc.patch_embed(patches).std() < 0.05
+    # moving a centre changes the tokens of the other patches after a block only through attention
+    # in 'input' mode; in 'every-block' mode the position is re-added, so both modes differ
+    enc_input = jepa3d.Encoder(jepa3d.dataclasses.replace(cfg, position="input"))
+    enc_input.load_state_dict(enc.state_dict())
+    assert not torch.allclose(enc_input.eval()(patches, centres), enc(patches, centres))
+    # a format-1 checkpoint (no position field) loads as the model it was: position added once
+    model = jepa3d.JEPA(legacy)
+    jepa3d.save_checkpoint(tmp_path / "old.safetensors", model)
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    with safe_open(str(tmp_path / "old.safetensors"), "pt") as fh:
+        meta, tensors = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}
+    old_cfg = json.loads(meta["model_config"])
+    for name in ("position", "pos_init", "min_context"):
+        del old_cfg[name]
+    save_file(tensors, str(tmp_path / "v1.safetensors"),
+              metadata={**meta, "format_version": "1", "model_config": json.dumps(old_cfg)})
+    loaded, _, _ = jepa3d.load_jepa(tmp_path / "v1.safetensors")
+    assert loaded.cfg.position == "input" and loaded.cfg.pos_init == "trunc-normal"
