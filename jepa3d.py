@@ -162,6 +162,8 @@ class TrainConfig:
     augment: str = _opt("scale-translate", "train-time augmentation on the device: scale-translate (Point-MAE), "
                         "rotate (about the up axis), jitter (Gaussian per point), joined by '+', or none",
                         choices=AUGMENT_CHOICES)
+    collapse_below: float = _opt(0.1, "warn on stderr when the collapse monitor (target_std: the per-channel "
+                                 "spread of the teacher's features, ~1 when diverse) falls below this", min=0.0)
 
 
 # Named presets: field overrides on top of the paper's configuration. `tiny` trains in minutes
@@ -743,10 +745,24 @@ def _jepa_objective(model: JEPA, patches: torch.Tensor, centres: torch.Tensor, m
         teacher = F.layer_norm(teacher.float(), teacher.shape[-1:])
         target = gather(teacher, masks.targets).transpose(0, 1).reshape(M * B, T, -1)  # (M*B, T, D)
     loss = jepa_loss(pred, target, model.cfg.loss)
-    with torch.no_grad():  # collapse monitor: per-channel std over target tokens -> 0 on collapse
-        stats = {"target_std": target.flatten(0, 1).std(0).mean(),
-                 "pred_std": pred.detach().float().flatten(0, 1).std(0).mean()}
+    with torch.no_grad():
+        tokens = target.flatten(0, 1)                                         # (M*B*T, D)
+        stats = {
+            # per-channel std of the layer-normed targets: ~1 for diverse features, 0 on collapse
+            "target_std": tokens.std(0).mean(),
+            # the loss of the trivial prediction, the batch's mean target: a run that learns
+            # stays below it (at init the teacher's tokens share a direction, so it is small)
+            "mean_loss": jepa_loss(tokens.mean(0).expand_as(target), target, model.cfg.loss),
+            # spreads of the L2-normalised tokens (the cosine loss sees only directions), scaled
+            # so that isotropic unit vectors give about 1 and identical ones 0
+            "target_spread": spread(tokens), "pred_spread": spread(pred.detach().float().flatten(0, 1))}
     return loss, stats
+
+
+def spread(tokens: torch.Tensor) -> torch.Tensor:
+    """How much L2-normalised tokens (N, D) vary: sqrt(D) x the mean per-channel std. 0 when
+    every token points the same way, about 1 for random directions."""
+    return F.normalize(tokens, dim=-1).std(0).mean() * tokens.shape[-1] ** 0.5
 
 
 def _add_point_head(model: JEPA) -> None:
@@ -1272,7 +1288,7 @@ def _pretrain_steps(run: _Run, batches: Iterator[torch.Tensor], cfg: TrainConfig
     progress = Progress(end, run.step)
     pending: list[dict] = []
     last: dict = {}
-    t_flush = time.time()
+    t_flush, warned = time.time(), False
     model.train()
     with open(metrics_path, "a") if lead else open(os.devnull, "w") as metrics:
         while run.step < end:
@@ -1296,13 +1312,25 @@ def _pretrain_steps(run: _Run, batches: Iterator[torch.Tensor], cfg: TrainConfig
                 last = _flush_metrics(pending, metrics, batch_size, time.time() - t_flush, world)
                 t_flush, pending = time.time(), []
                 if lead:
-                    progress.update(step, f"loss {last['loss']:.4f} {monitor} {last[monitor]:.3f}")
+                    trivial = f" (batch mean {last['mean_loss']:.4f})" if "mean_loss" in last else ""
+                    progress.update(step, f"loss {last['loss']:.4f}{trivial} {monitor} {last[monitor]:.3f}")
+                    warned = _warn_collapse(last, monitor, cfg.collapse_below, warned)
             if lead and (step % save_every == 0 or step == end):
                 save_checkpoint(ckpt_path, model, run.optimizer, run.scaler, cfg, step=step, seed=seed,
                                 epoch=step // per_epoch, kind="pretrain")
     if lead:
         progress.close()
     return last
+
+
+def _warn_collapse(last: dict, monitor: str, below: float, warned: bool) -> bool:
+    """One warning on stderr when the monitor falls below `below` (again after it recovers)."""
+    collapsing = last[monitor] < below
+    if collapsing and not warned:
+        print(f"jepa3d: warning: step {last['step'] + 1}: {monitor} {last[monitor]:.3f} < {below}: the encoder's "
+              "features are collapsing (every patch alike); a lower --lr or a higher --ema-start usually helps",
+              file=sys.stderr)
+    return collapsing
 
 
 def _flush_metrics(pending: list[dict], fh, batch_size: int, seconds: float, world: int = 1) -> dict:

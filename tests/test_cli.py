@@ -150,3 +150,12 @@ print(finetune(enc, cfg, train, test, FinetuneConfig(epochs=1, batch_size=20))["
     svm, fs, shape, steps = proc.stdout.split("\n")[:4]
     assert 0 <= float(svm) <= 100 and 0 <= float(fs) <= 100
     assert shape == "(30, 64)" and steps == "3"
+
+
+def test_pretrain_warns_once_when_the_features_collapse(tmp_path):
+    # --collapse-below 5 sits above any target_std, so the warning must come, and only once
+    proc = jepa3d("pretrain", "--preset", "tiny", *SMALL_FLAGS, "--max-steps", "4", "--log-every", "1",
+                  "--collapse-below", "5", "--out", tmp_path / "run")
+    assert proc.stderr.count("features are collapsing") == 1
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"mean_loss", "target_spread", "pred_spread"} <= set(row) and "batch mean" in proc.stderr

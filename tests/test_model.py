@@ -259,3 +259,16 @@ def test_position_enters_every_block_and_legacy_checkpoints_keep_theirs(configs,
               metadata={**meta, "format_version": "1", "model_config": json.dumps(old_cfg)})
     loaded, _, _ = jepa3d.load_jepa(tmp_path / "v1.safetensors")
     assert loaded.cfg.position == "input" and loaded.cfg.pos_init == "trunc-normal"
+
+
+def test_monitors_score_the_trivial_prediction_and_see_a_collapse(configs):
+    cfg = configs[0]
+    model = jepa3d.JEPA(cfg).train()
+    points = torch.randn(4, 128, 3)
+    _, stats = model(points, torch.Generator().manual_seed(0))
+    assert 0 < stats["mean_loss"] < 1 and 0 < stats["target_spread"] < 2 and 0 < stats["pred_spread"] < 2
+    with torch.no_grad():  # a collapsed teacher: every token the same vector
+        model.target_encoder.norm.weight.zero_()
+        model.target_encoder.norm.bias.normal_()
+    _, stats = model(points, torch.Generator().manual_seed(0))
+    assert stats["target_std"] < 1e-3 and stats["target_spread"] < 1e-3 and stats["mean_loss"] < 1e-4
