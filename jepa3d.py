@@ -66,7 +66,7 @@ __all__ = [
     "pool", "extract_features", "fit_linear", "accuracy", "sample_episode", "draw_episodes",
     "Classifier", "Segmenter", "make_head", "evaluate", "embed", "linear_probe", "few_shot", "finetune",
     # tools
-    "mask_preview", "write_ply", "make_cli", "main",
+    "mask_preview", "write_ply", "plot_run", "make_cli", "main",
 ]
 
 
@@ -1219,11 +1219,14 @@ def pretrain(dataset, out_dir: str | Path, model_cfg: ModelConfig, train_cfg: Tr
              device: torch.device, seed: int = 0, precision: str = "auto", resume: bool = False,
              max_steps: int | None = None, save_every: int = 0, num_workers: int = 0,
              augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
-             compile: bool = False, log_every: int = 10) -> dict:
+             compile: bool = False, log_every: int = 10, eval_sets: tuple | None = None,
+             eval_every: int = 0) -> dict:
     """Pretrain 3D-JEPA on `dataset` (items (points (P, 3), label)) into out_dir:
     checkpoint.safetensors (atomic, resumable), metrics.jsonl (one line per step) and
     run.json. `max_steps` stops early (resume continues); `save_every` (steps, 0 = once per
-    epoch). Returns a summary dict.
+    epoch). With eval_sets (train, test) and eval_every N, the linear probe (ProbeConfig's) is
+    fit on frozen features every N steps and at the end, into probe.jsonl: the learning curve.
+    Returns a summary dict.
 
     Under torchrun (WORLD_SIZE > 1) each rank trains on its shard of every global batch of
     train_cfg.batch_size clouds inside DistributedDataParallel; rank 0 alone writes the run
@@ -1232,7 +1235,7 @@ def pretrain(dataset, out_dir: str | Path, model_cfg: ModelConfig, train_cfg: Tr
     created = distributed_env()[1] > 1 and not dist.is_initialized()
     rank, world, device = _init_distributed(device)
     out = Path(out_dir)
-    ckpt_path, metrics_path = out / "checkpoint.safetensors", out / "metrics.jsonl"
+    ckpt_path, metrics_path, probe_path = out / "checkpoint.safetensors", out / "metrics.jsonl", out / "probe.jsonl"
     batch_size = min(train_cfg.batch_size, len(dataset))
     if batch_size % world:
         raise ValueError(f"--batch-size {batch_size} must divide by the {world} torchrun processes "
@@ -1248,6 +1251,7 @@ def pretrain(dataset, out_dir: str | Path, model_cfg: ModelConfig, train_cfg: Tr
     if rank == 0:
         if resume:
             _truncate_metrics(metrics_path, run.step)
+            _truncate_metrics(probe_path, run.step + 1)  # a probe line belongs to the step it follows
         out.mkdir(parents=True, exist_ok=True)
         (out / "run.json").write_text(json.dumps(run_info, indent=2))
     _wrap(run, compile, world)
@@ -1258,9 +1262,16 @@ def pretrain(dataset, out_dir: str | Path, model_cfg: ModelConfig, train_cfg: Tr
               f"{total}, encoder {nparams / 1e6:.2f}M params, {device}"
               f"{f' x {world} ranks' if world > 1 else ''}, {run_info['precision']}", file=sys.stderr)
     batches = _batches(dataset, batch_size, seed, run.step, num_workers, rank, world, pin=device.type == "cuda")
+    probe = None
+    if rank == 0 and eval_sets is not None and eval_every:
+        def probe(step: int) -> None:
+            _probe_step(run, eval_sets, step, probe_path, seed)
+        if run.step == 0:
+            probe(0)  # the curve starts at the random-init encoder
     last = _pretrain_steps(run, batches, train_cfg, end=end, total=total, per_epoch=per_epoch, seed=seed,
-                           batch_size=batch_size, rank=rank, world=world, save_every=save_every or per_epoch, augment=augment,
-                           log_every=log_every, ckpt_path=ckpt_path, metrics_path=metrics_path)
+                           batch_size=batch_size, rank=rank, world=world, save_every=save_every or per_epoch,
+                           augment=augment, log_every=log_every, ckpt_path=ckpt_path, metrics_path=metrics_path,
+                           probe=probe, eval_every=eval_every)
     monitor = OBJECTIVES[model_cfg.objective].monitor
     result = {"checkpoint": str(ckpt_path), "metrics": str(metrics_path), "step": run.step, "total_steps": total,
               "finished": run.step >= total, "final_loss": last.get("loss"),
@@ -1277,10 +1288,11 @@ def pretrain(dataset, out_dir: str | Path, model_cfg: ModelConfig, train_cfg: Tr
 
 def _pretrain_steps(run: _Run, batches: Iterator[torch.Tensor], cfg: TrainConfig, *, end: int, total: int,
                     per_epoch: int, seed: int, batch_size: int, rank: int, world: int, save_every: int, augment: Callable | None,
-                    log_every: int, ckpt_path: Path, metrics_path: Path) -> dict:
+                    log_every: int, ckpt_path: Path, metrics_path: Path, probe: Callable | None = None,
+                    eval_every: int = 0) -> dict:
     """The training loop from run.step to `end`: metrics buffered and flushed every log_every
-    steps (one host sync), a checkpoint every save_every steps and at the end (rank 0).
-    -> the last flushed metrics line."""
+    steps (one host sync), a checkpoint every save_every steps and at the end (rank 0), the
+    probe every eval_every steps and at the end. -> the last flushed metrics line."""
     model, lead = run.model, rank == 0
     warmup = round(cfg.warmup_epochs * per_epoch)
     generator = torch.Generator(device=run.device)
@@ -1318,9 +1330,32 @@ def _pretrain_steps(run: _Run, batches: Iterator[torch.Tensor], cfg: TrainConfig
             if lead and (step % save_every == 0 or step == end):
                 save_checkpoint(ckpt_path, model, run.optimizer, run.scaler, cfg, step=step, seed=seed,
                                 epoch=step // per_epoch, kind="pretrain")
+            if probe is not None and (step % eval_every == 0 or step == end):
+                probe(step)
     if lead:
         progress.close()
     return last
+
+
+def _probe_step(run: _Run, eval_sets: tuple, step: int, path: Path, seed: int) -> dict:
+    """The learning curve's point at `step`: the linear probe (ProbeConfig's SVM) on frozen
+    features of the teacher (of the encoder when there is none), appended to `path`."""
+    model, t = run.model, time.time()
+    encoder = model.target_encoder if model.target_encoder is not None else model.encoder
+    train, test = (extract_features(encoder, model.cfg, ds, run.device, seed=seed, amp_dtype=run.amp_dtype)
+                   for ds in eval_sets)
+    model.train()  # extract_features put the encoder in eval mode
+    n = len(eval_sets[0].classes)
+    W, b = fit_linear(train["features"], train["labels"], n)
+    record = {"step": step, "probe_accuracy": accuracy((test["features"] @ W + b).argmax(-1), test["labels"], n)[0],
+              "probe_train_accuracy": accuracy((train["features"] @ W + b).argmax(-1), train["labels"], n)[0],
+              "probe": f"linear SVM C={ProbeConfig.C} (squared hinge) on {getattr(eval_sets[0], 'name', '')} -> "
+                       f"{getattr(eval_sets[1], 'name', '')}", "seconds": round(time.time() - t, 1)}
+    with open(path, "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+    print(f"probe at step {step}: test accuracy {record['probe_accuracy']:.2f} ({record['seconds']} s)",
+          file=sys.stderr)
+    return record
 
 
 def _warn_collapse(last: dict, monitor: str, below: float, warned: bool) -> bool:
@@ -1880,6 +1915,58 @@ def write_ply(path: str | Path, points: torch.Tensor, roles: torch.Tensor) -> No
     Path(path).write_text("\n".join(lines) + "\n")
 
 
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.exists() else []
+
+
+def plot_run(run_dir: str | Path) -> Path:
+    """Draw a pretraining run's learning curves into run_dir/curves.png: the loss next to the
+    batch-mean prediction's (a run that learns stays below it), the collapse monitors, and the
+    probe accuracy of probe.jsonl (pretrain --eval-every). matplotlib is imported here only
+    (the optional 'plot' extra); ImportError without it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    rows, probe = _read_jsonl(run_dir / "metrics.jsonl"), _read_jsonl(run_dir / "probe.jsonl")
+    if not rows:
+        raise CheckpointError(f"{run_dir / 'metrics.jsonl'}: no metrics to plot (is this a pretraining run folder?)")
+    steps = [r["step"] for r in rows]
+    window = max(1, len(rows) // 100)  # a running mean over 1% of the run
+
+    def smooth(key: str) -> list[float]:
+        values = [r[key] for r in rows]
+        return [sum(values[max(0, i - window + 1):i + 1]) / len(values[max(0, i - window + 1):i + 1])
+                for i in range(len(values))]
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    for key, label in (("loss", "loss"), ("mean_loss", "loss of the batch-mean prediction")):
+        if key in rows[0]:
+            axes[0].plot(steps, smooth(key), label=label)
+    for key in ("target_spread", "pred_spread", "feature_std"):
+        if key in rows[0]:
+            axes[1].plot(steps, smooth(key), label=key)
+    if probe:
+        axes[2].plot([p["step"] for p in probe], [p["probe_accuracy"] for p in probe], "o-", label="test")
+        axes[2].plot([p["step"] for p in probe], [p["probe_train_accuracy"] for p in probe], "o--", label="train")
+    titles = ("loss (running mean)", "collapse monitors (0 = collapsed)",
+              "linear probe accuracy (%)" + ("" if probe else ": pretrain --eval-every N"))
+    for ax, title in zip(axes, titles):
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend()
+    fig.suptitle(str(run_dir))
+    fig.tight_layout()
+    out = run_dir / "curves.png"
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
+
+
 # ----------------------------------------------------------------------------- command line
 # A thin layer: each command parses its options, opens the data and the encoder, calls the
 # library function of the same name and reports (progress on stderr, one JSON result on
@@ -2053,11 +2140,17 @@ def _pretrain_command(click):
     @click.option("--workers", type=click.IntRange(0), default=0, help="data-loading worker processes")
     @click.option("--compile", "use_compile", is_flag=True, help="torch.compile the model (GPU; slow to start)")
     @click.option("--log-every", type=click.IntRange(1), default=10, help="steps between progress lines")
+    @click.option("--eval-every", type=click.IntRange(0), default=0,
+                  help="fit the linear probe on frozen features every N steps and at the end (probe.jsonl, "
+                       "curves.png): the learning curve; 0 = off")
+    @click.option("--eval-data", type=click.Path(), default=None,
+                  help="labelled data (train and test splits) for --eval-every; the built-in shapes when not given")
     @_config_options(ModelConfig)
     @_config_options(TrainConfig)
     @click.pass_context
     @_fail_cleanly
-    def pretrain_cmd(ctx, out, preset, resume, max_steps, save_every, workers, use_compile, log_every, **overrides):
+    def pretrain_cmd(ctx, out, preset, resume, max_steps, save_every, workers, use_compile, log_every, eval_every,
+                     eval_data, **overrides):
         """Pretrain a 3D-JEPA encoder (self-supervised; labels are ignored).
 
         Several GPUs or nodes: torchrun --nproc-per-node N -m jepa3d pretrain ... (DDP; the
@@ -2084,10 +2177,13 @@ def _pretrain_command(click):
             raise click.UsageError(f"--batch-size {train_cfg.batch_size} is the global batch and must divide by "
                                    f"the {world} torchrun processes")
         ds = _load_data(data, "train", model_cfg.num_points)
+        eval_sets = tuple(_load_data({**data, "data": eval_data, "dataset": None}, split, model_cfg.num_points)
+                          for split in ("train", "test")) if eval_every else None
         result = pretrain(ds, out, model_cfg, train_cfg, resume=resume, max_steps=max_steps, save_every=save_every,
-                          num_workers=workers, compile=use_compile, log_every=log_every,
-                          augment=jepa3d_data.augmentation(train_cfg.augment), **run)
+                          num_workers=workers, compile=use_compile, log_every=log_every, eval_sets=eval_sets,
+                          eval_every=eval_every, augment=jepa3d_data.augmentation(train_cfg.augment), **run)
         if distributed_env()[0] == 0:  # under torchrun, one result line, from rank 0
+            _plot_or_say(Path(out))
             click.echo(json.dumps(result))
     return pretrain_cmd
 
@@ -2279,6 +2375,30 @@ def _inspect_command(click):
     return inspect_cmd
 
 
+def _plot_or_say(run_dir: Path) -> None:
+    """Draw the run's curves.png, or say on stderr how to get the plotting extra."""
+    try:
+        print(f"curves: {plot_run(run_dir)}", file=sys.stderr)
+    except ImportError:
+        print("jepa3d: no curves.png: the plots need matplotlib (pip install 'jepa3d[plot]'), then "
+              f"`jepa3d plot {run_dir}`", file=sys.stderr)
+
+
+def _plot_command(click):
+    @click.command("plot")
+    @click.argument("run", type=click.Path(exists=True, file_okay=False))
+    @_fail_cleanly
+    def plot_cmd(run):
+        """Draw RUN/curves.png from a pretraining run's metrics.jsonl (and probe.jsonl): loss against
+        the batch-mean prediction's, the collapse monitors, the probe accuracy. Needs matplotlib."""
+        try:
+            path = plot_run(Path(run))
+        except ImportError:
+            raise click.ClickException("plotting needs matplotlib: pip install 'jepa3d[plot]'") from None
+        click.echo(json.dumps({"curves": str(path)}))
+    return plot_cmd
+
+
 def make_cli():
     """The `jepa3d` click group with every command (click is imported here, not at import time)."""
     import click
@@ -2303,7 +2423,7 @@ def make_cli():
         ctx.obj = {"device": dev, "seed": seed, "precision": precision}
 
     for command in (_pretrain_command, _mask_preview_command, _finetune_command, _linear_probe_command,
-                    _few_shot_command, _embed_command, _inspect_command):
+                    _few_shot_command, _embed_command, _inspect_command, _plot_command):
         cli.add_command(command(click))
     return cli
 

@@ -159,3 +159,16 @@ def test_pretrain_warns_once_when_the_features_collapse(tmp_path):
     assert proc.stderr.count("features are collapsing") == 1
     row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert {"mean_loss", "target_spread", "pred_spread"} <= set(row) and "batch mean" in proc.stderr
+
+
+def test_pretrain_draws_its_learning_curve_and_resumes_it(tmp_path):
+    out = tmp_path / "run"
+    jepa3d("pretrain", "--preset", "tiny", *SMALL_FLAGS, "--max-steps", "4", "--save-every", "2", "--eval-every", "2",
+           "--out", out)
+    probe = [json.loads(line) for line in (out / "probe.jsonl").read_text().splitlines()]
+    assert [p["step"] for p in probe] == [0, 2, 4] and all(0 < p["probe_accuracy"] <= 100 for p in probe)
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    jepa3d("pretrain", "--out", out, "--resume", "--max-steps", "6", "--eval-every", "2")
+    probe = [json.loads(line) for line in (out / "probe.jsonl").read_text().splitlines()]
+    assert [p["step"] for p in probe] == [0, 2, 4, 6]
+    assert json.loads(jepa3d("plot", out).stdout)["curves"].endswith("curves.png")
