@@ -63,7 +63,8 @@ __all__ = [
     # checkpoints
     "CheckpointError", "save_checkpoint", "read_checkpoint", "checkpoint_config", "load_jepa", "load_encoder",
     # downstream
-    "pool", "extract_features", "fit_linear", "accuracy", "sample_episode", "draw_episodes",
+    "pool", "extract_features", "fit_svc", "OneVsOne", "fit_linear", "fit_classifier", "accuracy",
+    "sample_episode", "draw_episodes",
     "Classifier", "Segmenter", "make_head", "evaluate", "embed", "linear_probe", "few_shot", "finetune",
     # tools
     "mask_preview", "write_ply", "plot_run", "make_cli", "main",
@@ -196,8 +197,10 @@ class FinetuneConfig:
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    classifier: str = _opt("svm", "linear SVM (squared hinge, LinearSVC's objective) and/or logistic regression",
-                           choices=("svm", "logreg", "both"))
+    classifier: str = _opt("svc", "svc: the peers' linear SVM (scikit-learn's SVC(kernel='linear'): hinge, "
+                           "one-vs-one, unpenalised intercept); linear-svc: LinearSVC's objective (squared hinge, "
+                           "one-vs-rest, usually higher on the same features); logreg: logistic regression; both: "
+                           "svc and logreg; all: the three", choices=("svc", "linear-svc", "logreg", "both", "all"))
     C: float = _opt(0.012, "SVM regularisation: larger C fits the train split harder (JEPA lineage: 0.012, "
                     "from Point-M2AE)", min=0.0, min_open=True)
     logreg_C: float = _opt(1.0, "logistic-regression regularisation (scikit-learn's default)", min=0.0, min_open=True)
@@ -1338,7 +1341,7 @@ def _pretrain_steps(run: _Run, batches: Iterator[torch.Tensor], cfg: TrainConfig
 
 
 def _probe_step(run: _Run, eval_sets: tuple, step: int, path: Path, seed: int) -> dict:
-    """The learning curve's point at `step`: the linear probe (ProbeConfig's SVM) on frozen
+    """The learning curve's point at `step`: the peers' linear SVC (fit_svc) on frozen
     features of the teacher (of the encoder when there is none), appended to `path`."""
     model, t = run.model, time.time()
     encoder = model.target_encoder if model.target_encoder is not None else model.encoder
@@ -1346,10 +1349,10 @@ def _probe_step(run: _Run, eval_sets: tuple, step: int, path: Path, seed: int) -
                    for ds in eval_sets)
     model.train()  # extract_features put the encoder in eval mode
     n = len(eval_sets[0].classes)
-    W, b = fit_linear(train["features"], train["labels"], n)
-    record = {"step": step, "probe_accuracy": accuracy((test["features"] @ W + b).argmax(-1), test["labels"], n)[0],
-              "probe_train_accuracy": accuracy((train["features"] @ W + b).argmax(-1), train["labels"], n)[0],
-              "probe": f"linear SVM C={ProbeConfig.C} (squared hinge) on {getattr(eval_sets[0], 'name', '')} -> "
+    predict = fit_svc(train["features"], train["labels"], n).predict
+    record = {"step": step, "probe_accuracy": accuracy(predict(test["features"]), test["labels"], n)[0],
+              "probe_train_accuracy": accuracy(predict(train["features"]), train["labels"], n)[0],
+              "probe": PROBE_PROTOCOLS["svc"].format(C=ProbeConfig.C) + f" on {getattr(eval_sets[0], 'name', '')} -> "
                        f"{getattr(eval_sets[1], 'name', '')}", "seconds": round(time.time() - t, 1)}
     with open(path, "a") as fh:
         fh.write(json.dumps(record) + "\n")
@@ -1434,12 +1437,88 @@ def extract_features(encoder: Encoder, cfg: ModelConfig, dataset, device: torch.
     return {k: torch.cat(v) for k, v in out.items() if v}
 
 
+@dataclass
+class OneVsOne:
+    """A linear SVC of libsvm's kind: one binary SVM per pair of classes, decision
+    x . W[p] - rho[p] > 0 votes for pairs[p, 0], else for pairs[p, 1]."""
+    W: torch.Tensor        # (P, F) float64
+    rho: torch.Tensor      # (P,)
+    pairs: torch.Tensor    # (P, 2) class ids, the first the smaller
+    num_classes: int
+    iterations: int        # SMO iterations until every pair met the tolerance
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """x (N, F) -> labels (N,): the class with the most pairwise votes, the smaller id on ties (libsvm)."""
+        decision = x.double() @ self.W.T - self.rho                          # (N, P)
+        winner = torch.where(decision > 0, self.pairs[:, 0], self.pairs[:, 1])  # (N, P)
+        votes = torch.zeros(len(x), self.num_classes, dtype=torch.long).scatter_add_(1, winner, torch.ones_like(winner))
+        return votes.argmax(1)
+
+
+def fit_svc(x: torch.Tensor, y: torch.Tensor, num_classes: int, C: float = ProbeConfig.C, tol: float = 1e-3,
+            max_iter: int = 100_000) -> OneVsOne:
+    """The peers' linear SVM: scikit-learn's SVC(kernel="linear", C) (libsvm), in torch. Hinge
+    loss, an unpenalised intercept, one-vs-one voting; features x (N, F), labels y (N,). Steps:
+    1. One dual problem per pair of classes (a < c; a is +1), all pairs batched and padded:
+       min 0.5 a'Qa - 1'a, 0 <= a <= C, y'a = 0, Q = yy' * xx' (the Gram matrix, once).
+    2. SMO as libsvm runs it: the maximal violating index i, the partner j by second-order
+       gain, the two-variable step in closed form; a pair stops when its violation m - M < tol
+       (libsvm's eps, scikit-learn's tol), the others go on.
+    3. rho from the free multipliers (the middle of the bounds when none is free), as libsvm's
+       calculate_rho; W[p] = sum a y x. The tests check the predictions against scikit-learn's."""
+    x = x.double()
+    N = len(x)
+    K = x.float() @ x.float().T                                               # (N, N) Gram, float32
+    members = [(y == c).nonzero().flatten() for c in range(num_classes)]
+    pairs = [(a, c) for a in range(num_classes) for c in range(a + 1, num_classes)
+             if len(members[a]) and len(members[c])]
+    n = max(len(members[a]) + len(members[c]) for a, c in pairs)
+    idx = torch.zeros(len(pairs), n, dtype=torch.long)                        # (P, n) samples of each pair
+    sign = torch.zeros(len(pairs), n, dtype=torch.float64)                    # (P, n) +1 / -1, 0 = padding
+    for p, (a, c) in enumerate(pairs):
+        both = torch.cat([members[a], members[c]])
+        idx[p, :len(both)] = both
+        sign[p, :len(members[a])], sign[p, len(members[a]):len(both)] = 1.0, -1.0
+    real, diag = sign != 0, K.diagonal().double()[idx]                        # (P, n) each
+    alpha, G = torch.zeros_like(sign), -real.double()                         # multipliers, gradient Qa - 1
+    act, it = torch.arange(len(pairs)), 0                                     # the pairs still going
+    while len(act) and it < max_iter:
+        it += 1
+        ys, al, g, ix, kd, rl = sign[act], alpha[act], G[act], idx[act], diag[act], real[act]
+        r = torch.arange(len(act))
+        score = -ys * g                                                       # (p, n) -y G
+        up = rl & (((ys > 0) & (al < C)) | ((ys < 0) & (al > 0)))             # may move up
+        low = rl & (((ys > 0) & (al > 0)) | ((ys < 0) & (al < C)))            # may move down
+        m, i = score.masked_fill(~up, -math.inf).max(1)                       # (p,)
+        going = m - score.masked_fill(~low, math.inf).min(1).values > tol
+        if not going.all():
+            act = act[going]
+            continue
+        Ki = K[ix[r, i][:, None], ix].double()                                # (p, n) K(x_i, x_t)
+        gain = m[:, None] - score                                             # (p, n)
+        curv = (kd[r, i][:, None] + kd - 2 * Ki).clamp_min(1e-12)
+        j = (-(gain * gain) / curv).masked_fill(~(low & (gain > 0)), math.inf).argmin(1)  # (p,)
+        Kj = K[ix[r, j][:, None], ix].double()
+        yi, yj, ai, aj = ys[r, i], ys[r, j], al[r, i], al[r, j]
+        t = gain[r, j] / curv[r, j]                                           # the unconstrained step
+        t = torch.minimum(t, torch.minimum(torch.where(yi > 0, C - ai, ai), torch.where(yj > 0, aj, C - aj)))
+        alpha[act, i], alpha[act, j] = ai + yi * t, aj - yj * t
+        G[act] = g + t[:, None] * ys * (Ki - Kj)
+    yG, upper, lower = sign * G, alpha >= C, alpha <= 0
+    free = real & ~upper & ~lower
+    ub = yG.masked_fill(~(real & ((upper & (sign < 0)) | (lower & (sign > 0)))), math.inf).min(1).values
+    lb = yG.masked_fill(~(real & ((upper & (sign > 0)) | (lower & (sign < 0)))), -math.inf).max(1).values
+    rho = torch.where(free.any(1), (yG * free).sum(1) / free.sum(1).clamp_min(1), (ub + lb) / 2)
+    W = torch.zeros(len(pairs), N, dtype=torch.float64).scatter_add_(1, idx, alpha * sign) @ x  # (P, F)
+    return OneVsOne(W, rho, torch.tensor(pairs), num_classes, it)
+
+
 def fit_linear(x: torch.Tensor, y: torch.Tensor, num_classes: int, C: float = ProbeConfig.C, kind: str = "svm",
-               max_iter: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+               max_iter: int = 5000) -> tuple[torch.Tensor, torch.Tensor]:
     """A linear classifier on features x (N, F), labels y (N,), by full-batch L-BFGS.
-    'svm': one-vs-rest squared hinge, min 0.5|w|^2 + C sum max(0, 1 - y w.x)^2 per class, the
-    objective of liblinear's LinearSVC (its default), the bias penalised like a weight as
-    liblinear does. 'logreg': multinomial logistic regression, min 0.5|W|^2 + C sum CE.
+    'svm': one-vs-rest squared hinge (the peers' SVC is fit_svc), min 0.5|w|^2 + C sum
+    max(0, 1 - y w.x)^2 per class, the objective of liblinear's LinearSVC (its default), the
+    bias penalised like a weight as liblinear does. 'logreg': multinomial logistic regression, min 0.5|W|^2 + C sum CE.
     -> W (F, classes), b (classes,)."""
     x, y = x.double(), y.long()
     w = torch.zeros(x.shape[1] + 1, num_classes, dtype=torch.float64, requires_grad=True)
@@ -1462,6 +1541,23 @@ def fit_linear(x: torch.Tensor, y: torch.Tensor, num_classes: int, C: float = Pr
     opt.step(objective)
     w = w.detach().float()
     return w[:-1], w[-1]
+
+
+def fit_classifier(kind: str, x: torch.Tensor, y: torch.Tensor, num_classes: int,
+                   probe: ProbeConfig = ProbeConfig()) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Fit a probe classifier (svc | linear-svc | logreg) -> its predict: features (N, F) -> labels (N,)."""
+    if kind == "svc":
+        return fit_svc(x, y, num_classes, C=probe.C).predict
+    W, b = fit_linear(x, y, num_classes, C=probe.C if kind == "linear-svc" else probe.logreg_C,
+                      kind="svm" if kind == "linear-svc" else "logreg")
+    return lambda features: (features @ W + b).argmax(-1)
+
+
+PROBE_PROTOCOLS = {  # what each classifier of the probe is, as the results record it
+    "svc": "libsvm SVC(kernel='linear', C={C}): hinge loss, one-vs-one voting, unpenalised intercept, tol 1e-3",
+    "linear-svc": "LinearSVC's objective (C={C}): squared hinge, one-vs-rest, penalised intercept",
+    "logreg": "multinomial logistic regression (C={logreg_C})",
+}
 
 
 def accuracy(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> tuple[float, float]:
@@ -1729,7 +1825,7 @@ def embed(encoder: Encoder, cfg: ModelConfig, dataset, *, device: torch.device =
 def linear_probe(encoder: Encoder, cfg: ModelConfig, train_set, test_set, probe: ProbeConfig = ProbeConfig(), *,
                  device: torch.device = torch.device("cpu"), seed: int = 0, precision: str = "auto") -> dict:
     """Frozen encoder, concat(max, mean) features of both splits, a linear classifier fit on
-    the train split (probe.classifier: svm, logreg or both) -> the result `jepa3d
+    the train split (probe.classifier: svc, linear-svc, logreg or both) -> the result `jepa3d
     linear-probe` prints: test accuracy and class-mean accuracy per classifier, and the protocol."""
     feats = {}
     for split, ds in (("train", train_set), ("test", test_set)):
@@ -1741,17 +1837,18 @@ def linear_probe(encoder: Encoder, cfg: ModelConfig, train_set, test_set, probe:
     result = {"data": getattr(train_set, "name", ""), "train_clouds": len(train["labels"]),
               "test_clouds": len(test["labels"]),
               "protocol": {"features": "concat(max, mean) of the last-layer tokens, frozen",
-                           "svm": f"one-vs-rest squared hinge, C={probe.C}", "logreg": f"multinomial, C={probe.logreg_C}",
                            "num_points": cfg.num_points, "num_groups": cfg.num_groups,
                            "group_size": cfg.group_size, "seed": seed}}
-    for kind in (("svm", "logreg") if probe.classifier == "both" else (probe.classifier,)):
+    kinds = {"both": ("svc", "logreg"), "all": ("svc", "linear-svc", "logreg")}.get(probe.classifier,
+                                                                                   (probe.classifier,))
+    for kind in kinds:
         t = time.time()
-        W, b = fit_linear(train["features"], train["labels"], n, C=probe.C if kind == "svm" else probe.logreg_C,
-                          kind=kind)
-        oa, macc = accuracy((test["features"] @ W + b).argmax(-1), test["labels"], n)
-        train_oa, _ = accuracy((train["features"] @ W + b).argmax(-1), train["labels"], n)
-        result[kind] = {"accuracy": oa, "class_mean_accuracy": macc, "train_accuracy": train_oa,
-                        "fit_seconds": round(time.time() - t, 2)}
+        predict = fit_classifier(kind, train["features"], train["labels"], n, probe)
+        oa, macc = accuracy(predict(test["features"]), test["labels"], n)
+        train_oa, _ = accuracy(predict(train["features"]), train["labels"], n)
+        result["protocol"][kind] = PROBE_PROTOCOLS[kind].format(C=probe.C, logreg_C=probe.logreg_C)
+        result[kind.replace("-", "_")] = {"accuracy": oa, "class_mean_accuracy": macc, "train_accuracy": train_oa,
+                                          "fit_seconds": round(time.time() - t, 2)}
         print(f"{kind}: test accuracy {oa:.2f} (class mean {macc:.2f}), train {train_oa:.2f}", file=sys.stderr)
     return result
 
@@ -1762,7 +1859,7 @@ def few_shot(encoder: Encoder, cfg: ModelConfig, train_set=None, test_set=None, 
     """W-way S-shot episodes -> the result `jepa3d few-shot` prints: mean +- std of the query
     accuracy over the folds. Episodes are drawn from train_set/test_set with `seed`
     (draw_episodes), or given as [(support, query)] datasets (the peers' fold files).
-    fs.protocol 'svm' fits the linear SVM on frozen features; 'finetune' fine-tunes a copy of
+    fs.protocol 'svm' fits the peers' linear SVC (fit_svc) on frozen features; 'finetune' fine-tunes a copy of
     the encoder with a head per episode (checkpoints under out_dir/fold<i>)."""
     episodes = draw_episodes(train_set, test_set, fs, seed) if episodes is None else episodes
     accs = []
@@ -1771,8 +1868,8 @@ def few_shot(encoder: Encoder, cfg: ModelConfig, train_set=None, test_set=None, 
         if fs.protocol == "svm":
             fsup = embed(encoder, cfg, support, device=device, seed=seed, precision=precision, batch_size=fs.batch_size)
             fq = embed(encoder, cfg, queries, device=device, seed=seed, precision=precision, batch_size=fs.batch_size)
-            W, b = fit_linear(fsup["features"], fsup["labels"], fs.way, C=fs.C)
-            accs.append(accuracy((fq["features"] @ W + b).argmax(-1), fq["labels"], fs.way)[0])
+            predict = fit_svc(fsup["features"], fsup["labels"], fs.way, C=fs.C).predict
+            accs.append(accuracy(predict(fq["features"]), fq["labels"], fs.way)[0])
         else:
             ft = FinetuneConfig(epochs=fs.episode_epochs, warmup_epochs=min(10.0, fs.episode_epochs / 10))
             res = finetune(copy.deepcopy(encoder), cfg, support, queries, ft, device=device, seed=seed + i,
@@ -1786,7 +1883,8 @@ def few_shot(encoder: Encoder, cfg: ModelConfig, train_set=None, test_set=None, 
               "accuracy_std": t.std().item() if len(accs) > 1 else 0.0, "per_fold": accs,
               "protocol": {"episodes": f"drawn with seed {seed}: {fs.way} classes, {fs.shot} train + {fs.query} "
                                        "test clouds each" if train_set is not None else "peers' fold files",
-                           "classifier": f"linear SVM C={fs.C} on frozen concat(max, mean) features"
+                           "classifier": f"linear SVC (libsvm's, one-vs-one) C={fs.C} on frozen concat(max, mean) "
+                                         "features"
                            if fs.protocol == "svm" else f"fine-tune encoder + head, {fs.episode_epochs} epochs "
                                                         "per episode",
                            "num_points": cfg.num_points, "num_groups": cfg.num_groups}}

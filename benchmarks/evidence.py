@@ -105,8 +105,9 @@ def main():
                            device=info["device"], pretrain_command=pre["_command"])
                 encoder = ["--checkpoint", str(run / "pretrain" / "checkpoint.safetensors")]
             probe = cached(run / "probe.json", common + ["linear-probe", *encoder, "--data", args.data,
-                                                          "--classifier", "both", "--out", str(run / "probe")])
-            row["svm"] = probe["svm"]["accuracy"]
+                                                          "--classifier", "all", "--out", str(run / "probe")])
+            row["svc"] = probe["svc"]["accuracy"]
+            row["linear_svc"] = probe["linear_svc"]["accuracy"]
             row["logreg"] = probe["logreg"]["accuracy"]
             row["eval_commands"] = [probe["_command"]]
             for way in (5, 10):
@@ -122,18 +123,20 @@ def main():
     lines = [f"# Evidence ({args.name}): ModelNet40, preset `{args.preset}`, {args.epochs} pretraining epochs, "
              f"seeds {args.seeds}",
              "",
-             "Frozen encoder (EMA target where there is one). SVM: linear SVM C=0.012 on concat(max, mean) "
-             "features (the peers' protocol), ModelNet40 train -> test accuracy; logreg: logistic regression "
-             "C=1 on the same features (less sensitive to the features' scale). Few-shot: W-way 10-shot, 20 queries per class, "
+             "Frozen encoder (EMA target where there is one). SVC: the peers' linear SVM (libsvm SVC, hinge, "
+             "one-vs-one, C=0.012) on concat(max, mean) features, ModelNet40 train -> test accuracy; LinearSVC: "
+             "squared hinge, one-vs-rest, C=0.012 (jepa3d <= 0.1's 'SVM'); logreg: logistic regression C=1 on the "
+             "same features (less sensitive to the features' scale). Few-shot: W-way 10-shot, 20 queries per class, "
              f"{args.folds} episodes drawn with the seed (the same episodes for every variant). "
              "Mean ± std over seeds.",
              "",
-             "| variant | SVM acc | logreg acc | 5-way 10-shot | 10-way 10-shot | pretrain steps | pretrain wall (s) | device |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| variant | SVC acc | LinearSVC acc | logreg acc | 5-way 10-shot | 10-way 10-shot | pretrain steps | "
+             "pretrain wall (s) | device |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for variant in args.variants:
         rs = [r for r in rows if r["variant"] == variant]
         wall = [r["pretrain_seconds"] for r in rs if "pretrain_seconds" in r]
-        accs = " | ".join(mean_std([r[k] for r in rs]) for k in ("svm", "logreg", "5w10s", "10w10s"))
+        accs = " | ".join(mean_std([r[k] for r in rs]) for k in ("svc", "linear_svc", "logreg", "5w10s", "10w10s"))
         cost = f"{rs[0]['steps']} | {statistics.mean(wall):.0f} | {rs[0]['device']}" if wall else "0 | 0 | -"
         lines.append(f"| {variant} | {accs} | {cost} |")
     lines += ["", "Commands of each row (seed 0; other seeds change `--seed`):", ""]

@@ -139,7 +139,7 @@ cfg = make_configs("tiny", num_points=128, num_groups=16, group_size=8, dim=32, 
 torch.manual_seed(0)
 enc = Encoder(cfg)
 train, test = Clouds(60, 0), Clouds(30, 1)
-print(linear_probe(enc, cfg, train, test)["svm"]["accuracy"])
+print(linear_probe(enc, cfg, train, test)["svc"]["accuracy"])
 print(few_shot(enc, cfg, train, test, FewShotConfig(way=3, shot=5, query=5, folds=2))["accuracy_mean"])
 print(tuple(embed(enc, cfg, test)["features"].shape))
 print(finetune(enc, cfg, train, test, FinetuneConfig(epochs=1, batch_size=20))["steps"])

@@ -88,7 +88,7 @@ def test_cli_pretrains_on_the_gpu_and_its_checkpoint_serves_the_cpu(tmp_path):
     assert resumed["step"] == 16
     probe = run_cli("--device", "cpu", "linear-probe", "--checkpoint", out / "checkpoint.safetensors",
                     *SMALL_FLAGS[:6], "--out", tmp_path / "lp")
-    assert probe["svm"]["accuracy"] > 50  # 12 classes: chance is 8.3
+    assert probe["svc"]["accuracy"] > 50  # 12 classes: chance is 8.3
 
 
 def test_compiled_pretraining_runs_and_keeps_its_state_dict_keys(tmp_path):

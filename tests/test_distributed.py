@@ -1,4 +1,5 @@
 """torchrun + DistributedDataParallel on CPU (gloo): two processes, one run folder, ranks in sync."""
+import importlib.util
 import json
 import os
 import subprocess
@@ -35,7 +36,10 @@ def test_two_gloo_ranks_stay_in_sync_and_rank0_alone_writes(tmp_path):
     result = results[0]
     # the three parameter digests (student, predictor, EMA teacher) agree bit for bit across ranks
     assert result["world_size"] == 2 and result["ranks_in_sync"] is True and result["step"] == 6
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.safetensors", "metrics.jsonl", "run.json"]
+    written = {"checkpoint.safetensors", "metrics.jsonl", "run.json"}
+    if importlib.util.find_spec("matplotlib"):
+        written.add("curves.png")
+    assert {p.name for p in out.iterdir()} == written  # rank 0's files only: no second metrics or checkpoint
     info = json.loads((out / "run.json").read_text())
     assert info["world_size"] == 2 and info["batch_size"] == 8  # the global batch: 4 clouds per rank
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

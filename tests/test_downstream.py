@@ -110,7 +110,7 @@ def test_linear_probe_end_to_end(tmp_path, pretrained):
         result, _ = run("linear-probe", "--checkpoint", ckpt, "--preset", "tiny", "--classifier", "both",
                         "--num-points", "128", "--num-groups", "16", "--group-size", "8", "--out", tmp_path / "lp")
         assert result["train_clouds"] == 1200 and result["test_clouds"] == 300
-        assert result["svm"]["accuracy"] > 50 and result["logreg"]["accuracy"] > 50  # 12 classes: chance is 8.3
+        assert result["svc"]["accuracy"] > 50 and result["logreg"]["accuracy"] > 50  # 12 classes: chance is 8.3
         assert json.loads((tmp_path / "lp" / "metrics.json").read_text()) == result
     assert "target_encoder" in run("linear-probe", "--checkpoint", pretrained, "--out", tmp_path / "x")[0]["encoder"]
     assert "(encoder" in run("linear-probe", "--checkpoint", pretrained, "--encoder", "context",
@@ -202,7 +202,7 @@ def test_library_protocols_give_the_cli_numbers(tmp_path, pretrained):
 
     cli, _ = run("linear-probe", "--checkpoint", pretrained, "--classifier", "both", "--out", tmp_path / "lp")
     lib = jepa3d.linear_probe(encoder, cfg, train, test, jepa3d.ProbeConfig(classifier="both"))
-    for kind in ("svm", "logreg"):
+    for kind in ("svc", "logreg"):
         assert lib[kind]["accuracy"] == cli[kind]["accuracy"]
         assert lib[kind]["train_accuracy"] == cli[kind]["train_accuracy"]
 
@@ -242,3 +242,20 @@ def test_every_augmentation_choice_is_one_the_data_module_applies():
     assert 0 < jittered.abs().max() <= 0.05
     with pytest.raises(ValueError, match="unknown augmentation"):
         jepa3d_data.augmentation("scale-translate+shear")
+
+
+@pytest.mark.parametrize("C", [0.012, 1.0])
+def test_svc_is_scikit_learns_svc(C):
+    svm = pytest.importorskip("sklearn.svm")
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(6, 24, generator=g) * 1.5
+    y = torch.arange(6).repeat_interleave(torch.tensor([40, 25, 60, 33, 50, 45]))  # unequal classes
+    x = centres[y] + torch.randn(len(y), 24, generator=g) * 2  # overlapping: many margin violations
+    xq = centres[torch.arange(6).repeat(30)] + torch.randn(180, 24, generator=g) * 2
+    ours = jepa3d.fit_svc(x, y, 6, C=C)
+    ref = svm.SVC(C=C, kernel="linear").fit(x.numpy(), y.numpy())
+    agree = (ours.predict(xq).numpy() == ref.predict(xq.numpy())).mean()
+    assert agree >= 0.995, agree  # the peers' protocol: same predictions to within 0.2 points of accuracy
+    # the same separating planes: sklearn orders pairs (0,1), (0,2), ... like ours; its coef_ is W
+    assert np.allclose(ours.W.numpy(), ref.coef_, atol=2e-3 * np.abs(ref.coef_).max())
+    assert np.allclose(-ours.rho.numpy(), ref.intercept_, atol=5e-2)
