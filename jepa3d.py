@@ -1238,7 +1238,7 @@ def pretrain(dataset, out_dir: str | Path, model_cfg: ModelConfig, train_cfg: Tr
     created = distributed_env()[1] > 1 and not dist.is_initialized()
     rank, world, device = _init_distributed(device)
     out = Path(out_dir)
-    ckpt_path, metrics_path, probe_path = out / "checkpoint.safetensors", out / "metrics.jsonl", out / "probe.jsonl"
+    ckpt_path, metrics_path = out / "checkpoint.safetensors", out / "metrics.jsonl"
     batch_size = min(train_cfg.batch_size, len(dataset))
     if batch_size % world:
         raise ValueError(f"--batch-size {batch_size} must divide by the {world} torchrun processes "
@@ -1246,29 +1246,26 @@ def pretrain(dataset, out_dir: str | Path, model_cfg: ModelConfig, train_cfg: Tr
     per_epoch = max(1, len(dataset) // batch_size)
     total = train_cfg.epochs * per_epoch
     run = _start_run(model_cfg, train_cfg, ckpt_path, device=device, seed=seed, precision=precision, resume=resume)
-    run_info = {"model_config": dataclasses.asdict(model_cfg), "train_config": dataclasses.asdict(train_cfg),
-                "seed": seed, "device": str(device), "precision": str(run.amp_dtype or "fp32"),
-                "dataset": getattr(dataset, "name", type(dataset).__name__), "clouds": len(dataset),
-                "batch_size": batch_size, "world_size": world, "steps_per_epoch": per_epoch, "total_steps": total,
-                "jepa3d_version": __version__, "torch_version": torch.__version__}
+    precision_name = str(run.amp_dtype or "fp32")
     if rank == 0:
-        if resume:
-            _truncate_metrics(metrics_path, run.step)
-            _truncate_metrics(probe_path, run.step + 1)  # a probe line belongs to the step it follows
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "run.json").write_text(json.dumps(run_info, indent=2))
+        _prepare_folder(out, run.step if resume else None, {
+            "model_config": dataclasses.asdict(model_cfg), "train_config": dataclasses.asdict(train_cfg),
+            "seed": seed, "device": str(device), "precision": precision_name,
+            "dataset": getattr(dataset, "name", type(dataset).__name__), "clouds": len(dataset),
+            "batch_size": batch_size, "world_size": world, "steps_per_epoch": per_epoch, "total_steps": total,
+            "jepa3d_version": __version__, "torch_version": torch.__version__})
     _wrap(run, compile, world)
     end = total if max_steps is None else min(total, max_steps)
     if rank == 0:
         nparams = sum(p.numel() for p in run.model.encoder.parameters())
         print(f"jepa3d pretrain: {len(dataset)} clouds, {per_epoch} steps/epoch, steps {run.step}->{end} of "
               f"{total}, encoder {nparams / 1e6:.2f}M params, {device}"
-              f"{f' x {world} ranks' if world > 1 else ''}, {run_info['precision']}", file=sys.stderr)
+              f"{f' x {world} ranks' if world > 1 else ''}, {precision_name}", file=sys.stderr)
     batches = _batches(dataset, batch_size, seed, run.step, num_workers, rank, world, pin=device.type == "cuda")
     probe = None
     if rank == 0 and eval_sets is not None and eval_every:
         def probe(step: int) -> None:
-            _probe_step(run, eval_sets, step, probe_path, seed)
+            _probe_step(run, eval_sets, step, out / "probe.jsonl", seed)
         if run.step == 0:
             probe(0)  # the curve starts at the random-init encoder
     last = _pretrain_steps(run, batches, train_cfg, end=end, total=total, per_epoch=per_epoch, seed=seed,
@@ -1280,13 +1277,29 @@ def pretrain(dataset, out_dir: str | Path, model_cfg: ModelConfig, train_cfg: Tr
               "finished": run.step >= total, "final_loss": last.get("loss"),
               **({f"final_{monitor}": last[monitor]} if monitor in last else {})}
     if world > 1:
-        digests = [torch.empty(3, dtype=torch.float64, device=device) for _ in range(world)]
-        dist.all_gather(digests, params_digest(run.model))
-        result.update(world_size=world, ranks_in_sync=all(torch.equal(d, digests[0]) for d in digests))
-        dist.barrier()  # rank 0's checkpoint is on disk before any rank returns
+        result.update(world_size=world, ranks_in_sync=_ranks_in_sync(run.model, device, world))
         if created:
             dist.destroy_process_group()
     return result
+
+
+def _prepare_folder(out: Path, resumed_step: int | None, info: dict) -> None:
+    """The run folder before the first step: logs trimmed to the resumed step (what was written
+    after the last checkpoint goes), run.json written."""
+    if resumed_step is not None:
+        _truncate_metrics(out / "metrics.jsonl", resumed_step)
+        _truncate_metrics(out / "probe.jsonl", resumed_step + 1)  # a probe line belongs to the step it follows
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "run.json").write_text(json.dumps(info, indent=2))
+
+
+def _ranks_in_sync(model: nn.Module, device: torch.device, world: int) -> bool:
+    """Whether every rank holds bit-identical parameters (their digests); returns once rank
+    0's checkpoint is on disk."""
+    digests = [torch.empty(3, dtype=torch.float64, device=device) for _ in range(world)]
+    dist.all_gather(digests, params_digest(model))
+    dist.barrier()
+    return all(torch.equal(d, digests[0]) for d in digests)
 
 
 def _pretrain_steps(run: _Run, batches: Iterator[torch.Tensor], cfg: TrainConfig, *, end: int, total: int,
