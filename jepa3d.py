@@ -163,6 +163,9 @@ class TrainConfig:
     augment: str = _opt("scale-translate", "train-time augmentation on the device: scale-translate (Point-MAE), "
                         "rotate (about the up axis), jitter (Gaussian per point), joined by '+', or none",
                         choices=AUGMENT_CHOICES)
+    subsample: str = _opt("fps", "how clouds larger than --num-points are cut down each step: fps (evenly "
+                          "spread, as the peers' fine-tuning and caches) or random (Point-MAE's ShapeNet-55 "
+                          "pretraining; faster on a CPU, and a density augmentation)", choices=("fps", "random"))
     collapse_below: float = _opt(0.1, "warn on stderr when the collapse monitor (target_std: the per-channel "
                                  "spread of the teacher's features, ~1 when diverse) falls below this", min=0.0)
 
@@ -405,10 +408,16 @@ def group_points(points: torch.Tensor, num_groups: int, group_size: int,
         return patches - centres[:, :, None], centres
 
 
-def fit_points(points: torch.Tensor, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Bring clouds (B, P, 3) to exactly n points: FPS down when P > n (Point-MAE's protocol),
-    random repeats when P < n. -> (B, n, 3)."""
+def fit_points(points: torch.Tensor, n: int, generator: torch.Generator | None = None,
+               subsample: str = "fps") -> torch.Tensor:
+    """Bring clouds (B, P, 3) to exactly n points: when P > n, FPS (Point-MAE's protocol: evenly
+    spread) or with subsample='random' n points drawn without replacement per cloud (Point-MAE's
+    pretraining on ShapeNet-55 does this: cheaper, and a density augmentation); random repeats
+    when P < n. -> (B, n, 3)."""
     B, P, _ = points.shape
+    if P > n and subsample == "random":
+        keys = torch.rand(B, P, generator=generator, device=points.device)  # (B, P)
+        return gather(points, keys.argsort(dim=1)[:, :n])
     if P > n:
         return gather(points, farthest_point_sample(points, n, generator))
     if P < n:
@@ -1326,7 +1335,7 @@ def _pretrain_steps(run: _Run, batches: Iterator[torch.Tensor], cfg: TrainConfig
             s = _rank_seed(seed, step, rank)
             torch.manual_seed(s)
             generator.manual_seed(s)
-            points = fit_points(points, model.cfg.num_points, generator)    # (B / world, num_points, 3)
+            points = fit_points(points, model.cfg.num_points, generator, cfg.subsample)  # (B / world, num_points, 3)
             if augment is not None:
                 points = augment(points, generator)
             # forward, backward, update, EMA

@@ -99,3 +99,14 @@ def test_knn_chunks_the_batch_without_changing_the_answer():
     idx = jepa3d.knn(query, pts, 32)
     assert torch.equal(idx, torch.cat([jepa3d.knn(query[i:i + 1], pts[i:i + 1], 32) for i in range(40)]))
     assert torch.equal(idx.sort(-1).values, torch.cdist(query, pts).topk(32, largest=False).indices.sort(-1).values)
+
+
+def test_random_subsampling_draws_distinct_points_per_cloud():
+    pts = torch.randn(3, 200, 3)
+    g = torch.Generator().manual_seed(0)
+    out = jepa3d.fit_points(pts, 50, g, subsample="random")
+    assert out.shape == (3, 50, 3)
+    for b in range(3):  # 50 distinct points of this cloud
+        rows = {tuple(p) for p in out[b].tolist()}
+        assert len(rows) == 50 and rows <= {tuple(p) for p in pts[b].tolist()}
+    assert not torch.equal(out[0], jepa3d.fit_points(pts, 50, torch.Generator().manual_seed(1), subsample="random")[0])
