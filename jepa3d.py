@@ -207,7 +207,8 @@ class ProbeConfig:
     C: float = _opt(0.012, "SVM regularisation: larger C fits the train split harder (JEPA lineage: 0.012, "
                     "from Point-M2AE)", min=0.0, min_open=True)
     logreg_C: float = _opt(1.0, "logistic-regression regularisation (scikit-learn's default)", min=0.0, min_open=True)
-    batch_size: int = _opt(64, "clouds per forward pass of the frozen encoder (no effect on the result)", min=1)
+    batch_size: int = _opt(64, "clouds per forward pass of the frozen encoder (FPS starts are seeded per batch: "
+                           "keep it to reproduce a result)", min=1)
 
 
 @dataclass(frozen=True)
