@@ -1,5 +1,5 @@
 # `make demo`: install, then a real 3D-JEPA pretraining run on the built-in shapes (CPU: ~3 min).
-# `make test`: install with test extras, then the test suite (CI runs exactly this).
+# `make test`: install with the test extras, then the test suite (CI runs exactly this).
 # `make bench-speed`: the speed benchmark of this machine (benchmarks/README.md).
 PYTHON ?= python3
 # Installed only when no torch is importable yet. The pin matches a wheel that is cached on our
@@ -8,10 +8,14 @@ PYTHON ?= python3
 TORCH ?= torch==2.13.0
 RUN ?= runs/demo
 
-.PHONY: install demo test bench-speed clean
+.PHONY: install install-test demo test bench-speed clean
 
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "$(TORCH)"
+	$(PYTHON) -m pip install -q -e .
+
+# the test extras: pytest, matplotlib (curves.png) and scikit-learn (the reference SVC the tests compare with)
+install-test: install
 	$(PYTHON) -m pip install -q -e ".[test]"
 
 demo: install
@@ -21,7 +25,7 @@ demo: install
 	$(PYTHON) -m jepa3d pretrain --out $(RUN) --resume
 	$(PYTHON) -m jepa3d mask-preview --checkpoint $(RUN)/checkpoint.safetensors --out $(RUN)/mask_preview.ply
 
-test: install
+test: install-test
 	$(PYTHON) -m pytest -q
 
 # speed figures of this machine into benchmarks/speed_<device>.{md,json} (a few minutes on CPU)
