@@ -33,6 +33,8 @@ VARIANTS = {
     "3d-jepa 2x epochs": [],
     # does the paper's sampler lose to knn-blocks because it leaves too little context? smaller targets
     "3d-jepa targets 10-15%": ["--target-scale", "0.1", "0.15"],
+    # issue 13, one change at a time against jepa3d 0.1: the position added once, at a tiny init
+    "3d-jepa position once": ["--position", "input", "--pos-init", "trunc-normal"],
 }
 EPOCH_FACTOR = {"reconstruction 2x epochs": 2, "3d-jepa 2x epochs": 2}
 
