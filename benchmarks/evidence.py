@@ -84,7 +84,7 @@ def main():
     # every command runs in the project root and is recorded with paths relative to it, so a
     # reader can paste it; paths given relative to the caller's folder are rebased first
     for name in ("data", "runs"):
-        setattr(args, name, os.path.relpath(Path(getattr(args, name)).resolve(), ROOT))
+        setattr(args, name, os.path.relpath(os.path.abspath(getattr(args, name)), ROOT))
     os.chdir(ROOT)
 
     rows = []
