@@ -339,7 +339,7 @@ def main():
     out = ROOT / "benchmarks" / f"speed_{args.name or device.type}"
     meta = {"device": str(device), "device_name": kind, "threads": threads, "torch": torch.__version__,
             "python": platform.python_version(), "matmul_flops": peak,
-            "args": {**vars(args), "shared": os.path.relpath(shared.resolve(), ROOT)}}  # portable: relative to the root
+            "args": {**vars(args), "shared": os.path.relpath(os.path.abspath(shared), ROOT)}}  # portable: relative to the root
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "tokenization": tok, "steps": steps,
                                                     "data": data}, indent=2) + "\n")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
