@@ -63,7 +63,7 @@ __all__ = [
     # checkpoints
     "CheckpointError", "save_checkpoint", "read_checkpoint", "checkpoint_config", "load_jepa", "load_encoder",
     # downstream
-    "pool", "extract_features", "fit_svc", "OneVsOne", "fit_linear", "fit_classifier", "accuracy",
+    "pool", "extract_features", "fit_svc", "OneVsOne", "fit_linear", "fit_classifier", "fit_and_score", "accuracy",
     "sample_episode", "draw_episodes",
     "Classifier", "Segmenter", "make_head", "evaluate", "embed", "linear_probe", "few_shot", "finetune",
     # tools
@@ -557,24 +557,25 @@ class Encoder(nn.Module):
     def forward(self, patches: torch.Tensor, centres: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         """patches (B, N, K, 3), centres (B, N, 3) -> tokens (B, N, D). keep (B, N) bool marks
         the real patches of a padded batch (padding is attended by no one; its tokens are junk)."""
-        return self.norm(self._run(patches, centres, keep, len(self.blocks))[-1])
+        return self.norm(self._run(patches, centres, keep, (len(self.blocks) - 1,))[0])
 
     def layer_outputs(self, patches: torch.Tensor, centres: torch.Tensor,
                       layers: tuple[int, ...]) -> list[torch.Tensor]:
         """The normed outputs of blocks `layers` (0-based, ascending): a list of (B, N, D), for
         heads that read several depths (part segmentation)."""
-        outs = self._run(patches, centres, None, max(layers) + 1)
-        return [self.norm(outs[i]) for i in layers]
+        return [self.norm(x) for x in self._run(patches, centres, None, layers)]
 
     def _run(self, patches: torch.Tensor, centres: torch.Tensor, keep: torch.Tensor | None,
-             depth: int) -> list[torch.Tensor]:
-        """The outputs of the first `depth` blocks, each (B, N, D); the centres' embedding is
-        added before the first block, or before every block (cfg.position)."""
+             layers: tuple[int, ...]) -> list[torch.Tensor]:
+        """The outputs of blocks `layers` (0-based, ascending), each (B, N, D), running no block
+        past the last of them; the centres' embedding is added before the first block, or
+        before every block (cfg.position)."""
         x, pos = self.patch_embed(patches), self.pos_embed(centres)          # 2x (B, N, D)
         outs = []
-        for i, blk in enumerate(self.blocks[:depth]):
+        for i, blk in enumerate(self.blocks[:max(layers) + 1]):
             x = blk(x + pos if i == 0 or self.every_block else x, keep=keep)
-            outs.append(x)
+            if i in layers:
+                outs.append(x)
         return outs
 
 
@@ -668,7 +669,9 @@ def sample_context_block(centres: torch.Tensor, cfg: ModelConfig, generator: tor
     T = max(1, round(_uniform(cfg.target_scale, host) * G))
     C = max(1, round(_uniform(cfg.context_scale, host) * G))
     dist = torch.cdist(centres.float(), centres.float())                      # (B, G, G)
-    targets = in_context = None
+    # an empty context is short of min_context (>= 1), so the first round fills every sample
+    targets = torch.zeros(B, cfg.num_targets, T, dtype=torch.long, device=dev)  # (B, M, T)
+    in_context = torch.zeros(B, G, dtype=torch.bool, device=dev)              # (B, G)
     for _ in range(_REDRAWS + 1):
         seeds = torch.randint(G, (B, cfg.num_targets + 1), generator=generator, device=dev)  # (B, M+1)
         from_seed = gather(dist, seeds)                                       # (B, M+1, G)
@@ -676,19 +679,14 @@ def sample_context_block(centres: torch.Tensor, cfg: ModelConfig, generator: tor
         drawn = torch.zeros(B, G, dtype=torch.bool, device=dev)
         drawn.scatter_(1, from_seed[:, -1].topk(C, dim=-1, largest=False).indices, True)
         drawn.scatter_(1, drawn_targets.flatten(1), False)                    # (B, G) context members
-        if targets is None:
-            targets, in_context = drawn_targets, drawn
-        else:  # replace the samples still short of min_context
-            short = in_context.sum(1) < cfg.min_context                       # (B,)
-            targets = torch.where(short[:, None, None], drawn_targets, targets)
-            in_context = torch.where(short[:, None], drawn, in_context)
+        short = in_context.sum(1) < cfg.min_context                           # (B,) samples to replace
+        targets = torch.where(short[:, None, None], drawn_targets, targets)
+        in_context = torch.where(short[:, None], drawn, in_context)
     count = in_context.sum(1)                                                 # (B,) context sizes
     Nc = int(count.max())  # one host sync per step: the shapes depend on it
-    keys = torch.rand(B, G, generator=generator, device=dev) + (~in_context).float() * 2  # members first
-    members = keys.argsort(dim=1)[:, :Nc]                                     # (B, Nc) members, then padding
+    members = (~in_context).float().argsort(dim=1, stable=True)[:, :Nc]      # (B, Nc) members ascending, then others
     keep = torch.arange(Nc, device=dev) < count[:, None]                      # (B, Nc)
-    context = torch.where(keep, members, G).sort(dim=1).values                # members ascending, then G
-    return Masks(context.masked_fill(~keep, 0), targets, keep)
+    return Masks(members.masked_fill(~keep, 0), targets, keep)
 
 
 _REDRAWS = 3  # step 3 of sample_context_block: rounds of redrawing short contexts
@@ -1313,7 +1311,8 @@ def _ranks_in_sync(model: nn.Module, device: torch.device, world: int) -> bool:
 
 
 def _pretrain_steps(run: _Run, batches: Iterator[torch.Tensor], cfg: TrainConfig, *, end: int, total: int,
-                    per_epoch: int, seed: int, batch_size: int, rank: int, world: int, save_every: int, augment: Callable | None,
+                    per_epoch: int, seed: int, batch_size: int, rank: int, world: int, save_every: int,
+                    augment: Callable | None,
                     log_every: int, ckpt_path: Path, metrics_path: Path, probe: Callable | None = None,
                     eval_every: int = 0) -> dict:
     """The training loop from run.step to `end`: metrics buffered and flushed every log_every
@@ -1371,10 +1370,8 @@ def _probe_step(run: _Run, eval_sets: tuple, step: int, path: Path, seed: int) -
     train, test = (extract_features(encoder, model.cfg, ds, run.device, seed=seed, amp_dtype=run.amp_dtype)
                    for ds in eval_sets)
     model.train()  # extract_features put the encoder in eval mode
-    n = len(eval_sets[0].classes)
-    predict = fit_svc(train["features"], train["labels"], n).predict
-    record = {"step": step, "probe_accuracy": accuracy(predict(test["features"]), test["labels"], n)[0],
-              "probe_train_accuracy": accuracy(predict(train["features"]), train["labels"], n)[0],
+    score = fit_and_score("svc", train, test, len(eval_sets[0].classes))
+    record = {"step": step, "probe_accuracy": score["accuracy"], "probe_train_accuracy": score["train_accuracy"],
               "probe": PROBE_PROTOCOLS["svc"].format(C=ProbeConfig.C) + f" on {getattr(eval_sets[0], 'name', '')} -> "
                        f"{getattr(eval_sets[1], 'name', '')}", "seconds": round(time.time() - t, 1)}
     with open(path, "a") as fh:
@@ -1574,6 +1571,17 @@ def fit_classifier(kind: str, x: torch.Tensor, y: torch.Tensor, num_classes: int
     W, b = fit_linear(x, y, num_classes, C=probe.C if kind == "linear-svc" else probe.logreg_C,
                       kind="svm" if kind == "linear-svc" else "logreg")
     return lambda features: (features @ W + b).argmax(-1)
+
+
+def fit_and_score(kind: str, train: dict, test: dict, num_classes: int, probe: ProbeConfig = ProbeConfig()) -> dict:
+    """Fit classifier `kind` on train features {'features', 'labels'} and score it -> {'accuracy',
+    'class_mean_accuracy' on test, 'train_accuracy', 'fit_seconds'} (in %). Every probe uses it."""
+    t = time.time()
+    predict = fit_classifier(kind, train["features"], train["labels"], num_classes, probe)
+    oa, macc = accuracy(predict(test["features"]), test["labels"], num_classes)
+    train_oa, _ = accuracy(predict(train["features"]), train["labels"], num_classes)
+    return {"accuracy": oa, "class_mean_accuracy": macc, "train_accuracy": train_oa,
+            "fit_seconds": round(time.time() - t, 2)}
 
 
 PROBE_PROTOCOLS = {  # what each classifier of the probe is, as the results record it
@@ -1865,14 +1873,10 @@ def linear_probe(encoder: Encoder, cfg: ModelConfig, train_set, test_set, probe:
     kinds = {"both": ("svc", "logreg"), "all": ("svc", "linear-svc", "logreg")}.get(probe.classifier,
                                                                                    (probe.classifier,))
     for kind in kinds:
-        t = time.time()
-        predict = fit_classifier(kind, train["features"], train["labels"], n, probe)
-        oa, macc = accuracy(predict(test["features"]), test["labels"], n)
-        train_oa, _ = accuracy(predict(train["features"]), train["labels"], n)
+        score = result[kind.replace("-", "_")] = fit_and_score(kind, train, test, n, probe)
         result["protocol"][kind] = PROBE_PROTOCOLS[kind].format(C=probe.C, logreg_C=probe.logreg_C)
-        result[kind.replace("-", "_")] = {"accuracy": oa, "class_mean_accuracy": macc, "train_accuracy": train_oa,
-                                          "fit_seconds": round(time.time() - t, 2)}
-        print(f"{kind}: test accuracy {oa:.2f} (class mean {macc:.2f}), train {train_oa:.2f}", file=sys.stderr)
+        print(f"{kind}: test accuracy {score['accuracy']:.2f} (class mean {score['class_mean_accuracy']:.2f}), "
+              f"train {score['train_accuracy']:.2f}", file=sys.stderr)
     return result
 
 
@@ -1889,10 +1893,9 @@ def few_shot(encoder: Encoder, cfg: ModelConfig, train_set=None, test_set=None, 
     progress = Progress(len(episodes))
     for i, (support, queries) in enumerate(episodes):
         if fs.protocol == "svm":
-            fsup = embed(encoder, cfg, support, device=device, seed=seed, precision=precision, batch_size=fs.batch_size)
-            fq = embed(encoder, cfg, queries, device=device, seed=seed, precision=precision, batch_size=fs.batch_size)
-            predict = fit_svc(fsup["features"], fsup["labels"], fs.way, C=fs.C).predict
-            accs.append(accuracy(predict(fq["features"]), fq["labels"], fs.way)[0])
+            fsup, fq = (embed(encoder, cfg, ds, device=device, seed=seed, precision=precision, batch_size=fs.batch_size)
+                        for ds in (support, queries))
+            accs.append(fit_and_score("svc", fsup, fq, fs.way, ProbeConfig(C=fs.C))["accuracy"])
         else:
             ft = FinetuneConfig(epochs=fs.episode_epochs, warmup_epochs=min(10.0, fs.episode_epochs / 10))
             res = finetune(copy.deepcopy(encoder), cfg, support, queries, ft, device=device, seed=seed + i,
@@ -2162,7 +2165,8 @@ def _encoder_options(fn):
                      help="configuration of the random-init encoder with --checkpoint none"),
         click.option("--num-points", type=click.IntRange(16), default=None,
                      help="points per cloud [default: the task's protocol, else the checkpoint's]"),
-        click.option("--num-groups", type=click.IntRange(4), default=None, help="patches per cloud [default: as above]"),
+        click.option("--num-groups", type=click.IntRange(4), default=None,
+                     help="patches per cloud [default: as above]"),
         click.option("--group-size", type=click.IntRange(2), default=None, help="points per patch [default: as above]"),
     ])
 
@@ -2286,7 +2290,8 @@ def _pretrain_command(click):
                 raise click.UsageError(f"--resume takes the configuration from {ckpt}; drop "
                                        + ", ".join("--" + g.replace("_", "-") for g in sorted(_given(overrides))))
             _, meta = read_checkpoint(ckpt)
-            model_cfg, train_cfg = checkpoint_config(ModelConfig, meta, ckpt), checkpoint_config(TrainConfig, meta, ckpt)
+            model_cfg = checkpoint_config(ModelConfig, meta, ckpt)
+            train_cfg = checkpoint_config(TrainConfig, meta, ckpt)
             run["seed"] = json.loads(meta.get("seed", "0"))
         elif ckpt.exists():
             raise click.ClickException(f"{ckpt} already exists; pass --resume to continue that run "
@@ -2395,7 +2400,8 @@ def _linear_probe_command(click):
     @click.command("linear-probe")
     @_encoder_options
     @_data_options
-    @click.option("--out", type=click.Path(file_okay=False), default="runs/linear-probe", help="folder for metrics.json")
+    @click.option("--out", type=click.Path(file_okay=False), default="runs/linear-probe",
+                  help="folder for metrics.json")
     @_config_options(ProbeConfig, with_presets=False)
     @click.pass_context
     @_fail_cleanly

@@ -129,7 +129,8 @@ class Clouds(torch.utils.data.Dataset):  # a dataset of the user's own, in torch
     classes = ["small", "medium", "large"]
     def __init__(self, n, seed):
         self.labels = torch.arange(n) % 3
-        self.points = torch.randn(n, 128, 3, generator=torch.Generator().manual_seed(seed)) * (1 + self.labels[:, None, None])
+        g = torch.Generator().manual_seed(seed)
+        self.points = torch.randn(n, 128, 3, generator=g) * (1 + self.labels[:, None, None])
     def __len__(self):
         return len(self.labels)
     def __getitem__(self, i):
