@@ -69,7 +69,7 @@ def mean_std(values: list[float]) -> str:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default="../shared/data/modelnet40", help="relative to the project root")
+    ap.add_argument("--data", default=None, help="[default: ../shared/data/modelnet40, next to the project root]")
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -79,12 +79,13 @@ def main():
                     choices=list(VARIANTS))
     ap.add_argument("--name", default="cpu", help="names the run cache (runs/evidence/<name>) and the result files")
     ap.add_argument("--table", default=None, help="suffix of the result files if not --name")
-    ap.add_argument("--runs", default="runs/evidence", help="relative to the project root")
+    ap.add_argument("--runs", default=None, help="[default: runs/evidence in the project root]")
     args = ap.parse_args()
     # every command runs in the project root and is recorded with paths relative to it, so a
     # reader can paste it; paths given relative to the caller's folder are rebased first
-    for name in ("data", "runs"):
-        setattr(args, name, os.path.relpath(os.path.abspath(getattr(args, name)), ROOT))
+    for name, default in (("data", "../shared/data/modelnet40"), ("runs", "runs/evidence")):
+        given = getattr(args, name)
+        setattr(args, name, os.path.relpath(os.path.abspath(given), ROOT) if given else default)
     os.chdir(ROOT)
 
     rows = []

@@ -98,3 +98,15 @@ def test_interrupted_then_resumed_run_matches_uninterrupted_step_for_step(tmp_pa
     b, _, _ = jepa3d.load_jepa(tmp_path / "cut" / "checkpoint.safetensors")
     for k, v in a.state_dict().items():
         assert torch.equal(v, b.state_dict()[k]), k
+
+
+def test_subsample_chooses_how_pretraining_cuts_large_clouds(tmp_path, configs):
+    cfg, tcfg = configs  # the model takes 128 points; these clouds have 256
+    data = torch.utils.data.TensorDataset(torch.randn(16, 256, 3), torch.zeros(16, dtype=torch.long))
+    run = dict(device=torch.device("cpu"), max_steps=2, log_every=1)
+    losses = {}
+    for how in ("fps", "random"):
+        jepa3d.pretrain(data, tmp_path / how, cfg, jepa3d.dataclasses.replace(tcfg, subsample=how), **run)
+        losses[how] = [json.loads(line)["loss"] for line in (tmp_path / how / "metrics.jsonl").read_text().splitlines()]
+        assert json.loads((tmp_path / how / "run.json").read_text())["train_config"]["subsample"] == how
+    assert losses["fps"] != losses["random"]  # the same seed, other points

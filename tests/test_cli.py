@@ -163,11 +163,19 @@ def test_pretrain_warns_once_when_the_features_collapse(tmp_path):
 
 
 def test_pretrain_draws_its_learning_curve_and_resumes_it(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)  # --eval-data: a labelled npz pair of the user's, 3 classes
+    for split, n in (("train", 30), ("test", 15)):
+        labels = np.arange(n) % 3
+        np.savez(tmp_path / f"blobs_{split}.npz", labels=labels,
+                 points=(rng.normal(size=(n, 128, 3)) * (1 + labels[:, None, None])).astype(np.float32))
     out = tmp_path / "run"
     jepa3d("pretrain", "--preset", "tiny", *SMALL_FLAGS, "--max-steps", "4", "--save-every", "2", "--eval-every", "2",
-           "--out", out)
+           "--eval-data", tmp_path, "--out", out)
     probe = [json.loads(line) for line in (out / "probe.jsonl").read_text().splitlines()]
     assert [p["step"] for p in probe] == [0, 2, 4] and all(0 < p["probe_accuracy"] <= 100 for p in probe)
+    assert probe[0]["probe"].endswith("on npz-train -> npz-test")  # the probe read --eval-data
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     jepa3d("pretrain", "--out", out, "--resume", "--max-steps", "6", "--eval-every", "2")
     probe = [json.loads(line) for line in (out / "probe.jsonl").read_text().splitlines()]
