@@ -61,7 +61,8 @@ __all__ = [
     # training
     "make_optimizer", "train_step", "ema_update", "lr_at", "momentum_at", "step_flops", "pretrain",
     # checkpoints
-    "CheckpointError", "save_checkpoint", "read_checkpoint", "checkpoint_config", "load_jepa", "load_encoder",
+    "CheckpointError", "save_checkpoint", "read_header", "read_tensors", "read_checkpoint", "check_fit",
+    "checkpoint_config", "load_jepa", "load_encoder",
     # downstream
     "pool", "extract_features", "fit_svc", "OneVsOne", "fit_linear", "fit_classifier", "fit_and_score", "accuracy",
     "sample_episode", "draw_episodes",
@@ -76,8 +77,32 @@ __all__ = [
 # --help line in the CLI, so the paper's value and its reason live in exactly one place.
 
 def _opt(default, help: str, **check):
-    """A config field with its CLI help; `check` holds click hints (choices, min, max)."""
+    """A config field with its CLI help; `check` holds its bounds (choices, min, max, min_open),
+    which the CLI's option types and _check_fields both enforce."""
     return field(default=default, metadata={"help": help, **check})
+
+
+def _check_fields(cfg) -> None:
+    """Every field of a config dataclass has its default's type and lies within its declared
+    bounds: a config read from a checkpoint or JSON gets the checks the CLI applies, and the
+    upper bounds keep a hostile file from asking for terabytes. Raises ValueError."""
+    for f in fields(cfg):
+        value, meta, name = getattr(cfg, f.name), f.metadata, f.name
+        kind = type(f.default)
+        items = value if kind is tuple else (value,)
+        if kind is tuple and not (isinstance(value, tuple) and len(value) == len(f.default)):
+            raise ValueError(f"{name} must be {len(f.default)} numbers, got {value!r}")
+        for v in items:
+            number = isinstance(v, (int, float)) and not isinstance(v, bool)
+            if kind is str and not isinstance(v, str) or kind is int and not (number and isinstance(v, int)) \
+                    or kind in (float, tuple) and not (number and math.isfinite(v)):
+                raise ValueError(f"{name} must be {'a finite number' if kind is not str else 'a string'}"
+                                 f"{' (an integer)' if kind is int else ''}, got {v!r}")
+            if "choices" in meta and v not in meta["choices"]:
+                raise ValueError(f"{name} must be one of {', '.join(meta['choices'])}, got {v!r}")
+            low, high = meta.get("min"), meta.get("max")
+            if low is not None and (v < low or v == low and meta.get("min_open")) or high is not None and v > high:
+                raise ValueError(f"{name} must lie in [{low}, {high}], got {v!r}")
 
 
 # jepa3d_data.AUGMENTATIONS applies them; a test checks every choice here is one it knows
@@ -87,24 +112,26 @@ AUGMENT_CHOICES = ("scale-translate", "rotate", "jitter", "scale-translate+rotat
 
 @dataclass(frozen=True)
 class ModelConfig:
-    num_points: int = _opt(1024, "points per cloud fed to the model (larger clouds are FPS-subsampled)", min=16)
-    num_groups: int = _opt(64, "patches per cloud (FPS centres)", min=4)
-    group_size: int = _opt(32, "points per patch (KNN neighbours of each centre)", min=2)
-    dim: int = _opt(384, "encoder width D", min=8)
-    depth: int = _opt(12, "encoder Transformer blocks", min=1)
-    heads: int = _opt(6, "encoder attention heads", min=1)
-    mlp_ratio: float = _opt(4.0, "MLP hidden width as a multiple of the block width", min=0.5)
+    num_points: int = _opt(1024, "points per cloud fed to the model (larger clouds are FPS-subsampled)", min=16,
+                           max=1 << 20)
+    num_groups: int = _opt(64, "patches per cloud (FPS centres)", min=4, max=1 << 16)
+    group_size: int = _opt(32, "points per patch (KNN neighbours of each centre)", min=2, max=4096)
+    dim: int = _opt(384, "encoder width D", min=8, max=8192)
+    depth: int = _opt(12, "encoder Transformer blocks", min=1, max=256)
+    heads: int = _opt(6, "encoder attention heads", min=1, max=256)
+    mlp_ratio: float = _opt(4.0, "MLP hidden width as a multiple of the block width", min=0.5, max=64.0)
     drop_path: float = _opt(0.1, "stochastic depth of the encoder (Point-MAE's value)", min=0.0, max=0.9)
     predictor: str = _opt("cross", "cross: the paper's context-aware decoder (cross-attends to the context in every "
                           "block); concat: I-JEPA's predictor (context tokens + mask tokens, one sequence)",
                           choices=("cross", "concat"))
-    pred_dim: int = _opt(384, "predictor width Dp (I-JEPA allows a narrower predictor)", min=8)
-    pred_depth: int = _opt(6, "predictor blocks (6 as in the I-JEPA-style 3D-JEPA recipe)", min=1)
-    pred_heads: int = _opt(6, "predictor attention heads", min=1)
+    pred_dim: int = _opt(384, "predictor width Dp (I-JEPA allows a narrower predictor)", min=8, max=8192)
+    pred_depth: int = _opt(6, "predictor blocks (6 as in the I-JEPA-style 3D-JEPA recipe)", min=1, max=256)
+    pred_heads: int = _opt(6, "predictor attention heads", min=1, max=256)
     sampler: str = _opt("context-block", "context-block: the paper's M small target blocks + one large context "
                         "block minus the targets; knn-blocks: M disjoint seed+nearest-patch blocks covering "
                         "--mask-ratio, context = the rest", choices=("context-block", "knn-blocks"))
-    num_targets: int = _opt(4, "M, target blocks per cloud (the paper's ablation: M=4 is best)", min=1)
+    num_targets: int = _opt(4, "M, target blocks per cloud (the paper's ablation: M=4 is best)", min=1,
+                           max=1024)
     target_scale: tuple = _opt((0.15, 0.2), "context-block: fraction of patches in each target block, "
                                "drawn once per batch (I-JEPA's range)", min=0.0, max=1.0)
     context_scale: tuple = _opt((0.85, 1.0), "context-block: fraction of patches in the context block "
@@ -123,9 +150,10 @@ class ModelConfig:
                          "signal is as large as the patch tokens') or trunc-normal (ViT's 0.02, which makes it "
                          "~200x smaller; jepa3d <= 0.1)", choices=("torch", "trunc-normal"))
     min_context: int = _opt(4, "context-block: a sample whose context keeps fewer patches than this once the "
-                            "targets are removed draws its blocks again (I-JEPA's min_keep)", min=1)
+                            "targets are removed draws its blocks again (I-JEPA's min_keep)", min=1, max=1 << 16)
 
     def __post_init__(self):
+        _check_fields(self)
         if self.dim % self.heads or self.pred_dim % self.pred_heads:
             raise ValueError(f"dim {self.dim} must divide by heads {self.heads} and pred_dim {self.pred_dim} "
                              f"by pred_heads {self.pred_heads}")
@@ -151,8 +179,8 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = _opt(150, "pretraining epochs (the paper's headline: 150)", min=1)
-    batch_size: int = _opt(128, "clouds per step (Point-MAE's value; the paper is silent)", min=1)
+    epochs: int = _opt(150, "pretraining epochs (the paper's headline: 150)", min=1, max=1_000_000)
+    batch_size: int = _opt(128, "clouds per step (Point-MAE's value; the paper is silent)", min=1, max=1 << 20)
     lr: float = _opt(1e-3, "peak AdamW learning rate (Point-MAE's value)", min=0.0)
     min_lr: float = _opt(1e-6, "final learning rate of the cosine schedule", min=0.0)
     warmup_epochs: float = _opt(10.0, "linear learning-rate warm-up (Point-MAE's value)", min=0.0)
@@ -168,6 +196,7 @@ class TrainConfig:
                           "pretraining; faster on a CPU, and a density augmentation)", choices=("fps", "random"))
     collapse_below: float = _opt(0.1, "warn on stderr when the collapse monitor (target_std: the per-channel "
                                  "spread of the teacher's features, ~1 when diverse) falls below this", min=0.0)
+    __post_init__ = _check_fields  # types and bounds, also for configs read from files
 
 
 # Named presets: field overrides on top of the paper's configuration. `tiny` trains in minutes
@@ -196,6 +225,7 @@ class FinetuneConfig:
     dropout: float = _opt(0.5, "dropout in the head (Point-MAE)", min=0.0, max=0.9)
     augment: str = _opt("scale-translate", "train-time augmentation (see pretrain --augment)",
                         choices=AUGMENT_CHOICES)
+    __post_init__ = _check_fields  # types and bounds, also for configs read from files
 
 
 @dataclass(frozen=True)
@@ -209,6 +239,7 @@ class ProbeConfig:
     logreg_C: float = _opt(1.0, "logistic-regression regularisation (scikit-learn's default)", min=0.0, min_open=True)
     batch_size: int = _opt(64, "clouds per forward pass of the frozen encoder (FPS starts are seeded per batch: "
                            "keep it to reproduce a result)", min=1)
+    __post_init__ = _check_fields  # types and bounds, also for configs read from files
 
 
 @dataclass(frozen=True)
@@ -222,6 +253,7 @@ class FewShotConfig:
     episode_epochs: int = _opt(150, "--protocol finetune: epochs per episode (peers: 150)", min=1)
     C: float = _opt(ProbeConfig.C, "SVM regularisation (the linear probe's)", min=0.0, min_open=True)
     batch_size: int = _opt(ProbeConfig.batch_size, "clouds per forward pass", min=1)
+    __post_init__ = _check_fields  # types and bounds, also for configs read from files
 
 
 # Point counts and patching per task, as the peers run them; the encoder's weights do not
@@ -548,7 +580,7 @@ class Encoder(nn.Module):
         super().__init__()
         self.patch_embed = MiniPointNet(cfg.dim)
         self.pos_embed = position_mlp(cfg.dim)
-        rates = torch.linspace(0, cfg.drop_path, cfg.depth).tolist()
+        rates = torch.linspace(0, cfg.drop_path, cfg.depth, device="cpu").tolist()  # a plain list, even on "meta"
         self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.mlp_ratio, r) for r in rates)
         self.norm = nn.LayerNorm(cfg.dim)
         self.every_block = cfg.position == "every-block"
@@ -995,46 +1027,106 @@ def save_checkpoint(path: str | Path, model: JEPA, optimizer: torch.optim.Optimi
     os.replace(tmp, path)
 
 
-def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """-> (tensors, metadata). Raises CheckpointError naming the file on any problem."""
+def read_header(path: str | Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """-> ({tensor name: shape}, metadata) from the file's header alone: no tensor is read, so
+    a hostile or broken file is judged before anything it asks for is allocated. Checks that it
+    is a jepa3d checkpoint of a format this version reads, with integer step and version.
+    Raises CheckpointError naming the file."""
     from safetensors import safe_open
 
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file (its checkpoint.safetensors?)")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
         with safe_open(str(path), framework="pt") as fh:
             metadata = fh.metadata() or {}
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+            shapes = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
     except Exception as err:  # safetensors raises several types for truncated/corrupt files
         raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({err})") from None
     if metadata.get("format") != "jepa3d":
         raise CheckpointError(f"{path}: not a jepa3d checkpoint (no 'format: jepa3d' in its metadata)")
-    if int(metadata.get("format_version", -1)) > FORMAT_VERSION:
+    for key in ("format_version", "step", "seed"):
+        try:
+            value = json.loads(metadata.get(key, "0"))
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError
+        except ValueError:
+            raise CheckpointError(f"{path}: bad {key} {metadata[key]!r} in its metadata (want an integer >= 0)") \
+                from None
+    if int(metadata.get("format_version", 1)) > FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format {metadata['format_version']} is newer than this "
                               f"jepa3d reads ({FORMAT_VERSION}); upgrade jepa3d")
-    return tensors, metadata
+    return shapes, metadata
 
 
-def load_state(module: nn.Module, tensors: dict[str, torch.Tensor], prefix: str, path: str | Path) -> None:
-    """Strictly load the tensors under `prefix` into module; fail naming what is missing."""
-    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-    missing = sorted(set(module.state_dict()) - set(state))
-    unexpected = sorted(set(state) - set(module.state_dict()))
+def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint whose header read_header accepted."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as err:
+        raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({err})") from None
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """-> (tensors, metadata), the header checked first. Raises CheckpointError naming the file."""
+    _, metadata = read_header(path)
+    return read_tensors(path), metadata
+
+
+def check_fit(want: dict[str, tuple[int, ...]], have: dict[str, tuple[int, ...]], prefix: str,
+              path: str | Path) -> None:
+    """The tensors a model needs (name -> shape) against those under `prefix` in a checkpoint;
+    fail naming what is missing, unexpected or of another shape."""
+    have = {k[len(prefix):]: tuple(v) for k, v in have.items() if k.startswith(prefix)}
+    missing, unexpected = sorted(set(want) - set(have)), sorted(set(have) - set(want))
     if missing or unexpected:
         raise CheckpointError(f"{path}: checkpoint does not fit the model: missing {missing[:5]}"
                               f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}")
+    wrong = [k for k in want if tuple(want[k]) != have[k]]
+    if wrong:
+        k = wrong[0]
+        raise CheckpointError(f"{path}: checkpoint does not fit its own configuration: {prefix}{k} has shape "
+                              f"{list(have[k])}, the model needs {list(want[k])} ({len(wrong)} such tensor(s))")
+
+
+def build_checked(build: Callable[[], nn.Module], shapes: dict[str, tuple[int, ...]], prefix: str,
+                  path: str | Path) -> nn.Module:
+    """build() once on the meta device (no memory) to check its tensor shapes against the
+    checkpoint header's, then for real: a config that does not match its file never allocates."""
+    with torch.device("meta"):
+        skeleton = build()
+    check_fit({k: tuple(v.shape) for k, v in skeleton.state_dict().items()}, shapes, prefix, path)
+    return build()
+
+
+def load_state(module: nn.Module, tensors: dict[str, torch.Tensor], prefix: str, path: str | Path) -> None:
+    """Strictly load the tensors under `prefix` into module; fail naming what is missing, of
+    another shape or not finite (a diverged run's weights are refused, not evaluated)."""
+    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    check_fit({k: tuple(v.shape) for k, v in module.state_dict().items()},
+              {k: tuple(v.shape) for k, v in state.items()}, "", path)
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        raise CheckpointError(f"{path}: {prefix}{bad} holds NaN or infinite values (a diverged run); use an "
+                              "earlier checkpoint")
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise CheckpointError(f"{path}: {str(err).splitlines()[-1].strip()}") from None
 
 
-def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], path: str | Path = "") -> None:
     """Restore AdamW moments saved by save_checkpoint into a freshly built optimizer."""
     params = [p for g in optimizer.param_groups for p in g["params"]]
     for i, p in enumerate(params):
         state = {k.split(".", 2)[2]: v.to(p.device) for k, v in tensors.items() if k.startswith(f"optimizer.{i}.")}
+        if any(k != "step" and v.shape != p.shape for k, v in state.items()):
+            raise CheckpointError(f"{path}: the optimizer state of parameter {i} does not fit the model")
         if state:
             state["step"] = state["step"].cpu()  # AdamW keeps its step count on the CPU
             optimizer.state[p] = state
@@ -1058,8 +1150,11 @@ def checkpoint_config(cls, meta: dict[str, str], path: str | Path, **overrides):
 
 def load_jepa(path: str | Path) -> tuple[JEPA, dict[str, str], dict[str, torch.Tensor]]:
     """Rebuild the JEPA model stored in a checkpoint -> (model, metadata, tensors)."""
-    tensors, metadata = read_checkpoint(path)
-    model = JEPA(checkpoint_config(ModelConfig, metadata, path))
+    shapes, metadata = read_header(path)
+    cfg = checkpoint_config(ModelConfig, metadata, path)
+    model = build_checked(lambda: JEPA(cfg), {k: v for k, v in shapes.items() if not k.startswith("optimizer.")},
+                          "", path)
+    tensors = read_tensors(path)
     load_model(model, tensors, path)
     return model, metadata, tensors
 
@@ -1080,12 +1175,12 @@ def load_encoder(checkpoint: str, which: str = "target", preset: str = "paper",
         cfg, _ = make_configs(preset, **geometry)
         torch.manual_seed(seed)
         return Encoder(cfg), cfg, f"none (random init, preset {preset}, seed {seed})"
-    tensors, meta = read_checkpoint(checkpoint)
+    shapes, meta = read_header(checkpoint)
     cfg = checkpoint_config(ModelConfig, meta, checkpoint, **geometry)
-    prefix = "target_encoder." if which == "target" and any(k.startswith("target_encoder.") for k in tensors) \
+    prefix = "target_encoder." if which == "target" and any(k.startswith("target_encoder.") for k in shapes) \
         else "encoder."
-    encoder = Encoder(cfg)
-    load_state(encoder, tensors, prefix, checkpoint)
+    encoder = build_checked(lambda: Encoder(cfg), shapes, prefix, checkpoint)
+    load_state(encoder, read_tensors(checkpoint), prefix, checkpoint)
     return encoder, cfg, f"{checkpoint} ({prefix[:-1]}, step {meta.get('step', '?')})"
 
 
@@ -1196,18 +1291,30 @@ def _start_run(model_cfg: ModelConfig, train_cfg: TrainConfig, ckpt_path: Path, 
     """A fresh model, optimizer and scaler, or with `resume` all three (and the step) as the
     checkpoint left them."""
     torch.manual_seed(seed)
-    model = JEPA(model_cfg).to(device)
+    if resume:
+        shapes, meta = read_header(ckpt_path)
+        if json.loads(meta.get("kind", '"pretrain"')) != "pretrain":
+            raise CheckpointError(f"{ckpt_path}: a {json.loads(meta['kind'])} checkpoint, not a pretraining "
+                                  "run's; --resume continues pretraining runs only")
+        model = build_checked(lambda: JEPA(model_cfg), {k: v for k, v in shapes.items()
+                                                        if not k.startswith("optimizer.")}, "", ckpt_path)
+    else:
+        model = JEPA(model_cfg)
+    model = model.to(device)
     optimizer = make_optimizer(model, train_cfg)
     amp_dtype = resolve_precision(precision, device)
     scaler = grad_scaler(device, amp_dtype)
     step = 0
     if resume:
-        tensors, meta = read_checkpoint(ckpt_path)
+        tensors = read_tensors(ckpt_path)
         load_model(model, tensors, ckpt_path)
-        load_optimizer(optimizer, tensors)
+        load_optimizer(optimizer, tensors, ckpt_path)
         if scaler is not None and "grad_scaler" in meta:
-            scaler.load_state_dict(json.loads(meta["grad_scaler"]))
-        step = json.loads(meta["step"])
+            try:
+                scaler.load_state_dict(json.loads(meta["grad_scaler"]))
+            except (ValueError, TypeError, KeyError, AttributeError):
+                raise CheckpointError(f"{ckpt_path}: bad grad_scaler state in its metadata") from None
+        step = json.loads(meta.get("step", "0"))
     return _Run(model, optimizer, scaler, amp_dtype, device, step)
 
 
@@ -1231,7 +1338,7 @@ def pretrain(dataset, out_dir: str | Path, model_cfg: ModelConfig, train_cfg: Tr
              max_steps: int | None = None, save_every: int = 0, num_workers: int = 0,
              augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
              compile: bool = False, log_every: int = 10, eval_sets: tuple | None = None,
-             eval_every: int = 0) -> dict:
+             eval_every: int = 0, data_options: dict | None = None, new_data: bool = False) -> dict:
     """Pretrain 3D-JEPA on `dataset` (items (points (P, 3), label)) into out_dir:
     checkpoint.safetensors (atomic, resumable), metrics.jsonl (one line per step) and
     run.json. `max_steps` stops early (resume continues); `save_every` (steps, 0 = once per
@@ -1242,7 +1349,12 @@ def pretrain(dataset, out_dir: str | Path, model_cfg: ModelConfig, train_cfg: Tr
     Under torchrun (WORLD_SIZE > 1) each rank trains on its shard of every global batch of
     train_cfg.batch_size clouds inside DistributedDataParallel; rank 0 alone writes the run
     folder. The global batch, the schedule and the checkpoint are those of one process, so a
-    run can resume on a different number of GPUs."""
+    run can resume on a different number of GPUs.
+
+    One process owns out_dir at a time (a lock the kernel drops when the process dies). A
+    resumed run must read the data it started with (run.json's dataset name and size; the
+    command line also keeps its `data_options` there) unless `new_data`; run.json is written
+    when a run starts and left alone by a resume."""
     created = distributed_env()[1] > 1 and not dist.is_initialized()
     rank, world, device = _init_distributed(device)
     out = Path(out_dir)
@@ -1253,52 +1365,102 @@ def pretrain(dataset, out_dir: str | Path, model_cfg: ModelConfig, train_cfg: Tr
                          "(it is the global batch; each rank takes an equal share)")
     per_epoch = max(1, len(dataset) // batch_size)
     total = train_cfg.epochs * per_epoch
-    run = _start_run(model_cfg, train_cfg, ckpt_path, device=device, seed=seed, precision=precision, resume=resume)
-    precision_name = str(run.amp_dtype or "fp32")
-    if rank == 0:
-        _prepare_folder(out, run.step if resume else None, {
-            "model_config": dataclasses.asdict(model_cfg), "train_config": dataclasses.asdict(train_cfg),
-            "seed": seed, "device": str(device), "precision": precision_name,
-            "dataset": getattr(dataset, "name", type(dataset).__name__), "clouds": len(dataset),
-            "batch_size": batch_size, "world_size": world, "steps_per_epoch": per_epoch, "total_steps": total,
-            "jepa3d_version": __version__, "torch_version": torch.__version__})
-    _wrap(run, compile, world)
-    end = total if max_steps is None else min(total, max_steps)
-    if rank == 0:
-        nparams = sum(p.numel() for p in run.model.encoder.parameters())
-        print(f"jepa3d pretrain: {len(dataset)} clouds, {per_epoch} steps/epoch, steps {run.step}->{end} of "
-              f"{total}, encoder {nparams / 1e6:.2f}M params, {device}"
-              f"{f' x {world} ranks' if world > 1 else ''}, {precision_name}", file=sys.stderr)
-    batches = _batches(dataset, batch_size, seed, run.step, num_workers, rank, world, pin=device.type == "cuda")
-    probe = None
-    if rank == 0 and eval_sets is not None and eval_every:
-        def probe(step: int) -> None:
-            _probe_step(run, eval_sets, step, out / "probe.jsonl", seed)
-        if run.step == 0:
-            probe(0)  # the curve starts at the random-init encoder
-    last = _pretrain_steps(run, batches, train_cfg, end=end, total=total, per_epoch=per_epoch, seed=seed,
-                           batch_size=batch_size, rank=rank, world=world, save_every=save_every or per_epoch,
-                           augment=augment, log_every=log_every, ckpt_path=ckpt_path, metrics_path=metrics_path,
-                           probe=probe, eval_every=eval_every)
-    monitor = OBJECTIVES[model_cfg.objective].monitor
-    result = {"checkpoint": str(ckpt_path), "metrics": str(metrics_path), "step": run.step, "total_steps": total,
-              "finished": run.step >= total, "final_loss": last.get("loss"),
-              **({f"final_{monitor}": last[monitor]} if monitor in last else {})}
-    if world > 1:
-        result.update(world_size=world, ranks_in_sync=_ranks_in_sync(run.model, device, world))
-        if created:
-            dist.destroy_process_group()
-    return result
+    identity = {"dataset": getattr(dataset, "name", type(dataset).__name__), "clouds": len(dataset)}
+    lock = _lock_folder(out) if rank == 0 else None
+    try:
+        if resume and not new_data:
+            _check_same_data(out / "run.json", identity)
+        run = _start_run(model_cfg, train_cfg, ckpt_path, device=device, seed=seed, precision=precision, resume=resume)
+        precision_name = str(run.amp_dtype or "fp32")
+        if rank == 0:
+            _prepare_folder(out, run.step if resume else None, keep_info=resume and not new_data, info={
+                "model_config": dataclasses.asdict(model_cfg), "train_config": dataclasses.asdict(train_cfg),
+                "seed": seed, "device": str(device), "precision": precision_name, **identity,
+                "data_options": data_options, "save_every": save_every,
+                "batch_size": batch_size, "world_size": world, "steps_per_epoch": per_epoch, "total_steps": total,
+                "jepa3d_version": __version__, "torch_version": torch.__version__})
+        _wrap(run, compile, world)
+        end = total if max_steps is None else min(total, max_steps)
+        if rank == 0:
+            nparams = sum(p.numel() for p in run.model.encoder.parameters())
+            print(f"jepa3d pretrain: {len(dataset)} clouds, {per_epoch} steps/epoch, steps {run.step}->{end} of "
+                  f"{total}, encoder {nparams / 1e6:.2f}M params, {device}"
+                  f"{f' x {world} ranks' if world > 1 else ''}, {precision_name}", file=sys.stderr)
+        batches = _batches(dataset, batch_size, seed, run.step, num_workers, rank, world, pin=device.type == "cuda")
+        probe = None
+        if rank == 0 and eval_sets is not None and eval_every:
+            def probe(step: int) -> None:
+                _probe_step(run, eval_sets, step, out / "probe.jsonl", seed)
+            if run.step == 0:
+                probe(0)  # the curve starts at the random-init encoder
+        last = _pretrain_steps(run, batches, train_cfg, end=end, total=total, per_epoch=per_epoch, seed=seed,
+                               batch_size=batch_size, rank=rank, world=world, save_every=save_every or per_epoch,
+                               augment=augment, log_every=log_every, ckpt_path=ckpt_path, metrics_path=metrics_path,
+                               probe=probe, eval_every=eval_every)
+        monitor = OBJECTIVES[model_cfg.objective].monitor
+        result = {"checkpoint": str(ckpt_path), "metrics": str(metrics_path), "step": run.step, "total_steps": total,
+                  "finished": run.step >= total, "final_loss": last.get("loss"),
+                  **({f"final_{monitor}": last[monitor]} if monitor in last else {})}
+        if world > 1:
+            result.update(world_size=world, ranks_in_sync=_ranks_in_sync(run.model, device, world))
+            if created:
+                dist.destroy_process_group()
+        return result
+    finally:
+        if lock is not None:
+            lock.close()
 
 
-def _prepare_folder(out: Path, resumed_step: int | None, info: dict) -> None:
-    """The run folder before the first step: logs trimmed to the resumed step (what was written
-    after the last checkpoint goes), run.json written."""
-    if resumed_step is not None:
-        _truncate_metrics(out / "metrics.jsonl", resumed_step)
-        _truncate_metrics(out / "probe.jsonl", resumed_step + 1)  # a probe line belongs to the step it follows
+class RunFolderError(RuntimeError):
+    """A run folder that is in use, or holds another run than the one asked for."""
+
+
+def _lock_folder(out: Path):
+    """Own the run folder: an exclusive, non-blocking lock on out/.lock, held by the returned
+    open file (close it to release). The kernel drops it when the process dies, so a killed
+    run never leaves the folder stuck. Where fcntl is missing (Windows) nothing is locked."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "run.json").write_text(json.dumps(info, indent=2))
+    fh = open(out / ".lock", "a")
+    try:
+        import fcntl
+    except ImportError:
+        return fh
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        raise RunFolderError(f"{out}: in use by another jepa3d run (it holds {out / '.lock'}); wait for it "
+                             "to end or choose another --out") from None
+    return fh
+
+
+def _check_same_data(run_json: Path, identity: dict) -> None:
+    """A resumed run reads the data it started with (dataset name and size, as in run.json)."""
+    try:
+        before = json.loads(run_json.read_text())
+    except (OSError, ValueError):
+        return  # no run.json (a checkpoint copied on its own): nothing to compare with
+    was = {k: before.get(k) for k in identity}
+    if was != identity:
+        raise RunFolderError(f"{run_json.parent}: --resume would train on {identity['dataset']} "
+                             f"({identity['clouds']} clouds) but the run started on {was['dataset']} "
+                             f"({was['clouds']} clouds); pass the run's --data, or --new-data to change the data "
+                             "on purpose")
+
+
+def _prepare_folder(out: Path, resumed_step: int | None, info: dict, keep_info: bool) -> None:
+    """The run folder before the first step. A new run: the logs of an attempt that died before
+    its first checkpoint are emptied and run.json is written. A resumed run: the logs are
+    trimmed to the resumed step (what was written after the last checkpoint goes) and run.json
+    is kept as the run's start wrote it (`keep_info`; --new-data rewrites it)."""
+    out.mkdir(parents=True, exist_ok=True)
+    step = resumed_step or 0
+    _truncate_metrics(out / "metrics.jsonl", step)
+    _truncate_metrics(out / "probe.jsonl", step + (resumed_step is not None))  # a probe line follows its step
+    if not keep_info or not (out / "run.json").exists():
+        tmp = out / "run.json.tmp"
+        tmp.write_text(json.dumps(info, indent=2))
+        os.replace(tmp, out / "run.json")
 
 
 def _ranks_in_sync(model: nn.Module, device: torch.device, world: int) -> bool:
@@ -1325,7 +1487,7 @@ def _pretrain_steps(run: _Run, batches: Iterator[torch.Tensor], cfg: TrainConfig
     progress = Progress(end, run.step)
     pending: list[dict] = []
     last: dict = {}
-    t_flush, warned = time.time(), False
+    t_flush, warned, saved = time.time(), False, run.step
     model.train()
     with open(metrics_path, "a") if lead else open(os.devnull, "w") as metrics:
         while run.step < end:
@@ -1346,20 +1508,39 @@ def _pretrain_steps(run: _Run, batches: Iterator[torch.Tensor], cfg: TrainConfig
             run.step = step = step + 1
             # log and checkpoint
             if len(pending) >= log_every or step == end or step % save_every == 0:
-                last = _flush_metrics(pending, metrics, batch_size, time.time() - t_flush, world)
-                t_flush, pending = time.time(), []
+                records = _flush_metrics(pending, metrics, batch_size, time.time() - t_flush, world)
+                t_flush, pending, last = time.time(), [], records[-1]
+                _check_finite(records, run.scaler is not None, ckpt_path, saved)
                 if lead:
-                    trivial = f" (batch mean {last['mean_loss']:.4f})" if "mean_loss" in last else ""
-                    progress.update(step, f"loss {last['loss']:.4f}{trivial} {monitor} {last[monitor]:.3f}")
+                    trivial = f" (batch mean {last['mean_loss']:.4f})" if last.get("mean_loss") is not None else ""
+                    shown = float("nan") if last[monitor] is None else last[monitor]
+                    progress.update(step, f"loss {last['loss']:.4f}{trivial} {monitor} {shown:.3f}")
                     warned = _warn_collapse(last, monitor, cfg.collapse_below, warned)
-            if lead and (step % save_every == 0 or step == end):
-                save_checkpoint(ckpt_path, model, run.optimizer, run.scaler, cfg, step=step, seed=seed,
-                                epoch=step // per_epoch, kind="pretrain")
+            if step % save_every == 0 or step == end:
+                if lead:
+                    save_checkpoint(ckpt_path, model, run.optimizer, run.scaler, cfg, step=step, seed=seed,
+                                    epoch=step // per_epoch, kind="pretrain")
+                saved = step
             if probe is not None and (step % eval_every == 0 or step == end):
                 probe(step)
     if lead:
         progress.close()
     return last
+
+
+class DivergedError(RuntimeError):
+    """Pretraining produced a non-finite loss or gradient; the run stopped before saving it."""
+
+
+def _check_finite(records: list[dict], scaled: bool, ckpt_path: Path, saved: int) -> None:
+    """Stop the run at the first non-finite loss (or gradient norm: under fp16's GradScaler an
+    infinite one is a skipped step, not a divergence), before anything is saved from it."""
+    bad = next((r for r in records if r["loss"] is None or not scaled and r.get("grad_norm", 0.0) is None), None)
+    if bad is not None:
+        kept = f"{ckpt_path} (step {saved}) is kept unchanged" if saved else "no checkpoint was written"
+        raise DivergedError(f"step {bad['step'] + 1}: the loss or its gradient is not finite: training "
+                            f"diverged and stopped; {kept}. Start again with a lower --lr or a longer "
+                            "--warmup-epochs")
 
 
 def _probe_step(run: _Run, eval_sets: tuple, step: int, path: Path, seed: int) -> dict:
@@ -1383,7 +1564,7 @@ def _probe_step(run: _Run, eval_sets: tuple, step: int, path: Path, seed: int) -
 
 def _warn_collapse(last: dict, monitor: str, below: float, warned: bool) -> bool:
     """One warning on stderr when the monitor falls below `below` (again after it recovers)."""
-    collapsing = last[monitor] < below
+    collapsing = last[monitor] is not None and last[monitor] < below
     if collapsing and not warned:
         print(f"jepa3d: warning: step {last['step'] + 1}: {monitor} {last[monitor]:.3f} < {below}: the encoder's "
               "features are collapsing (every patch alike); a lower --lr or a higher --ema-start usually helps",
@@ -1391,9 +1572,9 @@ def _warn_collapse(last: dict, monitor: str, below: float, warned: bool) -> bool
     return collapsing
 
 
-def _flush_metrics(pending: list[dict], fh, batch_size: int, seconds: float, world: int = 1) -> dict:
-    """Write buffered step metrics as JSON lines, averaged over DDP ranks; one host sync (and
-    one all-reduce) for the whole buffer."""
+def _flush_metrics(pending: list[dict], fh, batch_size: int, seconds: float, world: int = 1) -> list[dict]:
+    """Write buffered step metrics as JSON lines, averaged over DDP ranks (non-finite values as
+    null); one host sync (and one all-reduce) for the whole buffer. -> the lines written."""
     keys = [k for k, v in pending[0].items() if isinstance(v, torch.Tensor)]
     dev = pending[0]["loss"].device
     stacked = torch.stack([torch.stack([p[k].float().to(dev) for k in keys]) for p in pending])  # (steps, keys)
@@ -1402,21 +1583,31 @@ def _flush_metrics(pending: list[dict], fh, batch_size: int, seconds: float, wor
         stacked /= world
     values = stacked.cpu().tolist()
     rate = batch_size * len(pending) / max(seconds, 1e-9)
+    records = []
     for p, row in zip(pending, values):
-        rec = {**{k: v for k, v in p.items() if k not in keys}, **dict(zip(keys, row)), "clouds_per_s": rate}
-        fh.write(json.dumps(rec) + "\n")
+        finite = {k: v if math.isfinite(v) else None for k, v in zip(keys, row)}  # NaN is not JSON: null
+        records.append({**{k: v for k, v in p.items() if k not in keys}, **finite, "clouds_per_s": rate})
+        fh.write(json.dumps(records[-1]) + "\n")
     fh.flush()
-    return rec
+    return records
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop metric lines past the resumed step (written after the last checkpoint), atomically."""
     if not path.exists():
         return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] < step]
+    keep = [ln for ln in path.read_text().splitlines() if _line_step(ln) < step]
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(ln + "\n" for ln in keep))
     os.replace(tmp, path)
+
+
+def _line_step(line: str) -> float:
+    """The step of a metrics line; a torn line (a kill mid-write) or junk sorts after every step."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 # ----------------------------------------------------------------------------- downstream
@@ -2231,8 +2422,23 @@ def _report(result: dict, path: Path) -> None:
     click.echo(json.dumps(result))
 
 
+def _one_line(err: BaseException) -> str:
+    """What went wrong, as one line: an OS error names its file; an error re-raised from a
+    DataLoader worker (whose message carries the worker's traceback) keeps its own last line."""
+    if isinstance(err, OSError) and err.filename is not None:
+        return f"{err.filename}: {err.strerror or err}"
+    text = str(err).strip()
+    if "Original Traceback" in text:  # torch.utils.data's ExceptionWrapper
+        text = text.splitlines()[-1]
+        text = text.split(": ", 1)[1] if text.split(": ", 1)[0].endswith("Error") else text
+    return " ".join(text.split()) or type(err).__name__
+
+
 def _fail_cleanly(fn):
-    """Bad input ends in one line and exit code 1, never a traceback."""
+    """The command line's one error boundary: whatever goes wrong ends in one line on stderr
+    and exit 1, never a traceback; `jepa3d --debug` (or JEPA3D_DEBUG=1) re-raises instead, for
+    bug reports. Bad input (data, checkpoints, files, a diverged run) is named as such; any
+    other exception is an internal error to report."""
     import functools
 
     import click
@@ -2241,14 +2447,31 @@ def _fail_cleanly(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        root = click.get_current_context().find_root()
+        if root.params.get("debug") or os.environ.get("JEPA3D_DEBUG", "") not in ("", "0"):
+            return fn(*args, **kwargs)
         try:
             return fn(*args, **kwargs)
-        except (DataError, CheckpointError) as err:
-            raise click.ClickException(str(err)) from None
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
         except KeyboardInterrupt:
             raise click.ClickException("interrupted; the last checkpoint written is intact "
                                        "(continue with --resume)") from None
+        except (DataError, CheckpointError, DivergedError, RunFolderError, OSError) as err:
+            raise click.ClickException(_one_line(err)) from None
+        except Exception as err:  # a bug: still one line, and how to get the traceback
+            raise click.ClickException(f"internal error ({type(err).__name__}: {_one_line(err)}); run "
+                                       "`jepa3d --debug ...` for the traceback and report it") from None
     return wrapper
+
+
+def _run_info(out: Path) -> dict:
+    """A run folder's run.json, or {} when it has none (or an unreadable one)."""
+    try:
+        info = json.loads((out / "run.json").read_text())
+        return info if isinstance(info, dict) else {}
+    except (OSError, ValueError):
+        return {}
 
 
 def _pretrain_command(click):
@@ -2261,7 +2484,10 @@ def _pretrain_command(click):
     @click.option("--resume", is_flag=True, help="continue the run in --out from its last checkpoint, exactly")
     @click.option("--max-steps", type=click.IntRange(1), default=None,
                   help="stop after this many steps in total (the schedule still spans --epochs; --resume goes on)")
-    @click.option("--save-every", type=click.IntRange(0), default=0, help="checkpoint every N steps (0 = every epoch)")
+    @click.option("--new-data", is_flag=True,
+                  help="with --resume: continue on other data than the run started with (on purpose)")
+    @click.option("--save-every", type=click.IntRange(0), default=None,
+                  help="checkpoint every N steps (0 = every epoch; --resume keeps the run's)  [default: 0]")
     @click.option("--workers", type=click.IntRange(0), default=0, help="data-loading worker processes")
     @click.option("--compile", "use_compile", is_flag=True, help="torch.compile the model (GPU; slow to start)")
     @click.option("--log-every", type=click.IntRange(1), default=10, help="steps between progress lines")
@@ -2274,8 +2500,8 @@ def _pretrain_command(click):
     @_config_options(TrainConfig)
     @click.pass_context
     @_fail_cleanly
-    def pretrain_cmd(ctx, out, preset, resume, max_steps, save_every, workers, use_compile, log_every, eval_every,
-                     eval_data, **overrides):
+    def pretrain_cmd(ctx, out, preset, resume, new_data, max_steps, save_every, workers, use_compile, log_every,
+                     eval_every, eval_data, **overrides):
         """Pretrain a 3D-JEPA encoder (self-supervised; labels are ignored).
 
         Several GPUs or nodes: torchrun --nproc-per-node N -m jepa3d pretrain ... (DDP; the
@@ -2289,10 +2515,15 @@ def _pretrain_command(click):
             if _given(overrides):
                 raise click.UsageError(f"--resume takes the configuration from {ckpt}; drop "
                                        + ", ".join("--" + g.replace("_", "-") for g in sorted(_given(overrides))))
-            _, meta = read_checkpoint(ckpt)
+            _, meta = read_header(ckpt)
             model_cfg = checkpoint_config(ModelConfig, meta, ckpt)
             train_cfg = checkpoint_config(TrainConfig, meta, ckpt)
             run["seed"] = json.loads(meta.get("seed", "0"))
+            before = _run_info(Path(out))
+            if data["data"] is None and data["dataset"] is None and before.get("data_options"):
+                data = {**data, **before["data_options"]}  # the run's own data, unless --data says otherwise
+            if save_every is None:
+                save_every = before.get("save_every", 0)
         elif ckpt.exists():
             raise click.ClickException(f"{ckpt} already exists; pass --resume to continue that run "
                                        "or --out NEW_FOLDER to start another (nothing was overwritten)")
@@ -2305,9 +2536,11 @@ def _pretrain_command(click):
         ds = _load_data(data, "train", model_cfg.num_points)
         eval_sets = tuple(_load_data({**data, "data": eval_data, "dataset": None}, split, model_cfg.num_points)
                           for split in ("train", "test")) if eval_every else None
-        result = pretrain(ds, out, model_cfg, train_cfg, resume=resume, max_steps=max_steps, save_every=save_every,
-                          num_workers=workers, compile=use_compile, log_every=log_every, eval_sets=eval_sets,
-                          eval_every=eval_every, augment=jepa3d_data.augmentation(train_cfg.augment), **run)
+        recorded = {**data, "data": None if data["data"] is None else str(Path(data["data"]).resolve())}
+        result = pretrain(ds, out, model_cfg, train_cfg, resume=resume, max_steps=max_steps,
+                          save_every=save_every or 0, num_workers=workers, compile=use_compile, log_every=log_every,
+                          eval_sets=eval_sets, eval_every=eval_every, data_options=recorded, new_data=new_data,
+                          augment=jepa3d_data.augmentation(train_cfg.augment), **run)
         if distributed_env()[0] == 0:  # under torchrun, one result line, from rank 0
             _plot_or_say(Path(out))
             click.echo(json.dumps(result))
@@ -2329,7 +2562,7 @@ def _mask_preview_command(click):
         """Write a coloured PLY of one cloud: grey unused, blue context, one colour per target block."""
         data = _pop(overrides, _DATA_KEYS)
         if checkpoint:
-            cfg = checkpoint_config(ModelConfig, read_checkpoint(checkpoint)[1], checkpoint, **_given(overrides))
+            cfg = checkpoint_config(ModelConfig, read_header(checkpoint)[1], checkpoint, **_given(overrides))
         else:
             cfg, _ = _usage(make_configs, preset, **overrides)
         ds = _load_data(data, "train", cfg.num_points)
@@ -2538,8 +2771,9 @@ def make_cli():
     @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
                   help="autocast precision; auto = bf16 on GPUs that have it, fp16+GradScaler on older GPUs, "
                        "fp32 on CPU")
+    @click.option("--debug", is_flag=True, help="show the Python traceback of an error (also: JEPA3D_DEBUG=1)")
     @click.pass_context
-    def cli(ctx, device, seed, precision):
+    def cli(ctx, device, seed, precision, debug):
         """jepa3d: 3D-JEPA self-supervised learning on point clouds, pure torch.
 
         Logs and progress go to stderr; each command prints one JSON result on stdout."""

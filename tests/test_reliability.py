@@ -1,0 +1,280 @@
+"""Issue 14: no silent corruption, no traceback, no unbounded allocation. Each test is one of the
+issue's reproductions, run the way a user hits it."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import jepa3d
+import jepa3d_data
+from conftest import SMALL, SMALL_FLAGS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def jepa3d_cli(*args, env=None):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "jepa3d", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def one_clean_line(proc, *words):
+    """Exit 1, no traceback, one line on stderr (after any progress lines) naming `words`."""
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    error = [ln for ln in proc.stderr.splitlines() if ln.startswith("Error:")]
+    assert len(error) == 1, proc.stderr
+    for word in words:
+        assert word in error[0], error[0]
+    return error[0]
+
+
+def small_checkpoint(tmp_path, steps=2, name="run"):
+    data = jepa3d_data.builtin_dataset("train", 128, per_class=2)
+    cfg, tcfg = jepa3d.make_configs("tiny", **SMALL)
+    jepa3d.pretrain(data, tmp_path / name, cfg, tcfg, device=torch.device("cpu"), max_steps=steps, save_every=1)
+    return tmp_path / name / "checkpoint.safetensors"
+
+
+def rewrite_metadata(src, dst, **changes):
+    """A copy of a checkpoint with metadata fields replaced (values are the stored strings)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(src), framework="pt") as fh:
+        meta, tensors = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}
+    save_file(tensors, str(dst), metadata={**meta, **changes})
+    return dst
+
+
+# 1. divergence ----------------------------------------------------------------------------
+def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    out = tmp_path / "nan"
+    proc = jepa3d_cli("pretrain", "--preset", "tiny", *SMALL_FLAGS, "--lr", "1e6", "--max-steps", "4",
+                      "--save-every", "2", "--out", out)
+    one_clean_line(proc, "not finite", "--lr")
+    assert proc.stdout == ""  # no result line, and never a bare NaN
+    assert not (out / "checkpoint.safetensors").exists()
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} in metrics.jsonl"))  # strict JSON
+
+
+def test_a_run_that_diverges_later_never_overwrites_its_good_checkpoint(tmp_path, configs, monkeypatch):
+    cfg, tcfg = configs
+    data = jepa3d_data.builtin_dataset("train", 128, per_class=2)
+    out = tmp_path / "run"
+    jepa3d.pretrain(data, out, cfg, tcfg, device=torch.device("cpu"), max_steps=2, save_every=2)
+    good = (out / "checkpoint.safetensors").read_bytes()
+    real = jepa3d.train_step
+
+    def poisoned(model, *args, **kwargs):  # the weights go bad in step 3, as a real divergence does
+        stats = real(model, *args, **kwargs)
+        with torch.no_grad():
+            next(model.encoder.parameters()).fill_(float("nan"))
+        return {**stats, "loss": torch.tensor(float("nan"))}
+
+    monkeypatch.setattr(jepa3d, "train_step", poisoned)
+    with pytest.raises(jepa3d.DivergedError, match=r"step 3: .*\(step 2\) is kept unchanged"):
+        jepa3d.pretrain(data, out, cfg, tcfg, device=torch.device("cpu"), resume=True, max_steps=4, save_every=2)
+    assert (out / "checkpoint.safetensors").read_bytes() == good
+
+
+def test_a_checkpoint_with_nan_weights_is_refused(tmp_path):
+    ckpt = small_checkpoint(tmp_path)
+    tensors, meta = jepa3d.read_checkpoint(ckpt)
+    key = next(k for k in tensors if k.startswith("target_encoder.") and tensors[k].is_floating_point())
+    tensors[key] = torch.full_like(tensors[key], float("nan"))
+    from safetensors.torch import save_file
+    save_file(tensors, str(tmp_path / "nan.safetensors"), metadata=meta)
+    proc = jepa3d_cli("linear-probe", "--checkpoint", tmp_path / "nan.safetensors")
+    one_clean_line(proc, "nan.safetensors", "NaN")
+
+
+# 2. checkpoints validated before allocation -----------------------------------------------
+@pytest.mark.parametrize("change, words", [
+    (dict(dim=16384), ["dim", "8192"]),                      # 4.4 GB before the old code noticed
+    (dict(num_points=10**9), ["num_points"]),                 # 512 GB of points
+    (dict(dim=-5), ["dim"]),
+    (dict(dim=64, heads=2, pred_dim=64, pred_heads=2), ["shape"]),  # in bounds, but not the file's tensors
+    (dict(depth=40), ["missing"]),
+])
+def test_a_checkpoint_config_is_checked_against_its_tensors_before_anything_is_built(tmp_path, change, words):
+    ckpt = small_checkpoint(tmp_path)
+    _, meta = jepa3d.read_header(ckpt)
+    bad = rewrite_metadata(ckpt, tmp_path / "bad.safetensors",
+                           model_config=json.dumps({**json.loads(meta["model_config"]), **change}))
+    for call in (lambda: jepa3d.load_jepa(bad), lambda: jepa3d.load_encoder(str(bad))):
+        with pytest.raises(jepa3d.CheckpointError, match="bad.safetensors") as err:
+            call()
+        for word in words:
+            assert word in str(err.value)
+    one_clean_line(jepa3d_cli("embed", "--checkpoint", bad, "--out", tmp_path / "e.npz"), "bad.safetensors")
+
+
+def test_a_bad_config_never_allocates(tmp_path, monkeypatch):
+    ckpt = small_checkpoint(tmp_path)
+    _, meta = jepa3d.read_header(ckpt)
+    big = dict(dim=4096, heads=8, pred_dim=4096, pred_heads=8, depth=64)  # in bounds: 13 GB of weights
+    bad = rewrite_metadata(ckpt, tmp_path / "big.safetensors",
+                           model_config=json.dumps({**json.loads(meta["model_config"]), **big}))
+    built = []
+    real = jepa3d.Encoder.__init__
+
+    def spy(self, cfg):
+        built.append(torch.empty(0).device)  # the device a tensor would be made on here
+        real(self, cfg)
+
+    monkeypatch.setattr(jepa3d.Encoder, "__init__", spy)
+    with pytest.raises(jepa3d.CheckpointError, match="does not fit"):
+        jepa3d.load_jepa(bad)
+    assert built and all(d.type == "meta" for d in built)
+
+
+@pytest.mark.parametrize("change, words", [
+    (dict(step='"ten"'), ["step"]),
+    (dict(format_version="two"), ["format_version"]),
+    (dict(format_version="99"), ["newer"]),
+])
+def test_bad_checkpoint_metadata_is_one_line(tmp_path, change, words):
+    ckpt = small_checkpoint(tmp_path)
+    bad = rewrite_metadata(ckpt, tmp_path / "bad.safetensors", **change)
+    one_clean_line(jepa3d_cli("linear-probe", "--checkpoint", bad), "bad.safetensors", *words)
+    out = tmp_path / "run"
+    bad.replace(out / "checkpoint.safetensors")
+    one_clean_line(jepa3d_cli("pretrain", "--out", out, "--resume"), "checkpoint.safetensors", *words)
+
+
+def test_a_folder_or_a_finetune_checkpoint_is_refused_in_one_line(tmp_path):
+    ckpt = small_checkpoint(tmp_path)
+    one_clean_line(jepa3d_cli("linear-probe", "--checkpoint", tmp_path / "run"), "is a folder")
+    ft = tmp_path / "ft"
+    proc = jepa3d_cli("finetune", "--task", "builtin", "--checkpoint", ckpt, "--epochs", "1", "--batch-size", "8",
+                      "--out", ft)
+    assert proc.returncode == 0, proc.stderr
+    tuned = next(ft.glob("*.safetensors"))
+    run = tmp_path / "again"
+    run.mkdir()
+    (run / "checkpoint.safetensors").write_bytes(tuned.read_bytes())
+    one_clean_line(jepa3d_cli("pretrain", "--out", run, "--resume"), "checkpoint.safetensors")
+
+
+# 3. one run per folder --------------------------------------------------------------------
+def test_a_run_folder_is_owned_by_one_process(tmp_path, configs):
+    cfg, tcfg = configs
+    out = tmp_path / "run"
+    data = jepa3d_data.builtin_dataset("train", 128, per_class=2)
+    held = jepa3d._lock_folder(out)  # another process's run, as far as the lock can tell
+    try:
+        with pytest.raises(jepa3d.RunFolderError, match="in use"):
+            jepa3d.pretrain(data, out, cfg, tcfg, device=torch.device("cpu"), max_steps=1)
+        proc = jepa3d_cli("pretrain", "--preset", "tiny", *SMALL_FLAGS, "--max-steps", "1", "--out", out)
+        one_clean_line(proc, "in use")
+        assert not (out / "metrics.jsonl").exists()
+    finally:
+        held.close()
+    jepa3d.pretrain(data, out, cfg, tcfg, device=torch.device("cpu"), max_steps=1)  # free again
+
+
+def test_a_killed_run_does_not_leave_its_folder_locked(tmp_path):
+    out = tmp_path / "run"
+    code = f"import jepa3d, os; from pathlib import Path; jepa3d._lock_folder(Path({str(out)!r})); os._exit(9)"
+    subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    jepa3d._lock_folder(out).close()
+
+
+# 4, 5. resume keeps the data, the settings and the logs -----------------------------------
+def test_resume_refuses_other_data_and_keeps_run_json(tmp_path):
+    out = tmp_path / "run"
+    first = jepa3d_cli("pretrain", "--preset", "tiny", *SMALL_FLAGS, "--dataset", "builtin-parts",
+                       "--max-steps", "3", "--save-every", "1", "--out", out)
+    assert first.returncode == 0, first.stderr
+    info = (out / "run.json").read_bytes()
+    assert json.loads(info)["save_every"] == 1
+    # without --data the run continues on its own data (not the built-in default's)
+    resumed = jepa3d_cli("pretrain", "--out", out, "--resume", "--max-steps", "4")
+    assert resumed.returncode == 0, resumed.stderr
+    assert (out / "run.json").read_bytes() == info
+    other = jepa3d_cli("pretrain", "--out", out, "--resume", "--max-steps", "5", "--dataset", "builtin")
+    one_clean_line(other, "--new-data", "builtin-parts")
+    assert (out / "run.json").read_bytes() == info
+
+
+def test_save_every_is_kept_on_resume(tmp_path):
+    out = tmp_path / "run"
+    jepa3d_cli("pretrain", "--preset", "tiny", *SMALL_FLAGS, "--max-steps", "2", "--save-every", "2", "--out", out)
+    seen = []
+    real = jepa3d.save_checkpoint
+    # in-process, to see every save: resume without --save-every saves at steps 4 and 6, not per epoch
+    from click.testing import CliRunner
+    import unittest.mock as mock
+    with mock.patch.object(jepa3d, "save_checkpoint", lambda *a, **k: (seen.append(k["step"]), real(*a, **k))):
+        result = CliRunner().invoke(jepa3d.make_cli(), ["pretrain", "--out", str(out), "--resume",
+                                                        "--max-steps", "6"])
+    assert result.exit_code == 0, result.output
+    assert seen == [4, 6]
+
+
+def test_metrics_stay_one_line_per_step_after_a_kill_before_the_first_checkpoint(tmp_path, configs):
+    cfg, tcfg = configs
+    data = jepa3d_data.builtin_dataset("train", 128, per_class=2)
+    out = tmp_path / "run"
+    out.mkdir()
+    # what a run killed at step 3, before its first checkpoint, leaves: lines and a torn last one
+    (out / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(3))
+                                       + '{"step": 3, "lo')
+    jepa3d.pretrain(data, out, cfg, tcfg, device=torch.device("cpu"), max_steps=4, save_every=2)
+    steps = [json.loads(ln)["step"] for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [0, 1, 2, 3]
+    with open(out / "metrics.jsonl", "a") as fh:  # killed mid-line after the checkpoint at 4
+        fh.write('{"step": 4, "lo')
+    jepa3d.pretrain(data, out, cfg, tcfg, device=torch.device("cpu"), resume=True, max_steps=6, save_every=2)
+    steps = [json.loads(ln)["step"] for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(6))
+
+
+# 6. one error boundary ---------------------------------------------------------------------
+def test_os_errors_are_one_line_and_debug_shows_the_traceback(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    proc = jepa3d_cli("pretrain", "--preset", "tiny", *SMALL_FLAGS, "--max-steps", "1", "--out", blocker / "run")
+    one_clean_line(proc, "file")
+    debug = jepa3d_cli("--debug", "pretrain", "--preset", "tiny", *SMALL_FLAGS, "--max-steps", "1",
+                       "--out", blocker / "run")
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+    env = jepa3d_cli("pretrain", "--preset", "tiny", *SMALL_FLAGS, "--max-steps", "1", "--out", blocker / "run",
+                     env={"JEPA3D_DEBUG": "1"})
+    assert "Traceback" in env.stderr
+
+
+def test_a_worker_process_data_error_is_one_line(tmp_path):
+    root = tmp_path / "shapenet"
+    (root / "shapenet_pc").mkdir(parents=True)
+    (root / "ShapeNet-55").mkdir()
+    import numpy as np
+    rng = np.random.default_rng(0)
+    names = []
+    for i in range(8):
+        cloud = rng.normal(size=(256, 3)).astype(np.float32)
+        if i == 5:
+            cloud[7, 1] = np.nan
+        name = f"02691156-{i:04d}.npy"
+        np.save(root / "shapenet_pc" / name, cloud)
+        names.append(name)
+    (root / "ShapeNet-55" / "train.txt").write_text("\n".join(names) + "\n")
+    (root / "ShapeNet-55" / "test.txt").write_text("\n".join(names[:2]) + "\n")
+    proc = jepa3d_cli("pretrain", "--data", root, "--preset", "tiny", *SMALL_FLAGS, "--max-steps", "2",
+                      "--workers", "1", "--out", tmp_path / "run")
+    line = one_clean_line(proc, "02691156-0005.npy")
+    assert "Original Traceback" not in line and len(proc.stderr.splitlines()) < 6
+
+
+def test_finite_json_metrics_when_the_run_is_fine(tmp_path, configs):
+    cfg, tcfg = configs
+    data = jepa3d_data.builtin_dataset("train", 128, per_class=2)
+    result = jepa3d.pretrain(data, tmp_path / "r", cfg, tcfg, device=torch.device("cpu"), max_steps=2)
+    assert math.isfinite(result["final_loss"])
