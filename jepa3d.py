@@ -213,7 +213,7 @@ PRESETS: dict[str, dict] = {
 @dataclass(frozen=True)
 class FinetuneConfig:
     epochs: int = _opt(300, "fine-tuning epochs (Point-MAE: 300 on ModelNet40 and ScanObjectNN)", min=1)
-    batch_size: int = _opt(32, "clouds per step (Point-MAE)", min=1)
+    batch_size: int = _opt(32, "clouds per step (Point-MAE; at least 2 for the head's BatchNorm)", min=2)
     lr: float = _opt(5e-4, "peak AdamW learning rate (Point-MAE)", min=0.0)
     min_lr: float = _opt(1e-6, "final learning rate of the cosine schedule", min=0.0)
     warmup_epochs: float = _opt(10.0, "linear warm-up epochs (Point-MAE)", min=0.0)
@@ -263,6 +263,12 @@ TASK_GEOMETRY = {
     "scanobjectnn": dict(num_points=2048, num_groups=128, group_size=32),
     "shapenetpart": dict(num_points=2048, num_groups=128, group_size=32),
 }
+
+
+# The on-disk layouts (jepa3d_data.LAYOUTS) each named fine-tuning task reads; another is refused,
+# so a result is never reported as ScanObjectNN's when it came from other data.
+TASK_LAYOUTS = {"modelnet40": ("modelnet40-h5", "modelnet40-resampled", "modelnet40-pickle", "npz"),
+                "scanobjectnn": ("scanobjectnn",), "shapenetpart": ("shapenetpart",)}
 
 
 def make_configs(preset: str = "paper", **overrides) -> tuple[ModelConfig, TrainConfig]:
@@ -1797,8 +1803,12 @@ def sample_episode(train_labels: torch.Tensor, test_labels: torch.Tensor, way: i
     classes = [c for c in range(int(max(train_labels.max(), test_labels.max())) + 1)
                if (train_labels == c).sum() >= shot and (test_labels == c).sum() >= query]
     if len(classes) < way:
-        raise ValueError(f"only {len(classes)} classes have {shot} train and {query} test clouds; "
-                         f"a {way}-way episode needs {way}")
+        counts = sorted(((test_labels == c).sum().item() for c in range(int(test_labels.max()) + 1)
+                         if (train_labels == c).sum() >= shot), reverse=True)
+        fix = f"pass --query {counts[way - 1]} (the test clouds the {way}th class has)" \
+            if len(counts) >= way and counts[way - 1] > 0 else "pass a smaller --way or --shot"
+        raise ValueError(f"only {len(classes)} classes have {shot} train and {query} test clouds and a {way}-way "
+                         f"episode needs {way}: {fix}")
     chosen = torch.tensor(classes)[torch.randperm(len(classes), generator=generator)[:way]]
     episode = {"support": [], "support_y": [], "query": [], "query_y": [], "classes": chosen.tolist()}
     for new, c in enumerate(chosen.tolist()):
@@ -2333,8 +2343,8 @@ def _data_options(fn):
                      help="dataset folder or .npz file; the built-in procedural shapes when not given"),
         click.option("--dataset", type=click.Choice(jepa3d_data.LAYOUTS), default=None,
                      help="force a layout instead of detecting it (`jepa3d inspect PATH` shows the detected one)"),
-        click.option("--variant", type=click.Choice(list(jepa3d_data.SCANOBJECTNN_FILES)),
-                     default=jepa3d_data.DEFAULT_VARIANT, help="ScanObjectNN variant"),
+        click.option("--variant", type=click.Choice(list(jepa3d_data.SCANOBJECTNN_FILES)), default=None,
+                     help=f"ScanObjectNN variant (ScanObjectNN data only)  [default: {jepa3d_data.DEFAULT_VARIANT}]"),
         click.option("--trust-pickle", is_flag=True,
                      help="allow reading the peers' pickled caches (.dat/.pkl); unpickling can run arbitrary code"),
         click.option("--skip-bad", is_flag=True,
@@ -2609,6 +2619,12 @@ def _finetune_command(click):
             data["dataset"] = data["dataset"] or task
         elif task not in TASK_GEOMETRY:
             data["data"] = task
+        elif Path(data["data"]).exists():
+            layout = data["dataset"] or jepa3d_data.detect_layout(Path(data["data"]))
+            if layout not in TASK_LAYOUTS[task]:
+                raise click.UsageError(f"--task {task} reads {' or '.join(TASK_LAYOUTS[task])} data, but "
+                                       f"{data['data']} is {layout} data; pass the task's --data, or --task "
+                                       f"{data['data']} to fine-tune on it as a task of its own")
         geometry = {**TASK_GEOMETRY.get(task, {}), **_given({k: enc[k] for k in ("num_points", "num_groups",
                                                                                  "group_size")})}
         encoder, cfg, source = _open_encoder(ctx, {**enc, **geometry}, ft.drop_path)
@@ -2718,8 +2734,8 @@ def _inspect_command(click):
     @click.command("inspect")
     @click.argument("path", type=click.Path())
     @click.option("--dataset", type=click.Choice(jepa3d_data.LAYOUTS), default=None, help="force a layout")
-    @click.option("--variant", type=click.Choice(list(jepa3d_data.SCANOBJECTNN_FILES)),
-                  default=jepa3d_data.DEFAULT_VARIANT, help="ScanObjectNN variant")
+    @click.option("--variant", type=click.Choice(list(jepa3d_data.SCANOBJECTNN_FILES)), default=None,
+                  help=f"ScanObjectNN variant (ScanObjectNN data only)  [default: {jepa3d_data.DEFAULT_VARIANT}]")
     @click.option("--trust-pickle", is_flag=True, help="allow reading pickled caches")
     @click.option("--num-points", type=click.IntRange(16), default=1024, help="points per cloud to read")
     @_fail_cleanly

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -48,10 +49,15 @@ def normalize(points: np.ndarray) -> np.ndarray:
 
 
 def normalize_batch(points: np.ndarray) -> np.ndarray:
-    """normalize() for a stack of clouds (N, P, 3)."""
+    """normalize() for a stack of clouds (N, P, 3) -> float32. Works in float64 after dividing
+    by the largest magnitude, so any finite coordinates (1e-30 or 1e300) come out right; squaring
+    in float32 turned clouds beyond ~1e19 into the single point (0, 0, 0)."""
+    points = np.asarray(points, dtype=np.float64)
+    scale = np.abs(points).max(axis=(1, 2), keepdims=True)
+    points = points / np.where(scale > 0, scale, 1)
     points = points - points.mean(axis=1, keepdims=True)
     radius = np.sqrt((points**2).sum(-1)).max(axis=1)[:, None, None]
-    return points / np.where(radius > 0, radius, 1)
+    return (points / np.where(radius > 0, radius, 1)).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- built-in shapes
@@ -304,24 +310,32 @@ def _check_cloud(points: np.ndarray, path) -> np.ndarray:
         raise DataError(f"{path}: expected an array of shape (points, 3+), got {tuple(points.shape)}")
     if len(points) == 0:
         raise DataError(f"{path}: the cloud has zero points")
-    points = np.asarray(points[:, :3], dtype=np.float32)
+    try:
+        points = np.asarray(points[:, :3], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DataError(f"{path}: the coordinates are not numbers (dtype {points.dtype})") from None
     if not np.isfinite(points).all():
         bad = int((~np.isfinite(points)).any(axis=1).sum())
         raise DataError(f"{path}: {bad} point(s) have NaN or Inf coordinates")
-    return points
+    if np.abs(points).max() > np.finfo(np.float32).max:
+        raise DataError(f"{path}: coordinates up to {np.abs(points).max():.3g} do not fit float32; rescale the file")
+    return points.astype(np.float32)
 
 
 def read_npy(path) -> np.ndarray:
+    """A .npy array. Mapped first, so a header that claims more data than the file holds is
+    refused before anything is allocated; then copied into memory."""
     try:
-        return np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as err:
-        raise DataError(f"{path}: not a readable .npy array, truncated or corrupt ({err})") from None
+        return np.array(np.load(path, mmap_mode="r", allow_pickle=False))
+    except Exception as err:  # numpy's header parser raises ValueError, EOFError, SyntaxError, TokenError...
+        raise DataError(f"{path}: not a readable .npy array, truncated or corrupt "
+                        f"({type(err).__name__}: {' '.join(str(err).split())})") from None
 
 
 def read_npz(path) -> np.ndarray:
     """The `points` array of an .npz (or its only array)."""
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:  # our handle: closed on any error
             key = "points" if "points" in z.files else (z.files[0] if len(z.files) == 1 else None)
             if key is None:
                 raise DataError(f"{path}: .npz has arrays {z.files} and none is called 'points'")
@@ -379,7 +393,10 @@ def read_ply(path) -> np.ndarray:
         if parts[0] == "format":
             fmt = parts[1]
         elif parts[0] == "element":
-            elements.append([parts[1], int(parts[2]), []])
+            count = int(parts[2])
+            if count < 0:
+                raise DataError(f"{path}: PLY element {parts[1]} has a negative count {count}")
+            elements.append([parts[1], count, []])
         elif parts[0] == "property" and elements:
             if parts[1] == "list":
                 elements[-1][2].append((parts[-1], None))
@@ -447,6 +464,9 @@ def read_pcd(path) -> np.ndarray:
         counts = [int(c) for c in meta.get("COUNT", ["1"] * len(fields_))]
     except (KeyError, ValueError, IndexError) as err:
         raise DataError(f"{path}: PCD header is incomplete ({err})") from None
+    if n < 0 or min(sizes + counts, default=1) < 1 or not len(sizes) == len(types) == len(counts) == len(fields_):
+        raise DataError(f"{path}: PCD header is inconsistent (POINTS {n}, SIZE {sizes}, COUNT {counts}, "
+                        f"{len(fields_)} fields)")
     if not {"x", "y", "z"} <= set(fields_):
         raise DataError(f"{path}: PCD has no x, y, z fields (found {fields_})")
     kind = meta["DATA"][0]
@@ -529,6 +549,8 @@ def read_obj(path, n: int, rng: np.random.Generator) -> np.ndarray:
             if not parts:
                 continue
             if parts[0] == "v":
+                if len(parts) < 4:
+                    raise ValueError
                 vertices.append([float(x) for x in parts[1:4]])
             elif parts[0] == "f":
                 idx = [int(p.split("/")[0]) for p in parts[1:]]
@@ -545,22 +567,24 @@ MESH_SUFFIXES = (".off", ".obj")
 
 
 def read_cloud(path, num_points: int = 1024, rng: np.random.Generator | None = None) -> np.ndarray:
-    """Any supported file -> validated (P, 3) float32 (meshes are sampled to num_points)."""
+    """Any supported file -> validated (P, 3) float32 (meshes are sampled to num_points). Any
+    problem with the file is a DataError naming it; numpy's overflow warnings stay quiet (the
+    values they concern are judged by _check_cloud)."""
     path = Path(path)
     suffix = path.suffix.lower()
     rng = rng or np.random.default_rng(0)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    if suffix in MESH_SUFFIXES:
-        return _check_cloud((read_off if suffix == ".off" else read_obj)(path, num_points, rng), path)
-    readers = {".npy": read_npy, ".npz": read_npz, ".ply": read_ply, ".pcd": read_pcd}
-    try:
-        points = readers.get(suffix, read_text_points)(path)
-    except DataError:
-        raise
-    except (ValueError, IndexError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: unreadable {suffix} file ({err})") from None
-    return _check_cloud(np.asarray(points), path)
+    readers = {".npy": read_npy, ".npz": read_npz, ".ply": read_ply, ".pcd": read_pcd,
+               ".off": lambda p: read_off(p, num_points, rng), ".obj": lambda p: read_obj(p, num_points, rng)}
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        try:
+            return _check_cloud(np.asarray(readers.get(suffix, read_text_points)(path)), path)
+        except DataError:
+            raise
+        except (ValueError, IndexError, UnicodeDecodeError, OverflowError, MemoryError) as err:
+            raise DataError(f"{path}: unreadable {suffix} file ({type(err).__name__}: {err})") from None
 
 
 def resample(points: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -586,8 +610,27 @@ def _read_lines(path: Path) -> list[str]:
         raise DataError(f"{path}: not a text file") from None
 
 
+def _entry(name: str, list_file: Path, parts: int = 1) -> list[str]:
+    """A split-list entry naming a file inside the dataset: `parts` plain names joined by '/'
+    (no '..', no absolute path, no empty part), so a list can never reach outside its root."""
+    pieces = name.split("/")
+    if len(pieces) != parts or any(p in ("", ".", "..") or "\\" in p for p in pieces):
+        want = "a file name" if parts == 1 else f"{parts} names joined by '/'"
+        raise DataError(f"{list_file}: entry {name!r} is not {want} inside the dataset")
+    return pieces
+
+
 def _check_labels(labels: np.ndarray, num_classes: int, path) -> np.ndarray:
-    labels = np.asarray(labels).reshape(-1).astype(np.int64)
+    """Class (or part) ids: integers in 0..num_classes-1 (a 0.7 is refused, not truncated)."""
+    labels = np.asarray(labels).reshape(-1)
+    if labels.dtype.kind not in "iub":
+        try:
+            whole = np.isfinite(labels) & (labels == np.round(labels))
+        except TypeError:
+            raise DataError(f"{path}: labels are not numbers (dtype {labels.dtype})") from None
+        if not whole.all():
+            raise DataError(f"{path}: label {labels[~whole][0].item()!r} is not an integer class id")
+    labels = labels.astype(np.int64)
     bad = (labels < 0) | (labels >= num_classes)
     if bad.any():
         raise DataError(f"{path}: label {int(labels[bad][0])} is out of range 0..{num_classes - 1}")
@@ -600,11 +643,15 @@ def _check_array_cloud(points: np.ndarray, path) -> np.ndarray:
         raise DataError(f"{path}: expected clouds of shape (N, points, 3), got {tuple(points.shape)}")
     if points.shape[0] == 0 or points.shape[1] == 0:
         raise DataError(f"{path}: holds zero clouds or zero points per cloud ({tuple(points.shape)})")
-    points = np.asarray(points[..., :3], dtype=np.float32)
+    points = points[..., :3]
+    if points.dtype.kind not in "fiu":
+        raise DataError(f"{path}: the coordinates are not numbers (dtype {points.dtype})")
     finite = np.isfinite(points).all(axis=(1, 2))
     if not finite.all():
         raise DataError(f"{path}: cloud {int(np.argmin(finite))} has NaN or Inf coordinates")
-    return points
+    if points.dtype.itemsize > 4 and np.abs(points).max() > np.finfo(np.float32).max:
+        raise DataError(f"{path}: coordinates up to {np.abs(points).max():.3g} do not fit float32; rescale them")
+    return np.asarray(points, dtype=np.float32)
 
 
 def _open_h5(path):
@@ -712,7 +759,7 @@ class ShapeNet55(torch.utils.data.Dataset):
         names = _read_lines(list_file)
         if not names:
             raise DataError(f"{list_file}: the split list is empty")
-        self.files = [root / "shapenet_pc" / n for n in names]
+        self.files = [root / "shapenet_pc" / _entry(n, list_file)[0] for n in names]
         missing = [f for f in self.files if not f.is_file()]
         if missing:
             raise DataError(f"{list_file}: lists {len(missing)} file(s) missing from {root / 'shapenet_pc'}, "
@@ -759,6 +806,7 @@ def read_modelnet40_resampled(root: Path, split: str, num_points: int) -> ArrayD
     points, labels = [], []
     rng = np.random.default_rng(0)
     for shape_id in ids:
+        _entry(shape_id, list_file)
         cls = shape_id.rsplit("_", 1)[0]
         if cls not in index:
             raise DataError(f"{list_file}: {shape_id!r} names class {cls!r}, which is not in the shape names")
@@ -860,14 +908,17 @@ class ShapeNetPart(torch.utils.data.Dataset):
         for part in (("train", "val") if split == "train" else (split,)):
             jf = root / "train_test_split" / f"shuffled_{part}_file_list.json"
             try:
-                entries += json.loads(jf.read_text())
+                listed = json.loads(jf.read_text())
             except FileNotFoundError:
                 raise DataError(f"{jf}: split list not found") from None
             except (ValueError, UnicodeDecodeError) as err:
                 raise DataError(f"{jf}: not valid JSON ({err})") from None
+            if not isinstance(listed, list) or not all(isinstance(e, str) for e in listed):
+                raise DataError(f"{jf}: expected a JSON list of 'shape_data/<synset>/<id>' strings")
+            entries += listed
         self.files, cats = [], []
         for entry in entries:
-            _, synset, shape = entry.split("/")
+            _, synset, shape = _entry(entry, root / "train_test_split", parts=3)
             if synset not in synset_index:
                 raise DataError(f"{root}: split entry {entry} has synset {synset} missing from {cat_file.name}")
             file = root / synset / f"{shape}.txt"
@@ -1036,11 +1087,16 @@ def detect_layout(path: Path) -> str:
 
 
 def open_dataset(path: str | Path | None, split: str = "train", dataset: str | None = None,
-                 num_points: int = 1024, variant: str = DEFAULT_VARIANT, trust_pickle: bool = False,
+                 num_points: int = 1024, variant: str | None = None, trust_pickle: bool = False,
                  skip_bad: bool = False) -> torch.utils.data.Dataset:
     """Open a dataset: the built-in shapes when path is None, else the layout detected at
-    path (or forced by `dataset`). Items are (points (P, 3) float32, label int64)."""
-    options = ReadOptions(num_points, variant, trust_pickle, skip_bad)
+    path (or forced by `dataset`). Items are (points (P, 3) float32, label int64). `variant`
+    (ScanObjectNN's; DEFAULT_VARIANT when None) is an error on any other layout."""
+    options = ReadOptions(num_points, variant or DEFAULT_VARIANT, trust_pickle, skip_bad)
+    if variant is not None and (path is None or (dataset or detect_layout(Path(path))) != "scanobjectnn"):
+        where = "the built-in data" if path is None else f"{path} ({dataset or detect_layout(Path(path))} layout)"
+        raise DataError(f"--variant {variant} picks a ScanObjectNN variant, but {where} is not ScanObjectNN; "
+                        "drop --variant")
     if path is None:
         if dataset not in (None, "builtin", "builtin-parts"):
             raise DataError(f"--dataset {dataset} needs --data PATH")
@@ -1072,6 +1128,13 @@ def inspect(path: str | Path, dataset: str | None = None, **kw) -> dict:
         except DataError as err:
             report["splits"][split] = {"samples": 0, "problems": [str(err)]}
             continue
+        problems = list(getattr(ds, "skipped", []))
+        if not isinstance(ds, (ArrayDataset, PartDataset)):  # read lazily: read every item now, as training will
+            for i in range(len(ds)):
+                try:
+                    ds[i]
+                except DataError as err:
+                    problems.append(str(err))
         first = ds[0][0]
         labels = getattr(ds, "labels", None)
         per_class = {} if labels is None else {ds.classes[c]: n for c, n in
@@ -1079,7 +1142,7 @@ def inspect(path: str | Path, dataset: str | None = None, **kw) -> dict:
         report["splits"][split] = {
             "samples": len(ds), "classes": len(ds.classes), "points_per_cloud": int(first.shape[0]),
             "per_class": {str(k): int(v) for k, v in per_class.items()},
-            "problems": list(getattr(ds, "skipped", []))}
+            "problems": problems}
     return report
 
 

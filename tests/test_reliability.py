@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -278,3 +279,93 @@ def test_finite_json_metrics_when_the_run_is_fine(tmp_path, configs):
     data = jepa3d_data.builtin_dataset("train", 128, per_class=2)
     result = jepa3d.pretrain(data, tmp_path / "r", cfg, tcfg, device=torch.device("cpu"), max_steps=2)
     assert math.isfinite(result["final_loss"])
+
+
+# 7. silent wrong data ---------------------------------------------------------------------
+def write_npz_split(root, points, labels):
+    root.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "test"):
+        np.savez(root / f"set_{split}.npz", points=points, labels=labels)
+    return root
+
+
+def test_fractional_labels_are_refused_not_truncated(tmp_path):
+    pts = np.random.default_rng(0).normal(size=(4, 32, 3)).astype(np.float32)
+    root = write_npz_split(tmp_path / "d", pts, np.array([0, 1, 0.7, 1]))
+    with pytest.raises(jepa3d_data.DataError, match=r"set_train.npz: label 0.7 is not an integer"):
+        jepa3d_data.open_dataset(root)
+    ok = write_npz_split(tmp_path / "ok", pts, np.array([0.0, 1.0, 0.0, 1.0]))  # whole floats are fine
+    assert jepa3d_data.open_dataset(ok).labels.tolist() == [0, 1, 0, 1]
+
+
+def test_negative_counts_in_headers_are_refused(tmp_path):
+    ply = tmp_path / "neg.ply"
+    ply.write_text("ply\nformat ascii 1.0\nelement vertex -3\nproperty float x\nproperty float y\n"
+                   "property float z\nend_header\n1 2 3\n")
+    with pytest.raises(jepa3d_data.DataError, match="neg.ply: .*negative"):
+        jepa3d_data.read_cloud(ply)
+    pcd = tmp_path / "neg.pcd"
+    pcd.write_text("FIELDS x y z\nSIZE 4 4 4\nTYPE F F F\nCOUNT 1 1 1\nPOINTS -2\nDATA ascii\n1 2 3\n")
+    with pytest.raises(jepa3d_data.DataError, match="neg.pcd: .*POINTS -2"):
+        jepa3d_data.read_cloud(pcd)
+
+
+def test_split_lists_cannot_reach_outside_the_dataset(tmp_path):
+    root = tmp_path / "shapenet"
+    (root / "shapenet_pc").mkdir(parents=True)
+    (root / "ShapeNet-55").mkdir()
+    np.save(root / "shapenet_pc" / "02691156-a.npy", np.random.default_rng(0).normal(size=(64, 3)))
+    np.save(tmp_path / "outside-b.npy", np.random.default_rng(1).normal(size=(64, 3)))
+    (root / "ShapeNet-55" / "train.txt").write_text("02691156-a.npy\n../../outside-b.npy\n")
+    (root / "ShapeNet-55" / "test.txt").write_text("02691156-a.npy\n")
+    with pytest.raises(jepa3d_data.DataError, match=r"train.txt: entry '../../outside-b.npy' is not a file name"):
+        jepa3d_data.open_dataset(root)
+    mn = tmp_path / "mn"
+    (mn / "chair").mkdir(parents=True)
+    (mn / "modelnet40_shape_names.txt").write_text("chair\n")
+    (mn / "modelnet40_train.txt").write_text("../chair_0001\n")
+    with pytest.raises(jepa3d_data.DataError, match="modelnet40_train.txt: entry '../chair_0001'"):
+        jepa3d_data.open_dataset(mn)
+
+
+def test_inspect_reads_every_file_training_would(tmp_path):
+    root = tmp_path / "shapenet"
+    (root / "shapenet_pc").mkdir(parents=True)
+    (root / "ShapeNet-55").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        cloud = rng.normal(size=(64, 3)).astype(np.float32)
+        if i == 2:
+            cloud[5, 0] = np.nan
+        np.save(root / "shapenet_pc" / f"02691156-{i}.npy", cloud)
+    (root / "ShapeNet-55" / "train.txt").write_text("".join(f"02691156-{i}.npy\n" for i in range(3)))
+    (root / "ShapeNet-55" / "test.txt").write_text("02691156-0.npy\n")
+    report = jepa3d_data.inspect(root)
+    assert any("02691156-2.npy" in p and "NaN" in p for p in report["splits"]["train"]["problems"])
+
+
+def test_variant_on_other_data_and_a_task_on_the_wrong_layout_are_refused(tmp_path):
+    proc = jepa3d_cli("linear-probe", "--checkpoint", "none", "--preset", "tiny", "--variant", "obj_bg")
+    one_clean_line(proc, "--variant", "not ScanObjectNN")
+    pts = np.random.default_rng(0).normal(size=(8, 64, 3)).astype(np.float32)
+    root = write_npz_split(tmp_path / "mn", pts, np.arange(8) % 2)
+    proc = jepa3d_cli("finetune", "--task", "scanobjectnn", "--data", root, "--checkpoint", "none", "--preset",
+                      "tiny", "--epochs", "1")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--task scanobjectnn reads scanobjectnn data" in proc.stderr
+    proc = jepa3d_cli("finetune", "--task", "builtin", "--checkpoint", "none", "--batch-size", "1")
+    assert proc.returncode == 2 and "--batch-size" in proc.stderr  # the head's BatchNorm needs 2
+
+
+def test_few_shot_says_which_query_fits(tmp_path):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "d"
+    root.mkdir()
+    np.savez(root / "s_train.npz", points=rng.normal(size=(60, 64, 3)).astype(np.float32),
+             labels=np.repeat(np.arange(6), 10))
+    np.savez(root / "s_test.npz", points=rng.normal(size=(90, 64, 3)).astype(np.float32),
+             labels=np.repeat(np.arange(6), 15))
+    proc = jepa3d_cli("few-shot", "--data", root, "--checkpoint", "none", "--preset", "tiny", "--num-points", "64",
+                      "--num-groups", "16", "--group-size", "8")
+    assert proc.returncode in (1, 2) and "Traceback" not in proc.stderr
+    assert "--query 15" in proc.stderr
