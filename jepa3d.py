@@ -27,6 +27,7 @@ if __name__ == "__main__":  # `python -m jepa3d`: run the importable module, so 
     jepa3d.main()
     raise SystemExit(0)
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -53,7 +54,7 @@ __all__ = [
     "ModelConfig", "TrainConfig", "FinetuneConfig", "ProbeConfig", "FewShotConfig", "PRESETS", "TASK_GEOMETRY",
     "make_configs", "config_from_json",
     # runtime
-    "resolve_device", "resolve_precision", "autocast", "grad_scaler",
+    "resolve_device", "resolve_precision", "autocast", "grad_scaler", "auto_threads", "cpu_threads",
     # geometry
     "gather", "farthest_point_sample", "knn", "group_points", "fit_points",
     # model
@@ -82,6 +83,12 @@ def _opt(default, help: str, **check):
     return field(default=default, metadata={"help": help, **check})
 
 
+def choices_of(f) -> tuple[str, ...]:
+    """A config field's choices; a callable stands for a table defined further down (OBJECTIVES)."""
+    choices = f.metadata["choices"]
+    return tuple(choices() if callable(choices) else choices)
+
+
 def _check_fields(cfg) -> None:
     """Every field of a config dataclass has its default's type and lies within its declared
     bounds: a config read from a checkpoint or JSON gets the checks the CLI applies, and the
@@ -98,8 +105,8 @@ def _check_fields(cfg) -> None:
                     or kind in (float, tuple) and not (number and math.isfinite(v)):
                 raise ValueError(f"{name} must be {'a finite number' if kind is not str else 'a string'}"
                                  f"{' (an integer)' if kind is int else ''}, got {v!r}")
-            if "choices" in meta and v not in meta["choices"]:
-                raise ValueError(f"{name} must be one of {', '.join(meta['choices'])}, got {v!r}")
+            if "choices" in meta and v not in choices_of(f):
+                raise ValueError(f"{name} must be one of {', '.join(choices_of(f))}, got {v!r}")
             low, high = meta.get("min"), meta.get("max")
             if low is not None and (v < low or v == low and meta.get("min_open")) or high is not None and v > high:
                 raise ValueError(f"{name} must lie in [{low}, {high}], got {v!r}")
@@ -142,7 +149,7 @@ class ModelConfig:
                      "layer-normed teacher features", choices=("cosine", "l2", "smooth-l1"))
     objective: str = _opt("jepa", "jepa: predict the teacher's features of the target patches; reconstruct: "
                           "predict their points (Chamfer-L2, the Point-MAE-style baseline of the paper's "
-                          "ablation), same masking and predictor, no teacher", choices=("jepa", "reconstruct"))
+                          "ablation), same masking and predictor, no teacher", choices=lambda: tuple(OBJECTIVES))
     position: str = _opt("every-block", "where the patch-centre embedding enters: every-block (added before every "
                          "encoder and predictor block, as Point-MAE, point2vec and Point-JEPA do) or input (once, "
                          "jepa3d <= 0.1's checkpoints)", choices=("every-block", "input"))
@@ -298,6 +305,43 @@ def config_from_json(cls, text: str):
 
 
 # ----------------------------------------------------------------------------- runtime
+def auto_threads() -> int:
+    """torch's CPU threads for this machine as it is now: the CPUs this process may use, less
+    those other processes keep busy (sampled from /proc/stat over 0.2 s, Linux), at least one.
+    An op split over a core that another process holds waits for it at every barrier: on the
+    2-core CI machine beside one busy process, 2 threads made a step 2x slower than 1."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+    try:
+        def sample() -> tuple[int, int]:
+            with open("/proc/stat") as fh:
+                ticks = [int(v) for v in fh.readline().split()[1:]]
+            return sum(ticks), ticks[3] + ticks[4]                           # all, idle + iowait
+        total0, idle0 = sample()
+        time.sleep(0.2)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return cpus
+    busy = (1 - (idle1 - idle0) / max(1, total1 - total0)) * (os.cpu_count() or cpus)  # in CPUs
+    return max(1, min(cpus, round(cpus - busy)))
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int):
+    """Run the block with at most n torch CPU threads (restored after)."""
+    before = torch.get_num_threads()
+    if n >= before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """'auto' picks cuda, then mps, then cpu; an explicit name must be available."""
     if name == "auto":
@@ -382,23 +426,33 @@ def farthest_point_sample(xyz: torch.Tensor, n: int, generator: torch.Generator 
                 torch.minimum(nearest, d, out=nearest)
                 far = nearest.argmax(-1, keepdim=True)                       # (B, 1)
             return torch.cat(chosen, 1)
-        w = 128 if P >= 4096 else 64 if P >= 512 else P                      # block width
-        nb = -(-P // w)                                                      # blocks, the last one padded
-        x, y, z = cols.unbind(1)                                             # 3x (B, P) views
-        idx = torch.empty(B, n, dtype=torch.long, device=dev)                # (B, n)
-        blocks = torch.full((B, nb, w), -1.0, device=dev)                    # (B, nb, w); padding never wins
-        nearest = blocks.view(B, nb * w)[:, :P].fill_(float("inf"))          # (B, P) distance to the chosen set
-        d, t = torch.empty(B, P, device=dev), torch.empty(B, P, device=dev)
-        for i in range(n):
-            idx[:, i:i + 1] = far
-            c = torch.gather(cols, 2, far[:, None].expand(B, 3, 1))          # (B, 3, 1)
-            torch.sub(x, c[:, 0], out=t)
-            torch.mul(t, t, out=d)
-            d.addcmul_(torch.sub(y, c[:, 1], out=t), t)
-            d.addcmul_(torch.sub(z, c[:, 2], out=t), t)
-            torch.minimum(nearest, d, out=nearest)
-            block = blocks.amax(-1).argmax(-1, keepdim=True)                 # (B, 1)
-            far = block * w + torch.gather(blocks, 1, block[:, :, None].expand(B, 1, w)).argmax(-1)  # (B, 1)
+        # ~15 small ops per iteration: on B*P <= 2^17 distances a second thread gains ~10% on a quiet
+        # CPU and, at every barrier, waits for a core another process holds (measured: benchmarks/README.md)
+        with cpu_threads(1 if B * P <= 1 << 17 else torch.get_num_threads()):
+            return _fps_blocks(cols, far, n)
+
+
+def _fps_blocks(cols: torch.Tensor, far: torch.Tensor, n: int) -> torch.Tensor:
+    """farthest_point_sample's CPU loop: cols (B, 3, P), first indices far (B, 1) -> (B, n)."""
+    B, _, P = cols.shape
+    dev = cols.device
+    w = 128 if P >= 4096 else 64 if P >= 512 else P                      # block width
+    nb = -(-P // w)                                                      # blocks, the last one padded
+    x, y, z = cols.unbind(1)                                             # 3x (B, P) views
+    idx = torch.empty(B, n, dtype=torch.long, device=dev)                # (B, n)
+    blocks = torch.full((B, nb, w), -1.0, device=dev)                    # (B, nb, w); padding never wins
+    nearest = blocks.view(B, nb * w)[:, :P].fill_(float("inf"))          # (B, P) distance to the chosen set
+    d, t = torch.empty(B, P, device=dev), torch.empty(B, P, device=dev)
+    for i in range(n):
+        idx[:, i:i + 1] = far
+        c = torch.gather(cols, 2, far[:, None].expand(B, 3, 1))          # (B, 3, 1)
+        torch.sub(x, c[:, 0], out=t)
+        torch.mul(t, t, out=d)
+        d.addcmul_(torch.sub(y, c[:, 1], out=t), t)
+        d.addcmul_(torch.sub(z, c[:, 2], out=t), t)
+        torch.minimum(nearest, d, out=nearest)
+        block = blocks.amax(-1).argmax(-1, keepdim=True)                 # (B, 1)
+        far = block * w + torch.gather(blocks, 1, block[:, :, None].expand(B, 1, w)).argmax(-1)  # (B, 1)
     return idx
 
 
@@ -2310,7 +2364,7 @@ def _config_options(cls, with_presets: bool = True):
                 "".join(f", {p}: {v}" for p, v in per_preset.items())
             kw = {"default": None, "show_default": False, "help": f"{meta['help']}  [{shown}]"}
             if "choices" in meta:
-                kw["type"] = click.Choice(meta["choices"])
+                kw["type"] = click.Choice(choices_of(f))
             elif isinstance(f.default, tuple):
                 kw.update(type=click.FloatRange(meta.get("min"), meta.get("max")), nargs=2)
             elif isinstance(f.default, int):
@@ -2787,9 +2841,12 @@ def make_cli():
     @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
                   help="autocast precision; auto = bf16 on GPUs that have it, fp16+GradScaler on older GPUs, "
                        "fp32 on CPU")
+    @click.option("--threads", default="auto", metavar="N|auto",
+                  help="torch CPU threads; auto: OMP_NUM_THREADS if set, else the CPUs this process may use less "
+                       "those other processes keep busy at start (a thread on a busy core stalls every op)")
     @click.option("--debug", is_flag=True, help="show the Python traceback of an error (also: JEPA3D_DEBUG=1)")
     @click.pass_context
-    def cli(ctx, device, seed, precision, debug):
+    def cli(ctx, device, seed, precision, threads, debug):
         """jepa3d: 3D-JEPA self-supervised learning on point clouds, pure torch.
 
         Logs and progress go to stderr; each command prints one JSON result on stdout."""
@@ -2797,6 +2854,12 @@ def make_cli():
             dev = resolve_device(device)
         except ValueError as err:
             raise click.BadParameter(str(err), param_hint="--device") from None
+        if threads != "auto" and not (threads.isdigit() and int(threads) >= 1):
+            raise click.BadParameter(f"{threads!r} is not a thread count >= 1 or auto", param_hint="--threads")
+        if threads != "auto":
+            torch.set_num_threads(int(threads))
+        elif not os.environ.get("OMP_NUM_THREADS"):  # the user's own setting stands
+            torch.set_num_threads(auto_threads())
         ctx.obj = {"device": dev, "seed": seed, "precision": precision}
 
     for command in (_pretrain_command, _mask_preview_command, _finetune_command, _linear_probe_command,

@@ -268,6 +268,70 @@ def bench_data(device: torch.device, shared: Path, batch: int = 32, batches: int
 
 
 # ----------------------------------------------------------------------------- report
+# ----------------------------------------------------------------------------- 5. shared CPU
+def bench_threads(shared: Path, repeats: int = 7) -> list[dict]:
+    """The tiny-preset step (B=32, ModelNet40's 1024 points FPS'd to 512 in the step) and
+    FPS+KNN grouping (B=128, 1024 -> 64 x 32) at 1 thread, at every CPU, and at what jepa3d's
+    default (`--threads auto`) picks; quiet, then beside one competing CPU-bound process (a
+    busy loop, as a data loader, a notebook or another job would be). Median of `repeats`."""
+    import subprocess
+
+    arr, _ = real_clouds(1024, 128, shared)
+    clouds = torch.from_numpy(arr)
+    cfg, tcfg = jepa3d.make_configs("tiny")
+    torch.manual_seed(0)
+    model = jepa3d.JEPA(cfg).train()
+    opt = jepa3d.make_optimizer(model, tcfg)
+    g = torch.Generator()
+
+    def step():
+        x = jepa3d.fit_points(clouds[:32], cfg.num_points, g)
+        jepa3d.train_step(model, opt, None, x, g, lr=1e-4, momentum=0.996, grad_clip=10.0, amp_dtype=None)
+
+    def group():
+        jepa3d.group_points(clouds, 64, 32, g)
+
+    def median(fn):
+        fn()
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return sorted(times)[len(times) // 2]
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    rows, before = [], torch.get_num_threads()
+    for load in ("quiet", "one competing process"):
+        rival = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if load != "quiet" else None
+        try:
+            time.sleep(1.0)
+            auto = jepa3d.auto_threads()
+            timed = {}
+            for threads in sorted({1, cpus, auto}):
+                torch.set_num_threads(threads)
+                timed[threads] = {"step_s": median(step), "group_s": median(group)}
+            for what in ("step_s", "group_s"):
+                best = min(t[what] for t in timed.values())
+                for threads, t in timed.items():
+                    rows.append({"load": load, "what": what[:-2], "threads": threads, "auto": threads == auto,
+                                 "seconds": t[what], "vs_best": t[what] / best})
+        finally:
+            if rival is not None:
+                rival.kill()
+                rival.wait()
+    torch.set_num_threads(before)
+    return rows
+
+
+def threads_table(rows: list[dict]) -> list[str]:
+    lines = ["| load | what | threads | seconds | vs the best thread count |", "|---|---|---|---|---|"]
+    for r in rows:
+        mark = " (default: auto)" if r["auto"] else ""
+        lines.append(f"| {r['load']} | {r['what']} | {r['threads']}{mark} | {r['seconds']:.3f} | {r['vs_best']:.2f}x |")
+    return lines
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto")
@@ -284,8 +348,23 @@ def main():
     ap.add_argument("--shared", default=str(SHARED), help="the shared data folder (real clouds; built-in shapes "
                                                           "where absent)")
     ap.add_argument("--name", default=None, help="result files benchmarks/speed_<name>.{md,json} (default: device)")
+    ap.add_argument("--threads-only", action="store_true",
+                    help="only the shared-CPU table (quiet vs one competing process, by thread count) into "
+                         "benchmarks/speed_threads.{md,json}")
     args = ap.parse_args()
     shared = Path(args.shared)
+    if args.threads_only:
+        rows = bench_threads(shared)
+        lines = [f"# Threads on a shared CPU ({platform.processor() or 'cpu'}, {os.cpu_count()} CPUs, torch "
+                 f"{torch.__version__})", "", "`python benchmarks/bench_speed.py --threads-only`: the tiny step "
+                 "(B=32) and FPS+KNN grouping (B=128, 1024 -> 64 x 32) on ModelNet40, median of 7, quiet and "
+                 "beside one busy-loop process, at each thread count and at `--threads auto` (jepa3d's default). "
+                 "FPS always runs its loop on one thread.", "", *threads_table(rows)]
+        out = ROOT / "benchmarks" / "speed_threads"
+        out.with_suffix(".json").write_text(json.dumps({"rows": rows, "torch": torch.__version__}, indent=2) + "\n")
+        out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+        return
     device = jepa3d.resolve_device(args.device)
     kind = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
     threads = torch.get_num_threads()

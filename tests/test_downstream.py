@@ -233,7 +233,7 @@ def test_every_augmentation_choice_is_one_the_data_module_applies():
     import jepa3d_data
 
     for cls in (jepa3d.TrainConfig, jepa3d.FinetuneConfig):
-        choices = next(f.metadata["choices"] for f in jepa3d.dataclasses.fields(cls) if f.name == "augment")
+        choices = next(jepa3d.choices_of(f) for f in jepa3d.dataclasses.fields(cls) if f.name == "augment")
         for name in choices:
             fn = jepa3d_data.augmentation(name)
             assert (fn is None) == (name == "none")

@@ -191,7 +191,7 @@ def test_mini_pointnet_equals_point_maes_concat_form():
 
 def test_a_new_objective_is_one_table_entry(configs, monkeypatch):
     cfg, _ = configs
-    choices = next(f.metadata["choices"] for f in jepa3d.dataclasses.fields(cfg) if f.name == "objective")
+    choices = next(jepa3d.choices_of(f) for f in jepa3d.dataclasses.fields(cfg) if f.name == "objective")
     assert set(choices) == set(jepa3d.OBJECTIVES)
 
     def add_head(model):
