@@ -369,3 +369,28 @@ def test_few_shot_says_which_query_fits(tmp_path):
                       "--num-groups", "16", "--group-size", "8")
     assert proc.returncode in (1, 2) and "Traceback" not in proc.stderr
     assert "--query 15" in proc.stderr
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    import safetensors.torch
+    from click.testing import CliRunner
+
+    out = tmp_path / "run"
+    first = jepa3d_cli("pretrain", "--preset", "tiny", *SMALL_FLAGS, "--max-steps", "2", "--save-every", "2",
+                       "--out", out)
+    assert first.returncode == 0, first.stderr
+    good = (out / "checkpoint.safetensors").read_bytes()
+
+    def full(tensors, filename, metadata=None):
+        with open(filename, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device", filename)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    result = CliRunner().invoke(jepa3d.make_cli(), ["pretrain", "--out", str(out), "--resume", "--max-steps", "4"])
+    assert result.exit_code == 1 and "No space left on device" in result.output
+    assert "Traceback" not in result.output
+    assert (out / "checkpoint.safetensors").read_bytes() == good
+    assert not (out / "checkpoint.safetensors.tmp").exists()
