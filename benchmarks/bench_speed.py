@@ -320,6 +320,22 @@ def bench_threads(shared: Path, repeats: int = 7) -> list[dict]:
             if rival is not None:
                 rival.kill()
                 rival.wait()
+    # what pinning the FPS loop to one thread costs on a quiet CPU, at every CPU's threads
+    import contextlib
+    torch.set_num_threads(cpus)
+    x8 = torch.from_numpy(np.concatenate([arr[:32]] * 8, 1))                 # (32, 8192, 3)
+    pinned = jepa3d.cpu_threads
+    for label, fn in (("group B=128 x 1024", group),
+                      ("fps 8192 -> 1024, B=32", lambda: jepa3d.farthest_point_sample(x8, 1024, g))):
+        timed = {"pinned as shipped": median(fn)}
+        jepa3d.cpu_threads = lambda n: contextlib.nullcontext()
+        try:
+            timed["never pinned"] = median(fn)
+        finally:
+            jepa3d.cpu_threads = pinned
+        for how, seconds in timed.items():
+            rows.append({"load": "quiet", "what": f"{label}: FPS {how}", "threads": cpus, "auto": False,
+                         "seconds": seconds, "vs_best": seconds / min(timed.values())})
     torch.set_num_threads(before)
     return rows
 
