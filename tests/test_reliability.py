@@ -53,6 +53,19 @@ def rewrite_metadata(src, dst, **changes):
     return dst
 
 
+def shapenet_folder(root, clouds: dict, test: list | None = None):
+    """A ShapeNet-55 layout: shapenet_pc/<name> for each cloud, all listed in train.txt, `test`
+    (default: the first) in test.txt. Names may be any string (the lists are what is tested)."""
+    (root / "shapenet_pc").mkdir(parents=True)
+    (root / "ShapeNet-55").mkdir()
+    for name, cloud in clouds.items():
+        if cloud is not None:
+            np.save(root / "shapenet_pc" / name, cloud)
+    (root / "ShapeNet-55" / "train.txt").write_text("".join(n + "\n" for n in clouds))
+    (root / "ShapeNet-55" / "test.txt").write_text("".join(n + "\n" for n in (test or list(clouds)[:1])))
+    return root
+
+
 # 1. divergence ----------------------------------------------------------------------------
 def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     out = tmp_path / "nan"
@@ -253,21 +266,10 @@ def test_os_errors_are_one_line_and_debug_shows_the_traceback(tmp_path):
 
 
 def test_a_worker_process_data_error_is_one_line(tmp_path):
-    root = tmp_path / "shapenet"
-    (root / "shapenet_pc").mkdir(parents=True)
-    (root / "ShapeNet-55").mkdir()
-    import numpy as np
     rng = np.random.default_rng(0)
-    names = []
-    for i in range(8):
-        cloud = rng.normal(size=(256, 3)).astype(np.float32)
-        if i == 5:
-            cloud[7, 1] = np.nan
-        name = f"02691156-{i:04d}.npy"
-        np.save(root / "shapenet_pc" / name, cloud)
-        names.append(name)
-    (root / "ShapeNet-55" / "train.txt").write_text("\n".join(names) + "\n")
-    (root / "ShapeNet-55" / "test.txt").write_text("\n".join(names[:2]) + "\n")
+    clouds = {f"02691156-{i:04d}.npy": rng.normal(size=(256, 3)).astype(np.float32) for i in range(8)}
+    clouds["02691156-0005.npy"][7, 1] = np.nan
+    root = shapenet_folder(tmp_path / "shapenet", clouds)
     proc = jepa3d_cli("pretrain", "--data", root, "--preset", "tiny", *SMALL_FLAGS, "--max-steps", "2",
                       "--workers", "1", "--out", tmp_path / "run")
     line = one_clean_line(proc, "02691156-0005.npy")
@@ -311,13 +313,9 @@ def test_negative_counts_in_headers_are_refused(tmp_path):
 
 
 def test_split_lists_cannot_reach_outside_the_dataset(tmp_path):
-    root = tmp_path / "shapenet"
-    (root / "shapenet_pc").mkdir(parents=True)
-    (root / "ShapeNet-55").mkdir()
-    np.save(root / "shapenet_pc" / "02691156-a.npy", np.random.default_rng(0).normal(size=(64, 3)))
     np.save(tmp_path / "outside-b.npy", np.random.default_rng(1).normal(size=(64, 3)))
-    (root / "ShapeNet-55" / "train.txt").write_text("02691156-a.npy\n../../outside-b.npy\n")
-    (root / "ShapeNet-55" / "test.txt").write_text("02691156-a.npy\n")
+    root = shapenet_folder(tmp_path / "shapenet", {"02691156-a.npy": np.random.default_rng(0).normal(size=(64, 3)),
+                                                   "../../outside-b.npy": None})
     with pytest.raises(jepa3d_data.DataError, match=r"train.txt: entry '../../outside-b.npy' is not a file name"):
         jepa3d_data.open_dataset(root)
     mn = tmp_path / "mn"
@@ -329,17 +327,10 @@ def test_split_lists_cannot_reach_outside_the_dataset(tmp_path):
 
 
 def test_inspect_reads_every_file_training_would(tmp_path):
-    root = tmp_path / "shapenet"
-    (root / "shapenet_pc").mkdir(parents=True)
-    (root / "ShapeNet-55").mkdir()
     rng = np.random.default_rng(0)
-    for i in range(3):
-        cloud = rng.normal(size=(64, 3)).astype(np.float32)
-        if i == 2:
-            cloud[5, 0] = np.nan
-        np.save(root / "shapenet_pc" / f"02691156-{i}.npy", cloud)
-    (root / "ShapeNet-55" / "train.txt").write_text("".join(f"02691156-{i}.npy\n" for i in range(3)))
-    (root / "ShapeNet-55" / "test.txt").write_text("02691156-0.npy\n")
+    clouds = {f"02691156-{i}.npy": rng.normal(size=(64, 3)).astype(np.float32) for i in range(3)}
+    clouds["02691156-2.npy"][5, 0] = np.nan
+    root = shapenet_folder(tmp_path / "shapenet", clouds)
     report = jepa3d_data.inspect(root)
     assert any("02691156-2.npy" in p and "NaN" in p for p in report["splits"]["train"]["problems"])
 
