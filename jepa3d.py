@@ -2709,17 +2709,31 @@ def _linear_probe_command(click):
     @_data_options
     @click.option("--out", type=click.Path(file_okay=False), default="runs/linear-probe",
                   help="folder for metrics.json")
+    @click.option("--against-random", is_flag=True,
+                  help="also probe a random-init encoder of the same configuration and seed, and report the "
+                       "gain: did pretraining help?")
     @_config_options(ProbeConfig, with_presets=False)
     @click.pass_context
     @_fail_cleanly
-    def linear_probe_cmd(ctx, out, **kw):
+    def linear_probe_cmd(ctx, out, against_random, **kw):
         """Frozen encoder, concat(max, mean) features, linear classifier on the train split, test accuracy."""
         data, enc = _pop(kw, _DATA_KEYS), _pop(kw, _ENCODER_KEYS)
         probe = _usage(ProbeConfig, **_given(kw))
         encoder, cfg, source = _open_encoder(ctx, enc)
         train_set, test_set = (_load_data(data, split, cfg.num_points) for split in ("train", "test"))
-        result = linear_probe(encoder, cfg, train_set, test_set, probe, **_runtime(ctx))
-        _report({"command": "linear-probe", "encoder": source, **result}, Path(out))
+        result = {"command": "linear-probe", "encoder": source,
+                  **linear_probe(encoder, cfg, train_set, test_set, probe, **_runtime(ctx))}
+        if against_random:
+            torch.manual_seed(ctx.obj["seed"])
+            print(f"random-init encoder (seed {ctx.obj['seed']}), same configuration:", file=sys.stderr)
+            baseline = linear_probe(Encoder(cfg), cfg, train_set, test_set, probe, **_runtime(ctx))
+            kinds = [k for k in ("svc", "linear_svc", "logreg") if k in result]
+            result["random_init"] = {k: baseline[k] for k in kinds}
+            result["gain_over_random_init"] = {k: result[k]["accuracy"] - baseline[k]["accuracy"] for k in kinds}
+            print("pretrained vs random init: " + ", ".join(
+                f"{k} {result[k]['accuracy']:.2f} vs {baseline[k]['accuracy']:.2f} "
+                f"({result['gain_over_random_init'][k]:+.2f})" for k in kinds), file=sys.stderr)
+        _report(result, Path(out))
     return linear_probe_cmd
 
 

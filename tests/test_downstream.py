@@ -117,6 +117,19 @@ def test_linear_probe_end_to_end(tmp_path, pretrained):
                              "--out", tmp_path / "x")[0]["encoder"]
 
 
+def test_against_random_reports_the_gain_over_the_same_config_at_init(tmp_path, pretrained):
+    geometry = ["--num-points", "128", "--num-groups", "16", "--group-size", "8"]
+    same, _ = run("linear-probe", "--checkpoint", "none", "--preset", "tiny", *geometry, "--against-random",
+                  "--out", tmp_path / "a")  # a random encoder against itself: no gain, exactly
+    assert same["gain_over_random_init"] == {"svc": 0.0}
+    assert same["random_init"]["svc"]["accuracy"] == same["svc"]["accuracy"]
+    result, _ = run("linear-probe", "--checkpoint", pretrained, *geometry, "--classifier", "both", "--against-random",
+                    "--out", tmp_path / "b")
+    for kind in ("svc", "logreg"):
+        gain = result[kind]["accuracy"] - result["random_init"][kind]["accuracy"]
+        assert result["gain_over_random_init"][kind] == pytest.approx(gain)
+
+
 def test_few_shot_end_to_end(tmp_path, pretrained):
     result, res = run("few-shot", "--checkpoint", pretrained, "--way", "5", "--shot", "10", "--folds", "3",
                       "--out", tmp_path)
