@@ -156,6 +156,9 @@ class ModelConfig:
     pos_init: str = _opt("torch", "initialisation of the position MLPs: torch (PyTorch's default, so the position "
                          "signal is as large as the patch tokens') or trunc-normal (ViT's 0.02, which makes it "
                          "~200x smaller; jepa3d <= 0.1)", choices=("torch", "trunc-normal"))
+    target_layers: int = _opt(1, "the teacher's target: the mean of its last N blocks' outputs, each layer-normed "
+                              "(data2vec, point2vec); 1 = its final output, layer-normed (I-JEPA, the paper)",
+                              min=1, max=256)
     min_context: int = _opt(4, "context-block: a sample whose context keeps fewer patches than this once the "
                             "targets are removed draws its blocks again (I-JEPA's min_keep)", min=1, max=1 << 16)
 
@@ -844,8 +847,7 @@ def _jepa_objective(model: JEPA, patches: torch.Tensor, centres: torch.Tensor, m
     the whole cloud. patches (B, G, K, 3), centres (B, G, 3), pred (M*B, T, D)."""
     B, M, T = masks.targets.shape
     with torch.no_grad():
-        teacher = model.target_encoder(patches, centres)                     # (B, G, D)
-        teacher = F.layer_norm(teacher.float(), teacher.shape[-1:])
+        teacher = _teacher_targets(model.target_encoder, patches, centres, model.cfg.target_layers)  # (B, G, D)
         target = gather(teacher, masks.targets).transpose(0, 1).reshape(M * B, T, -1)  # (M*B, T, D)
     loss = jepa_loss(pred, target, model.cfg.loss)
     with torch.no_grad():
@@ -860,6 +862,17 @@ def _jepa_objective(model: JEPA, patches: torch.Tensor, centres: torch.Tensor, m
             # so that isotropic unit vectors give about 1 and identical ones 0
             "target_spread": spread(tokens), "pred_spread": spread(pred.detach().float().flatten(0, 1))}
     return loss, stats
+
+
+def _teacher_targets(teacher: Encoder, patches: torch.Tensor, centres: torch.Tensor, layers: int) -> torch.Tensor:
+    """The teacher's targets for every patch (B, G, D): its final output layer-normed, or with
+    layers > 1 the mean of its last `layers` block outputs, each layer-normed (data2vec)."""
+    if layers == 1:
+        out = teacher(patches, centres)
+        return F.layer_norm(out.float(), out.shape[-1:])
+    depth = len(teacher.blocks)
+    outs = teacher._run(patches, centres, None, tuple(range(max(0, depth - layers), depth)))
+    return torch.stack([F.layer_norm(o.float(), o.shape[-1:]) for o in outs]).mean(0)
 
 
 def spread(tokens: torch.Tensor) -> torch.Tensor:

@@ -272,3 +272,22 @@ def test_monitors_score_the_trivial_prediction_and_see_a_collapse(configs):
         model.target_encoder.norm.bias.normal_()
     _, stats = model(points, torch.Generator().manual_seed(0))
     assert stats["target_std"] < 1e-3 and stats["target_spread"] < 1e-3 and stats["mean_loss"] < 1e-4
+
+
+def test_target_layers_average_the_teachers_last_blocks_each_layer_normed(configs):
+    cfg = jepa3d.dataclasses.replace(configs[0], target_layers=2)
+    torch.manual_seed(0)
+    teacher = jepa3d.Encoder(cfg).eval()
+    patches, centres = jepa3d.group_points(torch.randn(2, 128, 3), cfg.num_groups, cfg.group_size)
+    final = jepa3d._teacher_targets(teacher, patches, centres, 1)
+    out = teacher(patches, centres)
+    assert torch.allclose(final, torch.nn.functional.layer_norm(out, out.shape[-1:]))
+    # by hand: run the blocks, layer-norm the outputs of the last two, average
+    x, pos = teacher.patch_embed(patches), teacher.pos_embed(centres)
+    outs = []
+    for blk in teacher.blocks:
+        x = blk(x + pos)
+        outs.append(torch.nn.functional.layer_norm(x, x.shape[-1:]))
+    mean = (outs[-2] + outs[-1]) / 2
+    assert torch.allclose(jepa3d._teacher_targets(teacher, patches, centres, 2), mean, atol=1e-6)
+    assert not torch.allclose(mean, final, atol=1e-3)
