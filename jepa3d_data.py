@@ -49,15 +49,23 @@ def normalize(points: np.ndarray) -> np.ndarray:
 
 
 def normalize_batch(points: np.ndarray) -> np.ndarray:
-    """normalize() for a stack of clouds (N, P, 3) -> float32. Works in float64 after dividing
-    by the largest magnitude, so any finite coordinates (1e-30 or 1e300) come out right; squaring
-    in float32 turned clouds beyond ~1e19 into the single point (0, 0, 0)."""
-    points = np.asarray(points, dtype=np.float64)
-    scale = np.abs(points).max(axis=(1, 2), keepdims=True)
-    points = points / np.where(scale > 0, scale, 1)
+    """normalize() for a stack of clouds (N, P, 3), in their own float type (integers: float64).
+    A cloud whose squared coordinates would overflow or underflow in that type is first divided
+    by the power of two below its largest magnitude (exact in floating point), so any finite
+    magnitude (1e-30 or 1e38) keeps its shape, while clouds of ordinary size come out bit for
+    bit as they always did; squaring unscaled float32 coordinates turned clouds beyond ~1e19
+    into the single point (0, 0, 0)."""
+    points = np.asarray(points)
+    points = points if points.dtype.kind == "f" else points.astype(np.float64)
+    peak = np.abs(points).max(axis=(1, 2), keepdims=True).astype(np.float64)
+    info = np.finfo(points.dtype)  # squares must neither overflow nor underflow in this type
+    risky = (peak > 2.0 ** (info.maxexp // 2 - 2)) | ((peak > 0) & (peak < 2.0 ** (info.minexp // 2 + 2)))
+    if risky.any():
+        points = points / np.where(risky, np.exp2(np.floor(np.log2(np.where(peak > 0, peak, 1)))), 1).astype(
+            points.dtype)
     points = points - points.mean(axis=1, keepdims=True)
     radius = np.sqrt((points**2).sum(-1)).max(axis=1)[:, None, None]
-    return (points / np.where(radius > 0, radius, 1)).astype(np.float32)
+    return points / np.where(radius > 0, radius, 1)
 
 
 # ----------------------------------------------------------------------------- built-in shapes

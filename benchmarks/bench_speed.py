@@ -340,6 +340,36 @@ def bench_threads(shared: Path, repeats: int = 7) -> list[dict]:
     return rows
 
 
+def bench_subsample(shared: Path, repeats: int = 7) -> list[dict]:
+    """--subsample fps against random: fit_points alone (ShapeNet-55's 8192 -> 1024, B=32, and
+    ModelNet40's 1024 -> 512 as the tiny preset does, B=32) and the whole tiny step, the two
+    ways timed alternately in one process, median of `repeats`."""
+    arr8, _ = real_clouds(8192, 32, shared)
+    arr1, _ = real_clouds(1024, 32, shared)
+    cfg, tcfg = jepa3d.make_configs("tiny")
+    torch.manual_seed(0)
+    model = jepa3d.JEPA(cfg).train()
+    opt = jepa3d.make_optimizer(model, tcfg)
+    g = torch.Generator().manual_seed(0)
+    cases = {"fit_points 8192 -> 1024": (torch.from_numpy(arr8), 1024, False),
+             "fit_points 1024 -> 512": (torch.from_numpy(arr1), 512, False),
+             "tiny step, 1024 -> 512 in the step": (torch.from_numpy(arr1), 512, True)}
+    rows = []
+    for name, (clouds, n, step) in cases.items():
+        times = {"fps": [], "random": []}
+        for _ in range(repeats + 1):
+            for how in times:
+                t = time.perf_counter()
+                x = jepa3d.fit_points(clouds, n, g, how)
+                if step:
+                    jepa3d.train_step(model, opt, None, x, g, lr=1e-4, momentum=0.996, grad_clip=10.0, amp_dtype=None)
+                times[how].append(time.perf_counter() - t)
+        med = {how: sorted(ts[1:])[repeats // 2] for how, ts in times.items()}  # the first is a warm-up
+        for how, seconds in med.items():
+            rows.append({"what": name, "subsample": how, "seconds": seconds, "vs_fps": seconds / med["fps"]})
+    return rows
+
+
 def threads_table(rows: list[dict]) -> list[str]:
     lines = ["| load | what | threads | seconds | vs the best thread count |", "|---|---|---|---|---|"]
     for r in rows:
@@ -367,8 +397,24 @@ def main():
     ap.add_argument("--threads-only", action="store_true",
                     help="only the shared-CPU table (quiet vs one competing process, by thread count) into "
                          "benchmarks/speed_threads.{md,json}")
+    ap.add_argument("--subsample-only", action="store_true",
+                    help="only --subsample fps vs random (fit_points and the tiny step) into "
+                         "benchmarks/speed_subsample.{md,json}")
     args = ap.parse_args()
     shared = Path(args.shared)
+    if args.subsample_only:
+        rows = bench_subsample(shared)
+        lines = [f"# --subsample fps vs random ({platform.processor() or 'cpu'}, {torch.get_num_threads()} threads, "
+                 f"torch {torch.__version__})", "", "`python benchmarks/bench_speed.py --subsample-only`: B=32, "
+                 "real clouds (ShapeNet-55 sample, ModelNet40), median of 7, the two ways alternated in one run.",
+                 "", "| what | subsample | seconds | vs fps |", "|---|---|---|---|"]
+        lines += [f"| {r['what']} | {r['subsample']} | {r['seconds']:.4f} | {r['vs_fps']:.2f}x |" for r in rows]
+        out = ROOT / "benchmarks" / "speed_subsample"
+        out.with_suffix(".json").write_text(json.dumps({"rows": rows, "torch": torch.__version__,
+                                                        "threads": torch.get_num_threads()}, indent=2) + "\n")
+        out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+        return
     if args.threads_only:
         rows = bench_threads(shared)
         lines = [f"# Threads on a shared CPU ({platform.processor() or 'cpu'}, {os.cpu_count()} CPUs, torch "
