@@ -66,7 +66,7 @@ __all__ = [
     "make_optimizer", "train_step", "ema_update", "lr_at", "momentum_at", "step_flops", "pretrain",
     # checkpoints
     "CheckpointError", "save_checkpoint", "read_header", "read_tensors", "read_checkpoint", "check_fit",
-    "checkpoint_config", "load_jepa", "load_encoder",
+    "checkpoint_config", "load_jepa", "load_encoder", "random_encoder",
     # downstream
     "pool", "extract_features", "fit_svc", "OneVsOne", "fit_linear", "fit_classifier", "fit_and_score", "accuracy",
     "sample_episode", "draw_episodes",
@@ -1234,12 +1234,23 @@ def checkpoint_config(cls, meta: dict[str, str], path: str | Path, **overrides):
 def load_jepa(path: str | Path) -> tuple[JEPA, dict[str, str], dict[str, torch.Tensor]]:
     """Rebuild the JEPA model stored in a checkpoint -> (model, metadata, tensors)."""
     shapes, metadata = read_header(path)
-    cfg = checkpoint_config(ModelConfig, metadata, path)
-    model = build_checked(lambda: JEPA(cfg), {k: v for k, v in shapes.items() if not k.startswith("optimizer.")},
-                          "", path)
+    model = _checked_jepa(checkpoint_config(ModelConfig, metadata, path), shapes, path)
     tensors = read_tensors(path)
     load_model(model, tensors, path)
     return model, metadata, tensors
+
+
+def _checked_jepa(cfg: ModelConfig, shapes: dict[str, tuple[int, ...]], path: str | Path) -> JEPA:
+    """JEPA(cfg), built only once its tensor shapes match the checkpoint header's model tensors
+    (all but optimizer.*, as load_model loads them)."""
+    return build_checked(lambda: JEPA(cfg), {k: v for k, v in shapes.items() if not k.startswith("optimizer.")},
+                         "", path)
+
+
+def random_encoder(cfg: ModelConfig, seed: int) -> Encoder:
+    """The random-init encoder of `cfg` that seed gives: the baseline every probe compares with."""
+    torch.manual_seed(seed)
+    return Encoder(cfg)
 
 
 def load_model(model: JEPA, tensors: dict[str, torch.Tensor], path: str | Path) -> None:
@@ -1256,8 +1267,7 @@ def load_encoder(checkpoint: str, which: str = "target", preset: str = "paper",
     geometry = {k: v for k, v in geometry.items() if v is not None}
     if checkpoint == "none":
         cfg, _ = make_configs(preset, **geometry)
-        torch.manual_seed(seed)
-        return Encoder(cfg), cfg, f"none (random init, preset {preset}, seed {seed})"
+        return random_encoder(cfg, seed), cfg, f"none (random init, preset {preset}, seed {seed})"
     shapes, meta = read_header(checkpoint)
     cfg = checkpoint_config(ModelConfig, meta, checkpoint, **geometry)
     prefix = "target_encoder." if which == "target" and any(k.startswith("target_encoder.") for k in shapes) \
@@ -1379,8 +1389,7 @@ def _start_run(model_cfg: ModelConfig, train_cfg: TrainConfig, ckpt_path: Path, 
         if json.loads(meta.get("kind", '"pretrain"')) != "pretrain":
             raise CheckpointError(f"{ckpt_path}: a {json.loads(meta['kind'])} checkpoint, not a pretraining "
                                   "run's; --resume continues pretraining runs only")
-        model = build_checked(lambda: JEPA(model_cfg), {k: v for k, v in shapes.items()
-                                                        if not k.startswith("optimizer.")}, "", ckpt_path)
+        model = _checked_jepa(model_cfg, shapes, ckpt_path)
     else:
         model = JEPA(model_cfg)
     model = model.to(device)
@@ -1452,7 +1461,7 @@ def pretrain(dataset, out_dir: str | Path, model_cfg: ModelConfig, train_cfg: Tr
     lock = _lock_folder(out) if rank == 0 else None
     try:
         if resume and not new_data:
-            _check_same_data(out / "run.json", identity)
+            _check_same_data(out, identity)
         run = _start_run(model_cfg, train_cfg, ckpt_path, device=device, seed=seed, precision=precision, resume=resume)
         precision_name = str(run.amp_dtype or "fp32")
         if rank == 0:
@@ -1517,15 +1526,22 @@ def _lock_folder(out: Path):
     return fh
 
 
-def _check_same_data(run_json: Path, identity: dict) -> None:
-    """A resumed run reads the data it started with (dataset name and size, as in run.json)."""
+def _run_info(out: Path) -> dict:
+    """A run folder's run.json, or {} when it has none (or an unreadable one)."""
     try:
-        before = json.loads(run_json.read_text())
+        info = json.loads((out / "run.json").read_text())
+        return info if isinstance(info, dict) else {}
     except (OSError, ValueError):
-        return  # no run.json (a checkpoint copied on its own): nothing to compare with
+        return {}
+
+
+def _check_same_data(out: Path, identity: dict) -> None:
+    """A resumed run reads the data it started with (dataset name and size, as in run.json;
+    a folder without one, e.g. a checkpoint copied on its own, has nothing to compare with)."""
+    before = _run_info(out)
     was = {k: before.get(k) for k in identity}
-    if was != identity:
-        raise RunFolderError(f"{run_json.parent}: --resume would train on {identity['dataset']} "
+    if before and was != identity:
+        raise RunFolderError(f"{out}: --resume would train on {identity['dataset']} "
                              f"({identity['clouds']} clouds) but the run started on {was['dataset']} "
                              f"({was['clouds']} clouds); pass the run's --data, or --new-data to change the data "
                              "on purpose")
@@ -2552,15 +2568,6 @@ def _fail_cleanly(fn):
     return wrapper
 
 
-def _run_info(out: Path) -> dict:
-    """A run folder's run.json, or {} when it has none (or an unreadable one)."""
-    try:
-        info = json.loads((out / "run.json").read_text())
-        return info if isinstance(info, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
 def _pretrain_command(click):
     @click.command("pretrain")
     @_data_options
@@ -2743,9 +2750,9 @@ def _linear_probe_command(click):
         result = {"command": "linear-probe", "encoder": source,
                   **linear_probe(encoder, cfg, train_set, test_set, probe, **_runtime(ctx))}
         if against_random:
-            torch.manual_seed(ctx.obj["seed"])
             print(f"random-init encoder (seed {ctx.obj['seed']}), same configuration:", file=sys.stderr)
-            baseline = linear_probe(Encoder(cfg), cfg, train_set, test_set, probe, **_runtime(ctx))
+            baseline = linear_probe(random_encoder(cfg, ctx.obj["seed"]), cfg, train_set, test_set, probe,
+                                    **_runtime(ctx))
             kinds = [k for k in ("svc", "linear_svc", "logreg") if k in result]
             result["random_init"] = {k: baseline[k] for k in kinds}
             result["gain_over_random_init"] = {k: result[k]["accuracy"] - baseline[k]["accuracy"] for k in kinds}
