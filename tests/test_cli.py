@@ -5,15 +5,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import SMALL_FLAGS
+from conftest import SMALL_FLAGS, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def jepa3d(*args, check=True):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "jepa3d", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=300)
+    proc = run_cli(*args)
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc

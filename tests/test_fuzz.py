@@ -33,7 +33,7 @@ def valid_files(tmp_path, rng) -> dict[str, bytes]:
     out[".pcd"] = (pcd + rows).encode()
     out[".pcd-binary"] = pcd.replace("ascii", "binary").encode() + pts.astype("<f4").tobytes()
     faces = "3 0 1 2\n3 1 2 3\n4 0 2 3 4\n"
-    out[".off"] = (f"OFF\n8 3 0\n" + "\n".join(" ".join(f"{v:.3f}" for v in p) for p in pts[:8]) + "\n"
+    out[".off"] = ("OFF\n8 3 0\n" + "\n".join(" ".join(f"{v:.3f}" for v in p) for p in pts[:8]) + "\n"
                    + faces).encode()
     out[".obj"] = ("".join(f"v {p[0]:.3f} {p[1]:.3f} {p[2]:.3f}\n" for p in pts[:8])
                    + "f 1 2 3\nf 2 3 4\nf 1/1 3/3 4/4 5/5\n").encode()

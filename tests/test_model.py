@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import jepa3d
+from conftest import rewrite_metadata
 
 
 def test_predictor_stacks_blocks_block_major(configs):
@@ -248,15 +249,11 @@ def test_position_enters_every_block_and_legacy_checkpoints_keep_theirs(configs,
     # a format-1 checkpoint (no position field) loads as the model it was: position added once
     model = jepa3d.JEPA(legacy)
     jepa3d.save_checkpoint(tmp_path / "old.safetensors", model)
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-    with safe_open(str(tmp_path / "old.safetensors"), "pt") as fh:
-        meta, tensors = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}
-    old_cfg = json.loads(meta["model_config"])
+    old_cfg = json.loads(jepa3d.read_header(tmp_path / "old.safetensors")[1]["model_config"])
     for name in ("position", "pos_init", "min_context"):
         del old_cfg[name]
-    save_file(tensors, str(tmp_path / "v1.safetensors"),
-              metadata={**meta, "format_version": "1", "model_config": json.dumps(old_cfg)})
+    rewrite_metadata(tmp_path / "old.safetensors", tmp_path / "v1.safetensors", format_version="1",
+                     model_config=json.dumps(old_cfg))
     loaded, _, _ = jepa3d.load_jepa(tmp_path / "v1.safetensors")
     assert loaded.cfg.position == "input" and loaded.cfg.pos_init == "trunc-normal"
 

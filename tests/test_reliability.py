@@ -5,7 +5,6 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,16 +12,7 @@ import torch
 
 import jepa3d
 import jepa3d_data
-from conftest import SMALL, SMALL_FLAGS
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def jepa3d_cli(*args, env=None):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "jepa3d", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=300)
-
+from conftest import ROOT, SMALL, SMALL_FLAGS, rewrite_metadata, run_cli
 
 def one_clean_line(proc, *words):
     """Exit 1, no traceback, one line on stderr (after any progress lines) naming `words`."""
@@ -42,17 +32,6 @@ def small_checkpoint(tmp_path, steps=2, name="run"):
     return tmp_path / name / "checkpoint.safetensors"
 
 
-def rewrite_metadata(src, dst, **changes):
-    """A copy of a checkpoint with metadata fields replaced (values are the stored strings)."""
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    with safe_open(str(src), framework="pt") as fh:
-        meta, tensors = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}
-    save_file(tensors, str(dst), metadata={**meta, **changes})
-    return dst
-
-
 def shapenet_folder(root, clouds: dict, test: list | None = None):
     """A ShapeNet-55 layout: shapenet_pc/<name> for each cloud, all listed in train.txt, `test`
     (default: the first) in test.txt. Names may be any string (the lists are what is tested)."""
@@ -69,7 +48,7 @@ def shapenet_folder(root, clouds: dict, test: list | None = None):
 # 1. divergence ----------------------------------------------------------------------------
 def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     out = tmp_path / "nan"
-    proc = jepa3d_cli("pretrain", "--preset", "tiny", *SMALL_FLAGS, "--lr", "1e6", "--max-steps", "4",
+    proc = run_cli("pretrain", "--preset", "tiny", *SMALL_FLAGS, "--lr", "1e6", "--max-steps", "4",
                       "--save-every", "2", "--out", out)
     one_clean_line(proc, "not finite", "--lr")
     assert proc.stdout == ""  # no result line, and never a bare NaN
@@ -105,7 +84,7 @@ def test_a_checkpoint_with_nan_weights_is_refused(tmp_path):
     tensors[key] = torch.full_like(tensors[key], float("nan"))
     from safetensors.torch import save_file
     save_file(tensors, str(tmp_path / "nan.safetensors"), metadata=meta)
-    proc = jepa3d_cli("linear-probe", "--checkpoint", tmp_path / "nan.safetensors")
+    proc = run_cli("linear-probe", "--checkpoint", tmp_path / "nan.safetensors")
     one_clean_line(proc, "nan.safetensors", "NaN")
 
 
@@ -127,7 +106,7 @@ def test_a_checkpoint_config_is_checked_against_its_tensors_before_anything_is_b
             call()
         for word in words:
             assert word in str(err.value)
-    one_clean_line(jepa3d_cli("embed", "--checkpoint", bad, "--out", tmp_path / "e.npz"), "bad.safetensors")
+    one_clean_line(run_cli("embed", "--checkpoint", bad, "--out", tmp_path / "e.npz"), "bad.safetensors")
 
 
 def test_a_bad_config_never_allocates(tmp_path, monkeypatch):
@@ -157,24 +136,24 @@ def test_a_bad_config_never_allocates(tmp_path, monkeypatch):
 def test_bad_checkpoint_metadata_is_one_line(tmp_path, change, words):
     ckpt = small_checkpoint(tmp_path)
     bad = rewrite_metadata(ckpt, tmp_path / "bad.safetensors", **change)
-    one_clean_line(jepa3d_cli("linear-probe", "--checkpoint", bad), "bad.safetensors", *words)
+    one_clean_line(run_cli("linear-probe", "--checkpoint", bad), "bad.safetensors", *words)
     out = tmp_path / "run"
     bad.replace(out / "checkpoint.safetensors")
-    one_clean_line(jepa3d_cli("pretrain", "--out", out, "--resume"), "checkpoint.safetensors", *words)
+    one_clean_line(run_cli("pretrain", "--out", out, "--resume"), "checkpoint.safetensors", *words)
 
 
 def test_a_folder_or_a_finetune_checkpoint_is_refused_in_one_line(tmp_path):
     ckpt = small_checkpoint(tmp_path)
-    one_clean_line(jepa3d_cli("linear-probe", "--checkpoint", tmp_path / "run"), "is a folder")
+    one_clean_line(run_cli("linear-probe", "--checkpoint", tmp_path / "run"), "is a folder")
     ft = tmp_path / "ft"
-    proc = jepa3d_cli("finetune", "--task", "builtin", "--checkpoint", ckpt, "--epochs", "1", "--batch-size", "8",
+    proc = run_cli("finetune", "--task", "builtin", "--checkpoint", ckpt, "--epochs", "1", "--batch-size", "8",
                       "--out", ft)
     assert proc.returncode == 0, proc.stderr
     tuned = next(ft.glob("*.safetensors"))
     run = tmp_path / "again"
     run.mkdir()
     (run / "checkpoint.safetensors").write_bytes(tuned.read_bytes())
-    one_clean_line(jepa3d_cli("pretrain", "--out", run, "--resume"), "checkpoint.safetensors")
+    one_clean_line(run_cli("pretrain", "--out", run, "--resume"), "checkpoint.safetensors")
 
 
 # 3. one run per folder --------------------------------------------------------------------
@@ -186,7 +165,7 @@ def test_a_run_folder_is_owned_by_one_process(tmp_path, configs):
     try:
         with pytest.raises(jepa3d.RunFolderError, match="in use"):
             jepa3d.pretrain(data, out, cfg, tcfg, device=torch.device("cpu"), max_steps=1)
-        proc = jepa3d_cli("pretrain", "--preset", "tiny", *SMALL_FLAGS, "--max-steps", "1", "--out", out)
+        proc = run_cli("pretrain", "--preset", "tiny", *SMALL_FLAGS, "--max-steps", "1", "--out", out)
         one_clean_line(proc, "in use")
         assert not (out / "metrics.jsonl").exists()
     finally:
@@ -204,23 +183,23 @@ def test_a_killed_run_does_not_leave_its_folder_locked(tmp_path):
 # 4, 5. resume keeps the data, the settings and the logs -----------------------------------
 def test_resume_refuses_other_data_and_keeps_run_json(tmp_path):
     out = tmp_path / "run"
-    first = jepa3d_cli("pretrain", "--preset", "tiny", *SMALL_FLAGS, "--dataset", "builtin-parts",
+    first = run_cli("pretrain", "--preset", "tiny", *SMALL_FLAGS, "--dataset", "builtin-parts",
                        "--max-steps", "3", "--save-every", "1", "--out", out)
     assert first.returncode == 0, first.stderr
     info = (out / "run.json").read_bytes()
     assert json.loads(info)["save_every"] == 1
     # without --data the run continues on its own data (not the built-in default's)
-    resumed = jepa3d_cli("pretrain", "--out", out, "--resume", "--max-steps", "4")
+    resumed = run_cli("pretrain", "--out", out, "--resume", "--max-steps", "4")
     assert resumed.returncode == 0, resumed.stderr
     assert (out / "run.json").read_bytes() == info
-    other = jepa3d_cli("pretrain", "--out", out, "--resume", "--max-steps", "5", "--dataset", "builtin")
+    other = run_cli("pretrain", "--out", out, "--resume", "--max-steps", "5", "--dataset", "builtin")
     one_clean_line(other, "--new-data", "builtin-parts")
     assert (out / "run.json").read_bytes() == info
 
 
 def test_save_every_is_kept_on_resume(tmp_path):
     out = tmp_path / "run"
-    jepa3d_cli("pretrain", "--preset", "tiny", *SMALL_FLAGS, "--max-steps", "2", "--save-every", "2", "--out", out)
+    run_cli("pretrain", "--preset", "tiny", *SMALL_FLAGS, "--max-steps", "2", "--save-every", "2", "--out", out)
     seen = []
     real = jepa3d.save_checkpoint
     # in-process, to see every save: resume without --save-every saves at steps 4 and 6, not per epoch
@@ -255,12 +234,12 @@ def test_metrics_stay_one_line_per_step_after_a_kill_before_the_first_checkpoint
 def test_os_errors_are_one_line_and_debug_shows_the_traceback(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    proc = jepa3d_cli("pretrain", "--preset", "tiny", *SMALL_FLAGS, "--max-steps", "1", "--out", blocker / "run")
+    proc = run_cli("pretrain", "--preset", "tiny", *SMALL_FLAGS, "--max-steps", "1", "--out", blocker / "run")
     one_clean_line(proc, "file")
-    debug = jepa3d_cli("--debug", "pretrain", "--preset", "tiny", *SMALL_FLAGS, "--max-steps", "1",
+    debug = run_cli("--debug", "pretrain", "--preset", "tiny", *SMALL_FLAGS, "--max-steps", "1",
                        "--out", blocker / "run")
     assert debug.returncode == 1 and "Traceback" in debug.stderr
-    env = jepa3d_cli("pretrain", "--preset", "tiny", *SMALL_FLAGS, "--max-steps", "1", "--out", blocker / "run",
+    env = run_cli("pretrain", "--preset", "tiny", *SMALL_FLAGS, "--max-steps", "1", "--out", blocker / "run",
                      env={"JEPA3D_DEBUG": "1"})
     assert "Traceback" in env.stderr
 
@@ -270,7 +249,7 @@ def test_a_worker_process_data_error_is_one_line(tmp_path):
     clouds = {f"02691156-{i:04d}.npy": rng.normal(size=(256, 3)).astype(np.float32) for i in range(8)}
     clouds["02691156-0005.npy"][7, 1] = np.nan
     root = shapenet_folder(tmp_path / "shapenet", clouds)
-    proc = jepa3d_cli("pretrain", "--data", root, "--preset", "tiny", *SMALL_FLAGS, "--max-steps", "2",
+    proc = run_cli("pretrain", "--data", root, "--preset", "tiny", *SMALL_FLAGS, "--max-steps", "2",
                       "--workers", "1", "--out", tmp_path / "run")
     line = one_clean_line(proc, "02691156-0005.npy")
     assert "Original Traceback" not in line and len(proc.stderr.splitlines()) < 6
@@ -336,15 +315,15 @@ def test_inspect_reads_every_file_training_would(tmp_path):
 
 
 def test_variant_on_other_data_and_a_task_on_the_wrong_layout_are_refused(tmp_path):
-    proc = jepa3d_cli("linear-probe", "--checkpoint", "none", "--preset", "tiny", "--variant", "obj_bg")
+    proc = run_cli("linear-probe", "--checkpoint", "none", "--preset", "tiny", "--variant", "obj_bg")
     one_clean_line(proc, "--variant", "not ScanObjectNN")
     pts = np.random.default_rng(0).normal(size=(8, 64, 3)).astype(np.float32)
     root = write_npz_split(tmp_path / "mn", pts, np.arange(8) % 2)
-    proc = jepa3d_cli("finetune", "--task", "scanobjectnn", "--data", root, "--checkpoint", "none", "--preset",
+    proc = run_cli("finetune", "--task", "scanobjectnn", "--data", root, "--checkpoint", "none", "--preset",
                       "tiny", "--epochs", "1")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "--task scanobjectnn reads scanobjectnn data" in proc.stderr
-    proc = jepa3d_cli("finetune", "--task", "builtin", "--checkpoint", "none", "--batch-size", "1")
+    proc = run_cli("finetune", "--task", "builtin", "--checkpoint", "none", "--batch-size", "1")
     assert proc.returncode == 2 and "--batch-size" in proc.stderr  # the head's BatchNorm needs 2
 
 
@@ -356,7 +335,7 @@ def test_few_shot_says_which_query_fits(tmp_path):
              labels=np.repeat(np.arange(6), 10))
     np.savez(root / "s_test.npz", points=rng.normal(size=(90, 64, 3)).astype(np.float32),
              labels=np.repeat(np.arange(6), 15))
-    proc = jepa3d_cli("few-shot", "--data", root, "--checkpoint", "none", "--preset", "tiny", "--num-points", "64",
+    proc = run_cli("few-shot", "--data", root, "--checkpoint", "none", "--preset", "tiny", "--num-points", "64",
                       "--num-groups", "16", "--group-size", "8")
     assert proc.returncode in (1, 2) and "Traceback" not in proc.stderr
     assert "--query 15" in proc.stderr
@@ -369,7 +348,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(tmp_path, monkeyp
     from click.testing import CliRunner
 
     out = tmp_path / "run"
-    first = jepa3d_cli("pretrain", "--preset", "tiny", *SMALL_FLAGS, "--max-steps", "2", "--save-every", "2",
+    first = run_cli("pretrain", "--preset", "tiny", *SMALL_FLAGS, "--max-steps", "2", "--save-every", "2",
                        "--out", out)
     assert first.returncode == 0, first.stderr
     good = (out / "checkpoint.safetensors").read_bytes()
@@ -385,3 +364,46 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(tmp_path, monkeyp
     assert "Traceback" not in result.output
     assert (out / "checkpoint.safetensors").read_bytes() == good
     assert not (out / "checkpoint.safetensors.tmp").exists()
+
+
+def test_new_data_continues_on_other_data_on_purpose_and_records_it(tmp_path):
+    out = tmp_path / "run"
+    first = run_cli("pretrain", "--preset", "tiny", *SMALL_FLAGS, "--dataset", "builtin-parts", "--max-steps", "2",
+                    "--save-every", "1", "--out", out)
+    assert first.returncode == 0, first.stderr
+    moved = run_cli("pretrain", "--out", out, "--resume", "--max-steps", "3", "--dataset", "builtin", "--new-data")
+    assert moved.returncode == 0, moved.stderr
+    info = json.loads((out / "run.json").read_text())
+    assert info["dataset"] == "builtin-train" and info["data_options"]["dataset"] == "builtin"
+    again = run_cli("pretrain", "--out", out, "--resume", "--max-steps", "4")  # now the new data is the run's
+    assert again.returncode == 0, again.stderr
+
+
+# 9. threads on a shared CPU ---------------------------------------------------------------
+def test_threads_option_sets_torch_threads_and_refuses_nonsense(tmp_path):
+    from click.testing import CliRunner
+
+    before = torch.get_num_threads()
+    try:
+        result = CliRunner().invoke(jepa3d.make_cli(), ["--threads", "1", "inspect", str(tmp_path / "none")])
+        assert torch.get_num_threads() == 1 and "Traceback" not in result.output
+        bad = CliRunner().invoke(jepa3d.make_cli(), ["--threads", "0", "inspect", str(tmp_path)])
+        assert bad.exit_code == 2 and "--threads" in bad.output
+    finally:
+        torch.set_num_threads(before)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert 1 <= jepa3d.auto_threads() <= cpus
+
+
+def test_cpu_threads_caps_and_restores_and_fps_leaves_threads_as_they_were():
+    torch.set_num_threads(2)
+    with jepa3d.cpu_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 2
+    with jepa3d.cpu_threads(4):  # never raises the count
+        assert torch.get_num_threads() == 2
+    pts = torch.randn(4, 256, 3)  # B*P small: the loop runs on one thread, the answer is the same
+    pinned = jepa3d.farthest_point_sample(pts, 32)
+    assert torch.get_num_threads() == 2
+    torch.set_num_threads(1)
+    assert torch.equal(pinned, jepa3d.farthest_point_sample(pts, 32))
