@@ -177,6 +177,11 @@ class ModelConfig:
             lo, hi = getattr(self, name)
             if not 0 < lo <= hi <= 1:
                 raise ValueError(f"{name} must be two fractions 0 < lo <= hi <= 1, got {(lo, hi)}")
+
+    def check_masking(self) -> "ModelConfig":
+        """Refuse masking that cannot be drawn (no context left, an empty target block). Called
+        where masks are drawn (pretraining, mask-preview), not on every config: downstream
+        commands that only change the geometry (e.g. --num-groups 8) never mask. -> self"""
         if self.sampler == "context-block":
             largest_targets = self.num_targets * max(1, round(self.target_scale[1] * self.num_groups))
             if round(self.context_scale[0] * self.num_groups) - largest_targets < 1:
@@ -188,6 +193,7 @@ class ModelConfig:
             if per_block < 1 or per_block * self.num_targets >= self.num_groups:
                 raise ValueError(f"mask_ratio {self.mask_ratio} with {self.num_targets} blocks of "
                                  f"{self.num_groups} patches leaves an empty target block or no context")
+        return self
 
 
 @dataclass(frozen=True)
@@ -932,6 +938,7 @@ class JEPA(nn.Module):
         self.predictor = Predictor(cfg)
         self.target_encoder: Encoder | None = None  # set by the objectives that have a teacher
         OBJECTIVES[cfg.objective].build(self)
+        cfg.check_masking()
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -2306,6 +2313,7 @@ def mask_preview(points: torch.Tensor, cfg: ModelConfig, seed: int = 0) -> tuple
     """Colour one cloud (P, 3) by the role of its nearest patch under cfg's sampler.
     -> points (num_points, 3), roles (num_points,) long: 0 unused, 1 context, 2+m target block m
     (a patch in two overlapping target blocks shows the later one)."""
+    cfg.check_masking()
     g = torch.Generator().manual_seed(seed)
     pts = fit_points(points[None].float(), cfg.num_points, g)                # (1, P, 3)
     _, centres = group_points(pts, cfg.num_groups, cfg.group_size, g)       # (1, G, 3)
@@ -2623,6 +2631,7 @@ def _pretrain_command(click):
                                        "or --out NEW_FOLDER to start another (nothing was overwritten)")
         else:
             model_cfg, train_cfg = _usage(make_configs, preset, **overrides)
+        _usage(model_cfg.check_masking)
         world = distributed_env()[1]
         if train_cfg.batch_size % world:
             raise click.UsageError(f"--batch-size {train_cfg.batch_size} is the global batch and must divide by "
@@ -2659,6 +2668,7 @@ def _mask_preview_command(click):
             cfg = checkpoint_config(ModelConfig, read_header(checkpoint)[1], checkpoint, **_given(overrides))
         else:
             cfg, _ = _usage(make_configs, preset, **overrides)
+        _usage(cfg.check_masking)
         ds = _load_data(data, "train", cfg.num_points)
         if index >= len(ds):
             raise click.BadParameter(f"{index} is past the last cloud ({len(ds) - 1})", param_hint="--index")

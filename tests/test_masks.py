@@ -1,4 +1,5 @@
 """Multi-block samplers: sizes, disjointness, per-sample variety, reproducibility."""
+import numpy as np
 import pytest
 import torch
 
@@ -73,11 +74,28 @@ def test_context_block_honours_the_scales():
             assert (d[b, block[0]] < radius).sum() <= T
 
 
-def test_impossible_scales_are_refused():
+def test_impossible_scales_are_refused_where_masks_are_drawn():
+    cfg, _ = jepa3d.make_configs("paper", num_targets=8, target_scale=(0.2, 0.3), context_scale=(0.85, 1.0))
     with pytest.raises(ValueError, match="leaves no context"):
-        jepa3d.make_configs("paper", num_targets=8, target_scale=(0.2, 0.3), context_scale=(0.85, 1.0))
+        cfg.check_masking()
+    with pytest.raises(ValueError, match="leaves no context"):
+        jepa3d.JEPA(cfg)
+    with pytest.raises(ValueError, match="leaves no context"):
+        jepa3d.mask_preview(torch.rand(2048, 3), cfg)
+    cfg, _ = jepa3d.make_configs("paper", sampler="knn-blocks", mask_ratio=0.1, num_targets=16)
     with pytest.raises(ValueError, match="empty target block"):
-        jepa3d.make_configs("paper", sampler="knn-blocks", mask_ratio=0.1, num_targets=16)
+        cfg.check_masking()
+
+
+def test_geometry_that_never_masks_is_fine_downstream(tmp_path):
+    # a downstream command may shrink the patches below what the paper's masking needs: it never masks
+    from conftest import run_cli
+    r = run_cli("pretrain", "--preset", "tiny", "--num-groups", "8", "--out", tmp_path / "p")
+    assert r.returncode == 2 and "leaves no context" in r.stderr and not (tmp_path / "p").exists()
+    r = run_cli("embed", "--checkpoint", "none", "--preset", "tiny", "--num-groups", "8", "--split", "test",
+                "--out", tmp_path / "f.npz")
+    assert r.returncode == 0, r.stderr
+    assert np.load(tmp_path / "f.npz")["features"].shape == (300, 192)
 
 
 def test_block_sizes_come_from_the_host_off_the_cpu():
