@@ -2453,6 +2453,19 @@ def _data_options(fn):
     ])
 
 
+def _sequence_options(click) -> list:
+    """How the 4D layouts (jepa3d_data.SEQUENCE_LAYOUTS) are read: clip length, stride, intrinsics."""
+    return [
+        click.option("--frames", type=click.IntRange(1, 4096), default=16,
+                     help="sequence data: frames per clip (T)  [default: 16]"),
+        click.option("--frame-stride", type=click.IntRange(1, 4096), default=1,
+                     help="sequence data: take every n-th frame of a video  [default: 1]"),
+        click.option("--intrinsics", type=float, nargs=4, default=None, metavar="FX FY CX CY",
+                     help="depth data: pinhole intrinsics in pixels, replacing the layout's own (cam_intr.txt) or "
+                          "default (MSR-Action3D: the field's guess 280 280 W/2 H/2; TUM: freiburg1's)"),
+    ]
+
+
 def _encoder_options(fn):
     """--checkpoint / --encoder / --preset / geometry, shared by every downstream command."""
     import click
@@ -2839,18 +2852,24 @@ def _embed_command(click):
 def _inspect_command(click):
     import jepa3d_data
 
+    def sequence_options(fn):
+        return _options(fn, _sequence_options(click))
+
     @click.command("inspect")
     @click.argument("path", type=click.Path())
     @click.option("--dataset", type=click.Choice(jepa3d_data.LAYOUTS), default=None, help="force a layout")
     @click.option("--variant", type=click.Choice(list(jepa3d_data.SCANOBJECTNN_FILES)), default=None,
                   help=f"ScanObjectNN variant (ScanObjectNN data only)  [default: {jepa3d_data.DEFAULT_VARIANT}]")
     @click.option("--trust-pickle", is_flag=True, help="allow reading pickled caches")
-    @click.option("--num-points", type=click.IntRange(16), default=1024, help="points per cloud to read")
+    @click.option("--num-points", type=click.IntRange(16), default=1024, help="points per cloud (per frame) to read")
+    @sequence_options
     @_fail_cleanly
-    def inspect_cmd(path, dataset, variant, trust_pickle, num_points):
-        """Show the layout detected at PATH, samples per split, classes, points per cloud and problems."""
+    def inspect_cmd(path, dataset, variant, trust_pickle, num_points, frames, frame_stride, intrinsics):
+        """Show the layout detected at PATH, samples per split, classes, points per cloud (sequence
+        data: sequences, frames, clips, points per frame) and problems."""
         report = jepa3d_data.inspect(path, dataset=dataset, variant=variant, trust_pickle=trust_pickle,
-                                     num_points=num_points)
+                                     num_points=num_points, frames=frames, frame_stride=frame_stride,
+                                     intrinsics=intrinsics)
         for line in jepa3d_data.describe(report):
             click.echo(line, err=True)
         click.echo(json.dumps(report))
