@@ -139,7 +139,10 @@ class ModelConfig:
     pred_heads: int = _opt(6, "predictor attention heads", min=1, max=256)
     sampler: str = _opt("context-block", "context-block: the paper's M small target blocks + one large context "
                         "block minus the targets; knn-blocks: M disjoint seed+nearest-patch blocks covering "
-                        "--mask-ratio, context = the rest", choices=("context-block", "knn-blocks"))
+                        "--mask-ratio, context = the rest; clips (--frames > 1) also: tube: M spatial blocks that span "
+                        "every frame (V-JEPA), context = the rest; future: context = the first frames, targets M "
+                        "tubes through the last --future-frames (predict what comes next)",
+                        choices=("context-block", "knn-blocks", "tube", "future"))
     num_targets: int = _opt(4, "M, target blocks per cloud (the paper's ablation: M=4 is best)", min=1,
                            max=1024)
     target_scale: tuple = _opt((0.15, 0.2), "context-block: fraction of patches in each target block, "
@@ -164,6 +167,10 @@ class ModelConfig:
                               min=1, max=256)
     min_context: int = _opt(4, "context-block: a sample whose context keeps fewer patches than this once the "
                             "targets are removed draws its blocks again (I-JEPA's min_keep)", min=1, max=1 << 16)
+    frames: int = _opt(1, "frames per clip (T): 1 = single clouds; > 1 = point-cloud sequences, tokenised frame by "
+                       "frame (num-groups patches per frame), each token's position (x, y, z, t)", min=1, max=4096)
+    future_frames: int = _opt(4, "future sampler: the last frames of a clip whose patches are predicted", min=1,
+                              max=4096)
 
     def __post_init__(self):
         _check_fields(self)
@@ -182,17 +189,29 @@ class ModelConfig:
         """Refuse masking that cannot be drawn (no context left, an empty target block). Called
         where masks are drawn (pretraining, mask-preview), not on every config: downstream
         commands that only change the geometry (e.g. --num-groups 8) never mask. -> self"""
-        if self.sampler == "context-block":
-            largest_targets = self.num_targets * max(1, round(self.target_scale[1] * self.num_groups))
-            if round(self.context_scale[0] * self.num_groups) - largest_targets < 1:
+        if self.sampler in ("tube", "future"):
+            if self.frames < 2:
+                raise ValueError(f"the {self.sampler} sampler masks over time: it needs clips (--frames > 1)")
+            if self.sampler == "future" and self.future_frames >= self.frames:
+                raise ValueError(f"--future-frames {self.future_frames} leaves no context frame of --frames "
+                                 f"{self.frames}")
+            per_frame = self.num_targets * max(1, round(self.target_scale[1] * self.num_groups))
+            if self.sampler == "tube" and per_frame >= self.num_groups:
+                raise ValueError(f"{self.num_targets} tubes of scale {self.target_scale} cover all {self.num_groups} "
+                                 "patches of a frame: no context; lower --num-targets or --target-scale")
+        elif self.sampler == "context-block":
+            tokens = self.num_groups * self.frames
+            largest_targets = self.num_targets * max(1, round(self.target_scale[1] * tokens))
+            if round(self.context_scale[0] * tokens) - largest_targets < 1:
                 raise ValueError(f"context_scale {self.context_scale} leaves no context once {self.num_targets} "
                                  f"target blocks of scale {self.target_scale} are removed; lower "
                                  "--num-targets or --target-scale")
         else:
-            per_block = round(self.mask_ratio * self.num_groups / self.num_targets)
-            if per_block < 1 or per_block * self.num_targets >= self.num_groups:
+            tokens = self.num_groups * self.frames
+            per_block = round(self.mask_ratio * tokens / self.num_targets)
+            if per_block < 1 or per_block * self.num_targets >= tokens:
                 raise ValueError(f"mask_ratio {self.mask_ratio} with {self.num_targets} blocks of "
-                                 f"{self.num_groups} patches leaves an empty target block or no context")
+                                 f"{tokens} patches leaves an empty target block or no context")
         return self
 
 
@@ -220,13 +239,17 @@ class TrainConfig:
 
 
 # Named presets: field overrides on top of the paper's configuration. `tiny` trains in minutes
-# on 2 CPU cores; `small` is the usual laptop-GPU size; `paper` is the paper.
+# on 2 CPU cores; `small` is the usual laptop-GPU size; `paper` is the paper; `tiny4d` is tiny for clips.
 PRESETS: dict[str, dict] = {
     "paper": {},
     "small": dict(dim=192, depth=6, heads=3, pred_dim=192, pred_depth=4, pred_heads=3, batch_size=64),
     "tiny": dict(num_points=512, num_groups=32, group_size=16, dim=96, depth=4, heads=3, pred_dim=96,
                  pred_depth=2, pred_heads=3, drop_path=0.0, batch_size=32, epochs=10, warmup_epochs=1.0,
                  lr=5e-4, ema_start=0.99),
+    # clips on a CPU: 16 frames of 256 points, 16 patches each (256 tokens), V-JEPA's tube masking
+    "tiny4d": dict(frames=16, num_points=256, num_groups=16, group_size=16, dim=96, depth=4, heads=3, pred_dim=96,
+                   pred_depth=2, pred_heads=3, drop_path=0.0, sampler="tube", batch_size=32, epochs=10,
+                   warmup_epochs=1.0, lr=5e-4, ema_start=0.99),
 }
 
 
@@ -519,7 +542,9 @@ def fit_points(points: torch.Tensor, n: int, generator: torch.Generator | None =
     """Bring clouds (B, P, 3) to exactly n points: when P > n, FPS (Point-MAE's protocol: evenly
     spread) or with subsample='random' n points drawn without replacement per cloud (Point-MAE's
     pretraining on ShapeNet-55 does this: cheaper, and a density augmentation); random repeats
-    when P < n. -> (B, n, 3)."""
+    when P < n. -> (B, n, 3). Clips (B, T, P, 3) are fitted frame by frame -> (B, T, n, 3)."""
+    if points.ndim == 4:
+        return fit_points(points.flatten(0, 1), n, generator, subsample).unflatten(0, points.shape[:2])
     B, P, _ = points.shape
     if P > n and subsample == "random":
         keys = torch.rand(B, P, generator=generator, device=points.device)  # (B, P)
@@ -530,6 +555,26 @@ def fit_points(points: torch.Tensor, n: int, generator: torch.Generator | None =
         extra = torch.randint(P, (B, n - P), generator=generator, device=points.device)
         return torch.cat([points, gather(points, extra)], dim=1)
     return points
+
+
+def tokenize(points: torch.Tensor, cfg: "ModelConfig",
+             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's patches. Clouds (B, P, 3) -> patches (B, G, K, 3), centres (B, G, 3).
+    Clips (B, T, P, 3) are cut frame by frame, in one batched call over B*T frames: with
+    cfg.frames > 1 -> patches (B, T*G, K, 3) and centres (B, T*G, 4) whose 4th coordinate is the
+    frame's time, (2i - (T-1)) / cfg.frames for frame i (about [-1, 1] at the trained length,
+    the same step per frame at any other length); a single-cloud model (cfg.frames == 1) gets
+    each frame as its own cloud -> (B*T, G, K, 3), (B*T, G, 3) (the per-frame baseline)."""
+    G, K = cfg.num_groups, cfg.group_size
+    if points.ndim == 3:
+        return group_points(points, G, K, generator)
+    B, T = points.shape[:2]
+    patches, centres = group_points(points.flatten(0, 1), G, K, generator)   # (B*T, G, K, 3), (B*T, G, 3)
+    if cfg.frames == 1:
+        return patches, centres
+    t = (2 * torch.arange(T, device=points.device, dtype=centres.dtype) - (T - 1)) / cfg.frames  # (T,)
+    t = t[None, :, None, None].expand(B, T, G, 1)
+    return patches.view(B, T * G, K, 3), torch.cat([centres.view(B, T, G, 3), t], dim=-1).view(B, T * G, 4)
 
 
 # ----------------------------------------------------------------------------- tokenizer
@@ -554,9 +599,15 @@ class MiniPointNet(nn.Module):
         return rest(h).amax(dim=-2)                                           # (..., D)
 
 
-def position_mlp(dim: int) -> nn.Module:
-    """Position embedding of patch centres: MLP(3 -> 128 -> dim). (..., 3) -> (..., dim)."""
-    return nn.Sequential(nn.Linear(3, 128), nn.GELU(), nn.Linear(128, dim))
+def position_mlp(dim: int, coords: int = 3) -> nn.Module:
+    """Position embedding of patch centres: MLP(coords -> 128 -> dim); coords 3 (x, y, z) for
+    clouds, 4 (x, y, z, t) for clips. (..., coords) -> (..., dim)."""
+    return nn.Sequential(nn.Linear(coords, 128), nn.GELU(), nn.Linear(128, dim))
+
+
+def coords(cfg: "ModelConfig") -> int:
+    """Coordinates of a token's position: 3 for clouds, 4 (with time) for clips."""
+    return 4 if cfg.frames > 1 else 3
 
 
 # ----------------------------------------------------------------------------- blocks
@@ -652,7 +703,7 @@ class Encoder(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.patch_embed = MiniPointNet(cfg.dim)
-        self.pos_embed = position_mlp(cfg.dim)
+        self.pos_embed = position_mlp(cfg.dim, coords(cfg))
         rates = torch.linspace(0, cfg.drop_path, cfg.depth, device="cpu").tolist()  # a plain list, even on "meta"
         self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.mlp_ratio, r) for r in rates)
         self.norm = nn.LayerNorm(cfg.dim)
@@ -660,7 +711,8 @@ class Encoder(nn.Module):
         init_weights(self, cfg.pos_init)
 
     def forward(self, patches: torch.Tensor, centres: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
-        """patches (B, N, K, 3), centres (B, N, 3) -> tokens (B, N, D). keep (B, N) bool marks
+        """patches (B, N, K, 3), centres (B, N, C) -> tokens (B, N, D) (C = 3, or 4 for clips: see
+        tokenize). keep (B, N) bool marks
         the real patches of a padded batch (padding is attended by no one; its tokens are junk)."""
         return self.norm(self._run(patches, centres, keep, (len(self.blocks) - 1,))[0])
 
@@ -697,7 +749,7 @@ class Predictor(nn.Module):
         super().__init__()
         self.kind = cfg.predictor
         self.embed = nn.Linear(cfg.dim, cfg.pred_dim)
-        self.pos_embed = position_mlp(cfg.pred_dim)
+        self.pos_embed = position_mlp(cfg.pred_dim, coords(cfg))
         self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.pred_dim))
         cross = cfg.predictor == "cross"
         self.blocks = nn.ModuleList(Block(cfg.pred_dim, cfg.pred_heads, cfg.mlp_ratio, cross=cross)
@@ -710,14 +762,14 @@ class Predictor(nn.Module):
 
     def forward(self, context: torch.Tensor, context_centres: torch.Tensor, target_centres: torch.Tensor,
                 context_keep: torch.Tensor | None = None) -> torch.Tensor:
-        """context (B, Nc, D), context_centres (B, Nc, 3), target_centres (B, M, T, 3),
+        """context (B, Nc, D), context_centres (B, Nc, C), target_centres (B, M, T, C) (C = 3, or 4 for clips),
         context_keep (B, Nc) bool, False for padding -> predictions (M*B, T, D), block-major.
         The context (keys/values of the cross predictor) carries its positions once; the target
         queries get theirs before the first block, or before every block (cfg.position)."""
         B, M, T, _ = target_centres.shape
         ctx_embed, ctx_pos = self.embed(context), self.pos_embed(context_centres)  # 2x (B, Nc, Dp)
         ctx = ctx_embed + ctx_pos                                             # (B, Nc, Dp)
-        pos = self.pos_embed(target_centres.transpose(0, 1).reshape(M * B, T, 3))  # (M*B, T, Dp)
+        pos = self.pos_embed(target_centres.transpose(0, 1).reshape(M * B, T, -1))  # (M*B, T, Dp)
         x, keep = self.mask_token.expand(M * B, T, -1), None                  # (M*B, T, Dp)
         if self.kind == "concat":  # one sequence: context tokens, then the target queries
             pos = torch.cat([ctx_pos.repeat(M, 1, 1), pos], dim=1)            # (M*B, Nc+T, Dp)
@@ -758,7 +810,8 @@ def _uniform(lo_hi: tuple, generator: torch.Generator) -> float:
 
 
 def sample_context_block(centres: torch.Tensor, cfg: ModelConfig, generator: torch.Generator) -> Masks:
-    """The paper's multi-block sampling, in four steps. centres (B, G, 3) -> Masks.
+    """The paper's multi-block sampling, in four steps. centres (B, G, 3) -> Masks (clips:
+    centres (B, T*G, 4), blocks of nearest patches in space-time, G read as T*G).
     1. Block sizes, once per batch (I-JEPA): T = s_t * G patches per target block, C = s_c * G
        for the context block, s_t and s_c uniform in cfg.target_scale and cfg.context_scale.
     2. Per sample, M + 1 random seed patches: target block m is seed m's T nearest patches, the
@@ -787,20 +840,62 @@ def sample_context_block(centres: torch.Tensor, cfg: ModelConfig, generator: tor
         short = in_context.sum(1) < cfg.min_context                           # (B,) samples to replace
         targets = torch.where(short[:, None, None], drawn_targets, targets)
         in_context = torch.where(short[:, None], drawn, in_context)
-    count = in_context.sum(1)                                                 # (B,) context sizes
-    Nc = int(count.max())  # one host sync per step: the shapes depend on it
-    members = (~in_context).float().argsort(dim=1, stable=True)[:, :Nc]      # (B, Nc) members ascending, then others
-    keep = torch.arange(Nc, device=dev) < count[:, None]                      # (B, Nc)
-    return Masks(members.masked_fill(~keep, 0), targets, keep)
+    return _padded(in_context, targets)
 
 
 _REDRAWS = 3  # step 3 of sample_context_block: rounds of redrawing short contexts
 
 
+def _padded(in_context: torch.Tensor, targets: torch.Tensor) -> Masks:
+    """Masks from context membership (B, N) bool: each context's patches in ascending order,
+    padded to the batch's largest context with context_keep."""
+    count = in_context.sum(1)                                                 # (B,) context sizes
+    Nc = int(count.max())  # one host sync per step: the shapes depend on it
+    members = (~in_context).float().argsort(dim=1, stable=True)[:, :Nc]      # (B, Nc) members ascending, then others
+    keep = torch.arange(Nc, device=in_context.device) < count[:, None]        # (B, Nc)
+    return Masks(members.masked_fill(~keep, 0), targets, keep)
+
+
+def _tubes(centres: torch.Tensor, cfg: ModelConfig, generator: torch.Generator, first: int) -> torch.Tensor:
+    """M tubes through frames first..T-1 of clips: a random seed patch among those frames, and in
+    each of them the k patches nearest the seed in space (k = target_scale * G, drawn once per
+    batch). centres (B, T*G, 4) -> token ids (B, M, (T-first)*k), frame after frame."""
+    B, N, _ = centres.shape
+    G = cfg.num_groups
+    T, M, dev = N // G, cfg.num_targets, centres.device
+    k = max(1, round(_uniform(cfg.target_scale, host_generator(generator)) * G))
+    xyz = centres[:, first * G:, :3].float()                                  # (B, F*G, 3) the frames drawn from
+    seeds = torch.randint(xyz.shape[1], (B, M), generator=generator, device=dev)     # (B, M)
+    d = torch.cdist(gather(xyz, seeds), xyz).view(B, M, T - first, G)         # (B, M, F, G)
+    near = d.topk(k, dim=-1, largest=False).indices                           # (B, M, F, k) per-frame patch
+    frame = torch.arange(first, T, device=dev)[:, None] * G                   # (F, 1) first token of each frame
+    return (near + frame).flatten(2)                                          # (B, M, F*k)
+
+
+def sample_tube(centres: torch.Tensor, cfg: ModelConfig, generator: torch.Generator) -> Masks:
+    """V-JEPA's tube masking for clips: M spatial blocks spanning every frame are the targets,
+    every other patch the context (padded: overlapping tubes leave contexts of different sizes).
+    centres (B, T*G, 4) -> Masks."""
+    targets = _tubes(centres, cfg, generator, 0)                              # (B, M, T*k)
+    in_context = torch.ones(centres.shape[:2], dtype=torch.bool, device=centres.device)
+    in_context.scatter_(1, targets.flatten(1), False)
+    return _padded(in_context, targets)
+
+
+def sample_future(centres: torch.Tensor, cfg: ModelConfig, generator: torch.Generator) -> Masks:
+    """Predict what comes next: the context is every patch of the first T - F frames, the
+    targets M tubes through the last F = cfg.future_frames frames. centres (B, T*G, 4) -> Masks."""
+    B, N, _ = centres.shape
+    first = N // cfg.num_groups - cfg.future_frames
+    context = torch.arange(first * cfg.num_groups, device=centres.device).expand(B, -1)   # (B, (T-F)*G)
+    return Masks(context, _tubes(centres, cfg, generator, first))
+
+
 def sample_knn_blocks(centres: torch.Tensor, cfg: ModelConfig, generator: torch.Generator) -> Masks:
     """I-JEPA-style 3D recipe: M disjoint blocks, each a random untaken seed patch grown to its
     T nearest untaken patches, together covering mask_ratio of the patches; the context is
-    every other patch. centres (B, G, 3) -> Masks with T = round(r*G/M), Nc = G - M*T."""
+    every other patch. centres (B, G, 3) -> Masks with T = round(r*G/M), Nc = G - M*T (clips:
+    centres (B, T*G, 4), blocks in space-time, G read as T*G)."""
     B, G, _ = centres.shape
     M = cfg.num_targets
     T = round(cfg.mask_ratio * G / M)
@@ -821,6 +916,8 @@ def sample_knn_blocks(centres: torch.Tensor, cfg: ModelConfig, generator: torch.
 SAMPLERS: dict[str, Callable[[torch.Tensor, ModelConfig, torch.Generator], Masks]] = {
     "context-block": sample_context_block,
     "knn-blocks": sample_knn_blocks,
+    "tube": sample_tube,
+    "future": sample_future,
 }
 
 
@@ -947,9 +1044,9 @@ class JEPA(nn.Module):
         return self
 
     def forward(self, points: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
-        """points (B, P=num_points, 3) -> scalar loss and detached monitoring stats."""
+        """points (B, P=num_points, 3), or clips (B, T, P, 3) -> scalar loss and detached monitoring stats."""
         cfg = self.cfg
-        patches, centres = group_points(points, cfg.num_groups, cfg.group_size, generator)  # (B,G,K,3), (B,G,3)
+        patches, centres = tokenize(points, cfg, generator)                   # (B, N, K, 3), (B, N, C)
         masks = SAMPLERS[cfg.sampler](centres, cfg, generator)
         B, M, T = masks.targets.shape
         keep = masks.context_keep                                             # (B, Nc) or None
@@ -1603,9 +1700,10 @@ def _pretrain_steps(run: _Run, batches: Iterator[torch.Tensor], cfg: TrainConfig
             s = _rank_seed(seed, step, rank)
             torch.manual_seed(s)
             generator.manual_seed(s)
-            points = fit_points(points, model.cfg.num_points, generator, cfg.subsample)  # (B / world, num_points, 3)
-            if augment is not None:
-                points = augment(points, generator)
+            points = _one_frame(points, model.cfg, generator)                 # clips for a cloud model: a frame each
+            points = fit_points(points, model.cfg.num_points, generator, cfg.subsample)  # (B / world, [T,] n, 3)
+            if augment is not None:  # a clip moves as a whole: one draw per clip, for all its frames
+                points = augment(points.flatten(1, -2), generator).view_as(points)
             # forward, backward, update, EMA
             lr, momentum = lr_at(step, total, warmup, cfg), momentum_at(step, total, cfg)
             stats = train_step(model, run.optimizer, run.scaler, points, generator, lr=lr, momentum=momentum,
@@ -1636,6 +1734,16 @@ def _pretrain_steps(run: _Run, batches: Iterator[torch.Tensor], cfg: TrainConfig
 
 class DivergedError(RuntimeError):
     """Pretraining produced a non-finite loss or gradient; the run stopped before saving it."""
+
+
+def _one_frame(points: torch.Tensor, cfg: ModelConfig, generator: torch.Generator) -> torch.Tensor:
+    """What a model pretrains on: clouds (B, P, 3) and a clip model's clips (B, T, P, 3) as they
+    are; a single-cloud model (cfg.frames == 1) given clips takes one random frame of each
+    (the per-frame baseline pretrains on the frames of the same videos). -> (B, P, 3) or clips."""
+    if points.ndim == 3 or cfg.frames > 1:
+        return points
+    pick = torch.randint(points.shape[1], (points.shape[0],), generator=generator, device=points.device)
+    return points[torch.arange(points.shape[0], device=points.device), pick]
 
 
 def _check_finite(records: list[dict], scaled: bool, ckpt_path: Path, saved: int) -> None:
@@ -1727,12 +1835,23 @@ def pool(tokens: torch.Tensor) -> torch.Tensor:
     return torch.cat([tokens.amax(dim=1), tokens.mean(dim=1)], dim=-1)
 
 
+def encode(encoder: Encoder, cfg: ModelConfig, points: torch.Tensor,
+           generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens of clouds (B, P, 3) or clips (B, T, P, 3) -> tokens (B, N, D), centres (B, N, C).
+    A clip model sees a clip's T*G tokens together; a single-cloud model encodes each frame on
+    its own and its T*G tokens are laid side by side (the per-frame baseline)."""
+    patches, centres = tokenize(points, cfg, generator)
+    B = points.shape[0]
+    tokens = encoder(patches, centres)
+    return tokens.view(B, -1, tokens.shape[-1]), centres.view(B, -1, centres.shape[-1])
+
+
 @torch.no_grad()
 def extract_features(encoder: Encoder, cfg: ModelConfig, dataset, device: torch.device,
                      batch_size: int = ProbeConfig.batch_size, seed: int = 0, per_patch: bool = False,
                      amp_dtype: torch.dtype | None = None) -> dict:
-    """Frozen features of every cloud, in dataset order: {'features' (N, 2D), 'labels' (N,)}
-    and with per_patch {'tokens' (N, G, D), 'centres' (N, G, 3)}. FPS starts are drawn from
+    """Frozen features of every cloud (or clip), in dataset order: {'features' (N, 2D), 'labels'
+    (N,)} and with per_patch {'tokens' (N, G, D), 'centres' (N, G, C)} (clips: T*G tokens). FPS starts are drawn from
     `seed` per batch, so the same call (same batch size) gives the same features."""
     encoder = encoder.to(device).eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
@@ -1740,10 +1859,10 @@ def extract_features(encoder: Encoder, cfg: ModelConfig, dataset, device: torch.
     out: dict[str, list] = {"features": [], "labels": [], "tokens": [], "centres": []}
     for i, (points, labels) in enumerate(loader):
         g.manual_seed(step_seed(seed, i))
-        points = fit_points(points.to(device), cfg.num_points, g)          # (B, num_points, 3)
-        patches, centres = group_points(points, cfg.num_groups, cfg.group_size, g)
+        points = fit_points(points.to(device), cfg.num_points, g)          # (B, [T,] num_points, 3)
         with autocast(device, amp_dtype):
-            tokens = encoder(patches, centres).float()                      # (B, G, D)
+            tokens, centres = encode(encoder, cfg, points, g)               # (B, N, D), (B, N, C)
+            tokens = tokens.float()
         out["features"].append(pool(tokens).cpu())
         out["labels"].append(labels)
         if per_patch:
@@ -1751,6 +1870,8 @@ def extract_features(encoder: Encoder, cfg: ModelConfig, dataset, device: torch.
             out["centres"].append(centres.cpu())
     if hasattr(dataset, "labels"):  # per-cloud labels; a part dataset's items carry per-point parts instead
         out["labels"] = [torch.as_tensor(dataset.labels)]
+    if hasattr(dataset, "videos_of"):  # clips: which video each came from, for the video vote
+        out["videos"], out["video_labels"] = [dataset.videos_of], [dataset.video_labels]
     return {k: torch.cat(v) for k, v in out.items() if v}
 
 
@@ -1875,10 +1996,14 @@ def fit_and_score(kind: str, train: dict, test: dict, num_classes: int, probe: P
     'class_mean_accuracy' on test, 'train_accuracy', 'fit_seconds'} (in %). Every probe uses it."""
     t = time.time()
     predict = fit_classifier(kind, train["features"], train["labels"], num_classes, probe)
-    oa, macc = accuracy(predict(test["features"]), test["labels"], num_classes)
+    pred = predict(test["features"])
+    oa, macc = accuracy(pred, test["labels"], num_classes)
     train_oa, _ = accuracy(predict(train["features"]), train["labels"], num_classes)
-    return {"accuracy": oa, "class_mean_accuracy": macc, "train_accuracy": train_oa,
-            "fit_seconds": round(time.time() - t, 2)}
+    result = {"accuracy": oa, "class_mean_accuracy": macc, "train_accuracy": train_oa}
+    if "videos" in test:  # clips of videos: also the vote of each video's clips
+        result["video_accuracy"], result["video_class_mean_accuracy"] = video_accuracy(
+            F.one_hot(pred, num_classes), test["videos"], test["video_labels"], num_classes)
+    return {**result, "fit_seconds": round(time.time() - t, 2)}
 
 
 PROBE_PROTOCOLS = {  # what each classifier of the probe is, as the results record it
@@ -1893,6 +2018,17 @@ def accuracy(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> tuple[flo
     correct = (pred == y).float()
     per_class = [correct[y == c].mean() for c in range(num_classes) if (y == c).any()]
     return 100 * correct.mean().item(), 100 * torch.stack(per_class).mean().item()
+
+
+def video_accuracy(scores: torch.Tensor, videos: torch.Tensor, video_labels: torch.Tensor,
+                   num_classes: int) -> tuple[float, float]:
+    """The MSR-Action3D protocol: a video's class is the argmax of its clips' summed scores
+    (softmax probabilities, or one-hot predictions: a vote). scores (clips, classes), videos
+    (clips,) each clip's video, video_labels (videos,) -> (accuracy, class-mean accuracy) in %."""
+    total = torch.zeros(len(video_labels), num_classes).index_add_(0, videos.long().cpu(), scores.float().cpu())
+    seen = torch.zeros(len(video_labels), dtype=torch.bool)
+    seen[videos.long().cpu()] = True  # a video with no clip in this set is not scored
+    return accuracy(total.argmax(1)[seen], video_labels.cpu()[seen], num_classes)
 
 
 def sample_episode(train_labels: torch.Tensor, test_labels: torch.Tensor, way: int, shot: int, query: int,
@@ -1948,8 +2084,10 @@ def draw_episodes(train_set, test_set, cfg: FewShotConfig, seed: int = 0) -> lis
 
 # ----------------------------------------------------------------------------- heads
 def vote_views(points: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """A test-time voting view: isotropic scale in [0.85, 1.15] (Point-MAE's voting). (B, P, 3)."""
-    s = torch.empty(points.shape[0], 1, 1, device=points.device).uniform_(0.85, 1.15, generator=generator)
+    """A test-time voting view: isotropic scale in [0.85, 1.15] (Point-MAE's voting), one per
+    cloud or clip. (B, [T,] P, 3)."""
+    shape = (points.shape[0],) + (1,) * (points.ndim - 1)
+    s = torch.empty(shape, device=points.device).uniform_(0.85, 1.15, generator=generator)
     return points * s
 
 
@@ -1978,22 +2116,22 @@ class Classifier(nn.Module):
         self.cfg, self.encoder, self.head = cfg, encoder, ClassificationHead(cfg.dim, num_classes, dropout)
 
     def forward(self, points: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        patches, centres = group_points(points, self.cfg.num_groups, self.cfg.group_size, generator)
-        return self.head(pool(self.encoder(patches, centres)))
+        return self.head(pool(encode(self.encoder, self.cfg, points, generator)[0]))
 
     def loss(self, batch: dict, generator: torch.Generator, augment: Callable | None = None,
              label_smoothing: float = 0.0) -> torch.Tensor:
         """Cross-entropy on clouds FPS'd to num_points and augmented (Point-MAE's recipe)."""
         points = fit_points(batch["points"], self.cfg.num_points, generator)
-        if augment is not None:
-            points = augment(points, generator)
+        if augment is not None:  # clips: one draw per clip
+            points = augment(points.flatten(1, -2), generator).view_as(points)
         return F.cross_entropy(self(points, generator).float(), batch["labels"], label_smoothing=label_smoothing)
 
     def predict(self, batch: dict, generator: torch.Generator, votes: int = 0) -> dict:
         """{'pred' (B,)} and with votes > 0 {'voted' (B,)}: the argmax of the softmax averaged
         over that many voting views."""
         points = fit_points(batch["points"], self.cfg.num_points, generator)
-        out = {"pred": self(points, generator).float().argmax(-1)}
+        probs = self(points, generator).float().softmax(-1)                   # (B, classes)
+        out = {"pred": probs.argmax(-1), "probs": probs}
         if votes:
             probs = sum(self(vote_views(points, generator), generator).float().softmax(-1) for _ in range(votes))
             out["voted"] = probs.argmax(-1)
@@ -2006,6 +2144,9 @@ class Classifier(nn.Module):
         result = {"accuracy": oa, "class_mean_accuracy": macc}
         if "voted" in outputs:
             result["voted_accuracy"], result["voted_class_mean_accuracy"] = accuracy(outputs["voted"], target, n)
+        if hasattr(dataset, "videos_of"):  # clips: the MSR protocol's video accuracy (summed clip softmax)
+            result["video_accuracy"], result["video_class_mean_accuracy"] = video_accuracy(
+                outputs["probs"], dataset.videos_of, dataset.video_labels, n)
         return result
 
 
@@ -2312,18 +2453,28 @@ class _HeadTraining:
 def mask_preview(points: torch.Tensor, cfg: ModelConfig, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Colour one cloud (P, 3) by the role of its nearest patch under cfg's sampler.
     -> points (num_points, 3), roles (num_points,) long: 0 unused, 1 context, 2+m target block m
-    (a patch in two overlapping target blocks shows the later one)."""
+    (a patch in two overlapping target blocks shows the later one). A clip (T, P, 3) comes back
+    as a film strip: frame i shifted by 2.5 i along x, (T * num_points, 3), so tubes and future
+    targets can be followed across frames."""
     cfg.check_masking()
     g = torch.Generator().manual_seed(seed)
-    pts = fit_points(points[None].float(), cfg.num_points, g)                # (1, P, 3)
-    _, centres = group_points(pts, cfg.num_groups, cfg.group_size, g)       # (1, G, 3)
+    pts = fit_points(points[None].float(), cfg.num_points, g)                # (1, [T,] P, 3)
+    _, centres = tokenize(pts, cfg, g)                                        # (1, N, C)
     masks = SAMPLERS[cfg.sampler](centres, cfg, g)
-    role = torch.zeros(cfg.num_groups, dtype=torch.long)
+    role = torch.zeros(centres.shape[1], dtype=torch.long)
     role[masks.context[0] if masks.context_keep is None else masks.context[0][masks.context_keep[0]]] = 1
     for m in range(masks.targets.shape[1]):
         role[masks.targets[0, m]] = 2 + m
-    nearest = knn(pts, centres, 1)[0, :, 0]                                   # (P,)
-    return pts[0], role[nearest]
+    if pts.ndim == 3:
+        nearest = knn(pts, centres, 1)[0, :, 0]                               # (P,)
+        return pts[0], role[nearest]
+    T, G = pts.shape[1], cfg.num_groups
+    frames = pts[0]                                                           # (T, P, 3)
+    nearest = knn(frames, centres[0, :, :3].view(T, G, 3), 1)[..., 0]         # (T, P) patch within its frame
+    roles = role.view(T, G).gather(1, nearest)                                # (T, P)
+    shift = torch.zeros(T, 1, 3)
+    shift[:, 0, 0] = 2.5 * torch.arange(T)
+    return (frames + shift).flatten(0, 1), roles.flatten()
 
 
 ROLE_COLOURS = [(200, 200, 200), (70, 110, 220), (230, 60, 50), (60, 180, 75), (245, 160, 30), (150, 60, 200),
@@ -2429,8 +2580,9 @@ def _options(fn, options: list):
     return fn
 
 
-_DATA_KEYS = ("data", "dataset", "variant", "trust_pickle", "skip_bad")
-_ENCODER_KEYS = ("checkpoint", "which", "preset", "num_points", "num_groups", "group_size")
+_DATA_KEYS = ("data", "dataset", "variant", "trust_pickle", "skip_bad", "frame_stride", "intrinsics")
+_ENCODER_KEYS = ("checkpoint", "which", "preset", "num_points", "num_groups", "group_size", "frames")
+DEFAULT_FRAMES = 16  # frames per clip of sequence data when neither --frames nor the model says
 
 
 def _data_options(fn):
@@ -2450,6 +2602,7 @@ def _data_options(fn):
                      help="allow reading the peers' pickled caches (.dat/.pkl); unpickling can run arbitrary code"),
         click.option("--skip-bad", is_flag=True,
                      help="skip unreadable files of a folder dataset (the count is reported) instead of stopping"),
+        *_sequence_options(click)[1:],
     ])
 
 
@@ -2457,9 +2610,9 @@ def _sequence_options(click) -> list:
     """How the 4D layouts (jepa3d_data.SEQUENCE_LAYOUTS) are read: clip length, stride, intrinsics."""
     return [
         click.option("--frames", type=click.IntRange(1, 4096), default=16,
-                     help="sequence data: frames per clip (T)  [default: 16]"),
+                     help="sequence data: frames per clip (T)"),
         click.option("--frame-stride", type=click.IntRange(1, 4096), default=1,
-                     help="sequence data: take every n-th frame of a video  [default: 1]"),
+                     help="sequence data: take every n-th frame of a video"),
         click.option("--intrinsics", type=float, nargs=4, default=None, metavar="FX FY CX CY",
                      help="depth data: pinhole intrinsics in pixels, replacing the layout's own (cam_intr.txt) or "
                           "default (MSR-Action3D: the field's guess 280 280 W/2 H/2; TUM: freiburg1's)"),
@@ -2483,6 +2636,9 @@ def _encoder_options(fn):
         click.option("--num-groups", type=click.IntRange(4), default=None,
                      help="patches per cloud [default: as above]"),
         click.option("--group-size", type=click.IntRange(2), default=None, help="points per patch [default: as above]"),
+        click.option("--frames", type=click.IntRange(1, 4096), default=None,
+                     help=f"sequence data: frames per clip [default: a clip model's own, else {DEFAULT_FRAMES}]; with "
+                          "--checkpoint none, > 1 makes a random clip encoder"),
     ])
 
 
@@ -2514,21 +2670,35 @@ def _runtime(ctx) -> dict:
     return {"device": ctx.obj["device"], "seed": ctx.obj["seed"], "precision": ctx.obj["precision"]}
 
 
-def _load_data(opts: dict, split: str, num_points: int):
-    """Open the dataset the data options name; say on stderr what --skip-bad skipped."""
+def _load_data(opts: dict, split: str, cfg: ModelConfig, frames: int | None = None):
+    """Open the dataset the data options name for a model of config `cfg`; say on stderr what
+    --skip-bad skipped. Sequence data is cut into clips of `frames` frames (default: the clip
+    model's own, else DEFAULT_FRAMES); a clip model (cfg.frames > 1) reads the built-in 4D data
+    when no --data is given, and refuses single clouds."""
+    import click
+
     import jepa3d_data
 
-    ds = jepa3d_data.open_dataset(opts["data"], split=split, dataset=opts["dataset"], num_points=num_points,
+    frames = frames or (cfg.frames if cfg.frames > 1 else DEFAULT_FRAMES)
+    dataset = opts["dataset"] or ("builtin4d" if opts["data"] is None and cfg.frames > 1 else None)
+    ds = jepa3d_data.open_dataset(opts["data"], split=split, dataset=dataset, num_points=cfg.num_points,
                                   variant=opts["variant"], trust_pickle=opts["trust_pickle"],
-                                  skip_bad=opts["skip_bad"])
+                                  skip_bad=opts["skip_bad"], frames=frames, frame_stride=opts["frame_stride"],
+                                  intrinsics=opts["intrinsics"])
+    if cfg.frames > 1 and not isinstance(ds, jepa3d_data.SequenceDataset):
+        raise click.UsageError(f"the model takes clips of {cfg.frames} frames, but {getattr(ds, 'name', 'the data')} "
+                               "holds single clouds; give sequence data (jepa3d inspect shows what a folder is)")
     skipped = getattr(ds, "skipped", [])
     if skipped:
-        print(f"jepa3d: skipped {len(skipped)} bad file(s) of {ds.files_read}; first: {skipped[0]}", file=sys.stderr)
+        print(f"jepa3d: skipped {len(skipped)} bad file(s) of {getattr(ds, 'files_read', '?')}; first: {skipped[0]}",
+              file=sys.stderr)
     return ds
 
 
 def _open_encoder(ctx, enc: dict, drop_path: float | None = None) -> tuple[Encoder, ModelConfig, str]:
     geometry = {k: enc[k] for k in ("num_points", "num_groups", "group_size")}
+    if enc["checkpoint"] == "none":  # a random clip encoder with --frames > 1 (a checkpoint keeps its own)
+        geometry["frames"] = enc["frames"]
     return _usage(load_encoder, enc["checkpoint"], enc["which"], enc["preset"], seed=ctx.obj["seed"],
                   drop_path=drop_path, **geometry)
 
@@ -2643,14 +2813,17 @@ def _pretrain_command(click):
             raise click.ClickException(f"{ckpt} already exists; pass --resume to continue that run "
                                        "or --out NEW_FOLDER to start another (nothing was overwritten)")
         else:
+            if overrides.get("frames") is None and data["data"] is not None and \
+                    (data["dataset"] or jepa3d_data.detect_layout(Path(data["data"]))) in jepa3d_data.SEQUENCE_LAYOUTS:
+                overrides["frames"] = PRESETS[preset].get("frames", DEFAULT_FRAMES)  # sequence data: a clip model
             model_cfg, train_cfg = _usage(make_configs, preset, **overrides)
         _usage(model_cfg.check_masking)
         world = distributed_env()[1]
         if train_cfg.batch_size % world:
             raise click.UsageError(f"--batch-size {train_cfg.batch_size} is the global batch and must divide by "
                                    f"the {world} torchrun processes")
-        ds = _load_data(data, "train", model_cfg.num_points)
-        eval_sets = tuple(_load_data({**data, "data": eval_data, "dataset": None}, split, model_cfg.num_points)
+        ds = _load_data(data, "train", model_cfg, model_cfg.frames)
+        eval_sets = tuple(_load_data({**data, "data": eval_data, "dataset": None}, split, model_cfg)
                           for split in ("train", "test")) if eval_every else None
         recorded = {**data, "data": None if data["data"] is None else str(Path(data["data"]).resolve())}
         result = pretrain(ds, out, model_cfg, train_cfg, resume=resume, max_steps=max_steps,
@@ -2682,7 +2855,7 @@ def _mask_preview_command(click):
         else:
             cfg, _ = _usage(make_configs, preset, **overrides)
         _usage(cfg.check_masking)
-        ds = _load_data(data, "train", cfg.num_points)
+        ds = _load_data(data, "train", cfg)
         if index >= len(ds):
             raise click.BadParameter(f"{index} is past the last cloud ({len(ds) - 1})", param_hint="--index")
         pts, roles = mask_preview(ds[index][0], cfg, seed=ctx.obj["seed"])
@@ -2735,7 +2908,7 @@ def _finetune_command(click):
         geometry = {**TASK_GEOMETRY.get(task, {}), **_given({k: enc[k] for k in ("num_points", "num_groups",
                                                                                  "group_size")})}
         encoder, cfg, source = _open_encoder(ctx, {**enc, **geometry}, ft.drop_path)
-        train_set, test_set = (_load_data(data, split, cfg.num_points) for split in ("train", "test"))
+        train_set, test_set = (_load_data(data, split, cfg, enc["frames"]) for split in ("train", "test"))
         if seg != hasattr(train_set, "parts_of"):
             raise click.UsageError(f"--task {task} does not fit the {getattr(train_set, 'name', '')} data")
         click.echo(f"jepa3d finetune: {task}, {len(train_set)} train / {len(test_set)} test clouds, "
@@ -2769,7 +2942,7 @@ def _linear_probe_command(click):
         data, enc = _pop(kw, _DATA_KEYS), _pop(kw, _ENCODER_KEYS)
         probe = _usage(ProbeConfig, **_given(kw))
         encoder, cfg, source = _open_encoder(ctx, enc)
-        train_set, test_set = (_load_data(data, split, cfg.num_points) for split in ("train", "test"))
+        train_set, test_set = (_load_data(data, split, cfg, enc["frames"]) for split in ("train", "test"))
         result = {"command": "linear-probe", "encoder": source,
                   **linear_probe(encoder, cfg, train_set, test_set, probe, **_runtime(ctx))}
         if against_random:
@@ -2808,7 +2981,7 @@ def _few_shot_command(click):
             episodes = [jepa3d_data.read_fewshot_fold(Path(fold_files), fs.way, fs.shot, fold, data["trust_pickle"])
                         for fold in range(fs.folds)]
         else:
-            train_set, test_set = (_load_data(data, split, cfg.num_points) for split in ("train", "test"))
+            train_set, test_set = (_load_data(data, split, cfg, enc["frames"]) for split in ("train", "test"))
             episodes = _usage(draw_episodes, train_set, test_set, fs, ctx.obj["seed"])
         result = few_shot(encoder, cfg, train_set, test_set, fs, episodes=episodes, out_dir=out,
                           augment=jepa3d_data.augmentation(FinetuneConfig.augment), **_runtime(ctx))
@@ -2834,7 +3007,7 @@ def _embed_command(click):
 
         data, enc = _pop(kw, _DATA_KEYS), _pop(kw, _ENCODER_KEYS)
         encoder, cfg, source = _open_encoder(ctx, enc)
-        ds = _load_data(data, split, cfg.num_points)
+        ds = _load_data(data, split, cfg, enc["frames"])
         feats = embed(encoder, cfg, ds, per_patch=per_patch, batch_size=batch_size, **_runtime(ctx))
         arrays = {k: v.numpy() for k, v in feats.items()}
         arrays["classes"] = np.array(getattr(ds, "classes", []))

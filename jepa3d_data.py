@@ -1571,6 +1571,8 @@ SEQUENCE_LAYOUTS = ("builtin4d", "msr-action3d", "depth-sequence", "tum-rgbd", "
 
 def detect_layout(path: Path) -> str:
     """Name the on-disk layout at path: the first entry of LAYOUT_TABLE that recognises it."""
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
     if path.is_file():
         if path.suffix == ".npz":
             return "npz"
