@@ -311,7 +311,8 @@ TASK_GEOMETRY = {
 # The on-disk layouts (jepa3d_data.LAYOUTS) each named fine-tuning task reads; another is refused,
 # so a result is never reported as ScanObjectNN's when it came from other data.
 TASK_LAYOUTS = {"modelnet40": ("modelnet40-h5", "modelnet40-resampled", "modelnet40-pickle", "npz"),
-                "scanobjectnn": ("scanobjectnn",), "shapenetpart": ("shapenetpart",)}
+                "scanobjectnn": ("scanobjectnn",), "shapenetpart": ("shapenetpart",),
+                "msr-action3d": ("msr-action3d",)}
 
 
 def make_configs(preset: str = "paper", **overrides) -> tuple[ModelConfig, TrainConfig]:
@@ -1579,7 +1580,8 @@ def pretrain(dataset, out_dir: str | Path, model_cfg: ModelConfig, train_cfg: Tr
         end = total if max_steps is None else min(total, max_steps)
         if rank == 0:
             nparams = sum(p.numel() for p in run.model.encoder.parameters())
-            print(f"jepa3d pretrain: {len(dataset)} clouds, {per_epoch} steps/epoch, steps {run.step}->{end} of "
+            unit = f"clips of {model_cfg.frames} frames" if model_cfg.frames > 1 else "clouds"
+            print(f"jepa3d pretrain: {len(dataset)} {unit}, {per_epoch} steps/epoch, steps {run.step}->{end} of "
                   f"{total}, encoder {nparams / 1e6:.2f}M params, {device}"
                   f"{f' x {world} ranks' if world > 1 else ''}, {precision_name}", file=sys.stderr)
         batches = _batches(dataset, batch_size, seed, run.step, num_workers, rank, world, pin=device.type == "cuda")
@@ -2869,8 +2871,9 @@ def _mask_preview_command(click):
 def _finetune_command(click):
     @click.command("finetune")
     @click.option("--task", required=True,
-                  help="modelnet40 | scanobjectnn | shapenetpart (these need --data), builtin | builtin-parts "
-                       "(the built-in shapes), or a folder of your own (one subfolder per class, train/ and test/)")
+                  help="modelnet40 | scanobjectnn | shapenetpart | msr-action3d (these need --data), builtin | "
+                       "builtin-parts | builtin4d (the built-in shapes, parts, figures in motion), or a folder of your "
+                       "own (one subfolder per class, train/ and test/)")
     @_encoder_options
     @_data_options
     @click.option("--out", type=click.Path(file_okay=False), default="runs/finetune",
@@ -2893,11 +2896,11 @@ def _finetune_command(click):
         data, enc = _pop(kw, _DATA_KEYS), _pop(kw, _ENCODER_KEYS)
         ft = _usage(FinetuneConfig, **_given(kw))
         seg = task in ("shapenetpart", "builtin-parts")
-        if task in TASK_GEOMETRY and data["data"] is None:
+        if task in TASK_LAYOUTS and data["data"] is None:
             raise click.UsageError(f"--task {task} needs --data PATH (its folder on your disk)")
-        if task in ("builtin", "builtin-parts"):
+        if task in ("builtin", "builtin-parts", "builtin4d"):
             data["dataset"] = data["dataset"] or task
-        elif task not in TASK_GEOMETRY:
+        elif task not in TASK_LAYOUTS:
             data["data"] = task
         elif Path(data["data"]).exists():
             layout = data["dataset"] or jepa3d_data.detect_layout(Path(data["data"]))

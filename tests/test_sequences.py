@@ -183,3 +183,136 @@ def test_inspect_cli_reports_sequences(tmp_path):
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
     assert report["layout"] == "depth-sequence" and report["splits"]["train"]["frames_per_sequence"]["max"] == 5
+
+
+# ----------------------------------------------------------------------------- the model on clips
+import jepa3d  # noqa: E402
+
+
+def clip_cfg(**kw):
+    return jepa3d.make_configs("tiny4d", **{"frames": 6, "num_points": 64, "num_groups": 8, "group_size": 8, "num_targets": 2,
+                                                  **kw})[0]
+
+
+def clips(B=3, T=6, P=96, seed=0):
+    return torch.randn(B, T, P, 3, generator=torch.Generator().manual_seed(seed))
+
+
+def test_tokenize_clips_frame_by_frame_with_time():
+    cfg = clip_cfg()
+    x = clips()
+    pts = jepa3d.fit_points(x, cfg.num_points, torch.Generator().manual_seed(0))
+    patches, centres = jepa3d.tokenize(pts, cfg, torch.Generator().manual_seed(1))
+    assert patches.shape == (3, 6 * 8, 8, 3) and centres.shape == (3, 6 * 8, 4)
+    # frame i's tokens sit at t = (2i - 5) / 6 and are that frame's own patches
+    assert torch.allclose(centres[0, ::8, 3], (2 * torch.arange(6.0) - 5) / 6)
+    frame2 = centres[:, 16:24, :3]                                # centres of frame 2 are points of frame 2
+    assert (frame2[:, :, None] - pts[:, 2, None]).norm(dim=-1).amin(-1).max() < 1e-6
+    # a single-cloud model reads the same clip frame by frame: B*T clouds, 3 coordinates
+    p3, c3 = jepa3d.tokenize(pts, clip_cfg(frames=1, sampler="context-block"), torch.Generator().manual_seed(1))
+    assert p3.shape == (18, 8, 8, 3) and c3.shape == (18, 8, 3)
+
+
+def test_tube_and_future_masks():
+    cfg = clip_cfg(sampler="tube", num_targets=2, target_scale=(0.25, 0.25))
+    _, centres = jepa3d.tokenize(clips(), cfg, torch.Generator().manual_seed(0))
+    m = jepa3d.sample_tube(centres, cfg, torch.Generator().manual_seed(3))
+    assert m.targets.shape == (3, 2, 6 * 2)                       # 2 tubes x 6 frames x 2 patches
+    for b in range(3):
+        for t in range(2):
+            frames = m.targets[b, t] // 8
+            assert torch.equal(frames, torch.arange(6).repeat_interleave(2))   # every frame, k per frame
+        context = set(m.context[b][m.context_keep[b]].tolist())
+        assert not context & set(m.targets[b].flatten().tolist())
+        assert len(context) == 48 - len(set(m.targets[b].flatten().tolist()))
+    cfg = clip_cfg(sampler="future", future_frames=2)
+    m = jepa3d.sample_future(centres, cfg, torch.Generator().manual_seed(3))
+    assert torch.equal(m.context, torch.arange(32).expand(3, -1))   # the first 4 frames, all of them
+    assert (m.targets // 8 >= 4).all() and m.context_keep is None   # targets only in the last 2 frames
+    with pytest.raises(ValueError, match="needs clips"):
+        clip_cfg(frames=1, sampler="tube").check_masking()
+    with pytest.raises(ValueError, match="leaves no context frame"):
+        clip_cfg(sampler="future", future_frames=6).check_masking()
+
+
+@pytest.mark.parametrize("sampler", ["tube", "future", "context-block", "knn-blocks"])
+def test_jepa_learns_on_clips_with_every_sampler(sampler):
+    torch.manual_seed(0)
+    model = jepa3d.JEPA(clip_cfg(sampler=sampler))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = jepa3d.fit_points(clips(B=4), 64, torch.Generator().manual_seed(0))
+    losses = []
+    for step in range(6):
+        loss, stats = model(x, torch.Generator().manual_seed(step % 2))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert all(np.isfinite(losses)) and min(losses[4:]) < losses[0]
+    assert model.encoder.pos_embed[0].in_features == 4
+
+
+def test_per_frame_model_pools_every_frame():
+    cfg = clip_cfg(frames=1, sampler="context-block")
+    enc = jepa3d.random_encoder(cfg, 0).eval()
+    x = jepa3d.fit_points(clips(B=2), 64, torch.Generator().manual_seed(0))
+    tokens, _ = jepa3d.encode(enc, cfg, x, torch.Generator().manual_seed(5))
+    assert tokens.shape == (2, 6 * 8, cfg.dim)
+    g = torch.Generator().manual_seed(5)
+    patches, centres = jepa3d.tokenize(x, cfg, g)                 # (B*T, G, K, 3): frame by frame
+    alone = enc(patches[1 * 6 + 3][None], centres[1 * 6 + 3][None])   # frame 3 of clip 1 as its own cloud
+    assert torch.allclose(alone[0], tokens[1, 3 * 8:4 * 8], atol=1e-5)
+
+
+def test_video_accuracy_sums_clip_scores():
+    scores = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7], [0.6, 0.4]])
+    videos = torch.tensor([0, 0, 1, 1])
+    # video 0: 1.1 vs 0.9 -> class 0 (right); video 1: 0.9 vs 1.1 -> class 1 (wrong)
+    assert jepa3d.video_accuracy(scores, videos, torch.tensor([0, 0]), 2)[0] == 50.0
+
+
+# ----------------------------------------------------------------------------- the CLI on clips
+def test_cli_4d_pretrain_resume_preview_probe_finetune(tmp_path):
+    run = tmp_path / "run"
+    small = ["--frames", "4", "--num-points", "64", "--num-groups", "8", "--group-size", "8", "--batch-size", "8",
+             "--num-targets", "2"]
+    r = run_cli("pretrain", "--preset", "tiny4d", *small, "--epochs", "1", "--out", run, "--max-steps", "3",
+                "--log-every", "1")
+    assert r.returncode == 0, r.stderr
+    assert "jepa3d pretrain: 600 clips of 4 frames" in r.stderr          # the built-in 4D data by default
+    r = run_cli("pretrain", "--out", run, "--resume", "--max-steps", "5")
+    assert r.returncode == 0, r.stderr
+    straight = tmp_path / "straight"
+    r = run_cli("pretrain", "--preset", "tiny4d", *small, "--epochs", "1", "--out", straight, "--max-steps", "5")
+    assert r.returncode == 0, r.stderr
+    last = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()][-1]
+    again = [json.loads(x) for x in (straight / "metrics.jsonl").read_text().splitlines()][-1]
+    assert last["step"] == again["step"] == 4 and last["loss"] == again["loss"]      # resumed exactly
+    ckpt = run / "checkpoint.safetensors"
+    r = run_cli("mask-preview", "--checkpoint", ckpt, "--out", tmp_path / "m.ply")
+    assert r.returncode == 0, r.stderr
+    preview = json.loads(r.stdout)
+    assert preview["points"] == 4 * 64 and preview["sampler"] == "tube" and preview["target"] > 0
+    r = run_cli("linear-probe", "--checkpoint", ckpt, "--classifier", "svc", "--out", tmp_path / "lp")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["test_clouds"] == 200 and 0 <= res["svc"]["video_accuracy"] <= 100
+    # MSR-Action3D files in the raw format: fine-tune reports clip and video accuracy
+    msr = tmp_path / "msr"
+    msr.mkdir()
+    rng = np.random.default_rng(0)
+    for a in (1, 2):
+        for s in (1, 2, 6, 7):
+            depth = np.zeros((10, 24, 32), np.uint32)
+            for f in range(10):
+                c = 8 + (f if a == 1 else -f // 2)
+                depth[f, 6:18, c:c + 8] = rng.integers(1500, 2500, (12, 8))
+            write_msr_bin(msr / f"a{a:02d}_s{s:02d}_e01_sdepth.bin", depth)
+    r = run_cli("finetune", "--task", "msr-action3d", "--data", msr, "--checkpoint", ckpt, "--epochs", "1",
+                "--batch-size", "4", "--frames", "4", "--out", tmp_path / "ft")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert "video_accuracy" in res and "accuracy" in res
+    # a clip model refuses single clouds; a single-cloud task needs its own data
+    r = run_cli("linear-probe", "--checkpoint", ckpt, "--dataset", "builtin", "--out", tmp_path / "bad")
+    assert r.returncode == 2 and "takes clips of 4 frames" in r.stderr
