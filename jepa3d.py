@@ -1145,7 +1145,8 @@ def step_flops(cfg: ModelConfig, batch: int, context: float, targets: int) -> fl
     length computed on (the padded Nc, stat `context_padded`), `targets` the patches per target
     block T. Trainable parts count 3x (forward + backward), the EMA teacher 1x. Checked against
     torch's FlopCounterMode in the tests."""
-    G, K, D, Dp, M = cfg.num_groups, cfg.group_size, cfg.dim, cfg.pred_dim, cfg.num_targets
+    G, K, D, Dp, M = cfg.num_groups * cfg.frames, cfg.group_size, cfg.dim, cfg.pred_dim, cfg.num_targets
+    c = coords(cfg)  # position MLP inputs: 3, or 4 for clips (a clip has frames * num_groups patches)
 
     def block(rows: float, length: float, width: int, kv_length: float = 0) -> float:
         """A Transformer block over `rows` sequences of `length` tokens (+ cross-attention to
@@ -1160,10 +1161,10 @@ def step_flops(cfg: ModelConfig, batch: int, context: float, targets: int) -> fl
 
     def encoder(n: float) -> float:  # B clouds of n patches
         embed = batch * n * (K * 2 * (3 * 128 + 128 * 256 + 256 * 512 + 512 * D) + 2 * 256 * 512)
-        return embed + batch * n * 2 * (3 * 128 + 128 * D) + cfg.depth * block(batch, n, D)
+        return embed + batch * n * 2 * (c * 128 + 128 * D) + cfg.depth * block(batch, n, D)
 
     rows = M * batch
-    pred = batch * context * 2 * (D * Dp + 3 * 128 + 128 * Dp) + rows * targets * 2 * (3 * 128 + 128 * Dp)
+    pred = batch * context * 2 * (D * Dp + c * 128 + 128 * Dp) + rows * targets * 2 * (c * 128 + 128 * Dp)
     if cfg.predictor == "cross":
         pred += cfg.pred_depth * block(rows, targets, Dp, kv_length=context)
     else:

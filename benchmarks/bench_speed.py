@@ -184,20 +184,27 @@ def bench_matmul(device: torch.device, dtype: torch.dtype, repeats: int) -> floa
 
 # ----------------------------------------------------------------------------- 3. step
 def _step_child(preset: str, batch: int, steps: int, device: str, precision: str, threads: int, points: int,
-                shared: str, queue) -> None:
+                shared: str, queue, frames: int = 24) -> None:
     """One preset's step throughput and peak memory, in a fresh process (a clean memory high-water mark).
     A step is what `jepa3d pretrain`'s loop does to a batch on the device: fit_points (the FPS
     down to the preset's num_points when the clouds have more, as ShapeNet-55's 8192),
     augmentation, train_step."""
     torch.set_num_threads(threads)
     dev = torch.device(device)
-    model_cfg, train_cfg = jepa3d.make_configs(preset, batch_size=batch)
+    clip = jepa3d.PRESETS[preset].get("frames", 1) > 1  # a clip preset: T = `frames` (the 4D row)
+    over = {"frames": frames} if clip else {}
+    model_cfg, train_cfg = jepa3d.make_configs(preset, batch_size=batch, **over)
     torch.manual_seed(0)
     model = jepa3d.JEPA(model_cfg).to(dev).train()
     opt = jepa3d.make_optimizer(model, train_cfg)
     amp = jepa3d.resolve_precision(precision, dev)
-    arr, source = real_clouds(points, batch, Path(shared))
-    clouds = torch.from_numpy(arr).to(dev)                                   # (batch, points, 3)
+    if clip:  # the built-in figures in motion: (batch, T, points per frame, 3)
+        ds = jepa3d_data.builtin4d_dataset("train", model_cfg.num_points, frames, per_class=-(-batch // 10))
+        clouds = torch.stack([ds[i][0] for i in range(batch)]).to(dev)
+        source, points = f"built-in 4D clips, {frames} frames", model_cfg.num_points
+    else:
+        arr, source = real_clouds(points, batch, Path(shared))
+        clouds = torch.from_numpy(arr).to(dev)                               # (batch, points, 3)
     g = torch.Generator(device=dev)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if dev.type == "cuda":
@@ -207,7 +214,8 @@ def _step_child(preset: str, batch: int, steps: int, device: str, precision: str
 
     def step(i):
         g.manual_seed(i)
-        x = augment(jepa3d.fit_points(clouds, model_cfg.num_points, g), g)  # (batch, num_points, 3)
+        x = jepa3d.fit_points(clouds, model_cfg.num_points, g)              # (batch, [T,] num_points, 3)
+        x = augment(x.flatten(1, -2), g).view_as(x)                          # one draw per cloud or clip
         stats = jepa3d.train_step(model, opt, None, x, g, lr=1e-4, momentum=0.996, grad_clip=10.0, amp_dtype=amp)
         contexts.append(stats["context_padded"].item())  # the length computed on
         targets.append(int(stats["target_patches"].item()) // model_cfg.num_targets)
@@ -229,15 +237,16 @@ def _step_child(preset: str, batch: int, steps: int, device: str, precision: str
                "peak_memory_gb": peak / 1e9, "memory_kind": "cuda max allocated" if dev.type == "cuda"
                else "growth of process peak RSS over the step", "encoder_params_m":
                sum(p.numel() for p in model.encoder.parameters()) / 1e6, "data": source,
-               "mean_context": sum(contexts[1:]) / steps, "input_points": points})
+               "mean_context": sum(contexts[1:]) / steps, "input_points": points,
+               "frames": model_cfg.frames})
 
 
 def bench_step(preset: str, batch: int, steps: int, device: torch.device, precision: str, points: int,
-               shared: Path) -> dict:
+               shared: Path, frames: int = 24) -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_step_child, args=(preset, batch, steps, str(device), precision,
-                                                 torch.get_num_threads(), points, str(shared), queue))
+                                                 torch.get_num_threads(), points, str(shared), queue, frames))
     proc.start()
     result = queue.get()
     proc.join()
@@ -400,8 +409,40 @@ def main():
     ap.add_argument("--subsample-only", action="store_true",
                     help="only --subsample fps vs random (fit_points and the tiny step) into "
                          "benchmarks/speed_subsample.{md,json}")
+    ap.add_argument("--clips-only", action="store_true",
+                    help="only the 4D step: the tiny4d preset on built-in clips of --frames frames, clips/s and the "
+                         "share of matmul peak, into benchmarks/speed_clips.{md,json}")
+    ap.add_argument("--frames", type=int, default=24, help="frames per clip of the 4D step (MSR-Action3D uses 24)")
     args = ap.parse_args()
     shared = Path(args.shared)
+    if args.clips_only:
+        device = jepa3d.resolve_device(args.device)
+        amp = jepa3d.resolve_precision(args.precision, device)
+        peak = bench_matmul(device, amp or torch.float32, args.repeats)
+        rows = []
+        for preset in ("tiny4d", "tiny"):  # the clip step, and the single-cloud step beside it for scale
+            r = bench_step(preset, args.step_batch or 32, args.steps, device, args.precision, 1024, shared,
+                           args.frames)
+            r["matmul_fraction"] = r["tflops"] * 1e12 / peak
+            rows.append(r)
+            print(json.dumps(r), file=sys.stderr)
+        lines = [f"# 4D step ({device}: {platform.processor() or 'cpu'}, {torch.get_num_threads()} threads, torch "
+                 f"{torch.__version__})", "", f"`python benchmarks/bench_speed.py --clips-only --frames {args.frames}`"
+                 f": one run; matmul peak measured {peak / 1e12:.3f} TFLOP/s. A clip is tokenised in one batched "
+                 "FPS+KNN call over all B*T frames (jepa3d.tokenize), no loop over frames.", "",
+                 "| preset | input | batch | tokens per sample | samples/s | step (s) | GFLOP/step | achieved TFLOP/s "
+                 "| of matmul peak |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            cfg = jepa3d.make_configs(r["preset"], **({"frames": r["frames"]} if r["frames"] > 1 else {}))[0]
+            lines.append(f"| {r['preset']} | {r['data']} | {r['batch']} | {cfg.num_groups * cfg.frames} | "
+                         f"{r['clouds_per_s']:.1f} | {r['step_s']:.3f} | {r['gflop_per_step']:.0f} | "
+                         f"{r['tflops']:.3f} | {100 * r['matmul_fraction']:.0f}% |")
+        out = ROOT / "benchmarks" / "speed_clips"
+        out.with_suffix(".json").write_text(json.dumps({"rows": rows, "matmul_tflops": peak / 1e12,
+                                                        "torch": torch.__version__}, indent=2) + "\n")
+        out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+        return
     if args.subsample_only:
         rows = bench_subsample(shared)
         lines = [f"# --subsample fps vs random ({platform.processor() or 'cpu'}, {torch.get_num_threads()} threads, "

@@ -166,11 +166,12 @@ def test_step_flops_match_torch_flop_counter(configs):
     from torch.utils.flop_counter import FlopCounterMode
 
     model_cfg, train_cfg = configs
-    for over in ({}, {"predictor": "concat", "sampler": "knn-blocks"}, {"objective": "reconstruct"}):
+    for over in ({}, {"predictor": "concat", "sampler": "knn-blocks"}, {"objective": "reconstruct"},
+                 {"frames": 3, "sampler": "tube", "num_targets": 2}):  # clips: 3 frames of patches at (x, y, z, t)
         cfg = dataclasses.replace(model_cfg, **over)
         model = jepa3d.JEPA(cfg)
         opt = jepa3d.make_optimizer(model, train_cfg)
-        points = torch.randn(4, cfg.num_points, 3)
+        points = torch.randn(4, *(cfg.frames,) * (cfg.frames > 1), cfg.num_points, 3)
         with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):  # math SDPA: counted matmuls
             stats = jepa3d.train_step(model, opt, None, points, torch.Generator().manual_seed(0), lr=1e-3,
                                       momentum=0.99, grad_clip=1.0, amp_dtype=None)
