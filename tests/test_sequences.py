@@ -316,3 +316,11 @@ def test_cli_4d_pretrain_resume_preview_probe_finetune(tmp_path):
     # a clip model refuses single clouds; a single-cloud task needs its own data
     r = run_cli("linear-probe", "--checkpoint", ckpt, "--dataset", "builtin", "--out", tmp_path / "bad")
     assert r.returncode == 2 and "takes clips of 4 frames" in r.stderr
+
+
+def test_a_cloud_model_pretrains_on_one_frame_per_clip():
+    x = clips(B=5, T=6, P=20)
+    one = jepa3d._one_frame(x, clip_cfg(frames=1, sampler="context-block"), torch.Generator().manual_seed(0))
+    assert one.shape == (5, 20, 3)
+    assert all(any(torch.equal(one[b], x[b, t]) for t in range(6)) for b in range(5))
+    assert jepa3d._one_frame(x, clip_cfg(), torch.Generator()) is x          # a clip model keeps the clip
