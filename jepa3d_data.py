@@ -1537,7 +1537,9 @@ class Layout:
 # Every layout, in the order detection tries them; `open_dataset`, `inspect` and the --dataset
 # choices all come from this table, so a new reader is one entry.
 LAYOUT_TABLE: dict[str, Layout] = {
-    "builtin": Layout(None, lambda root, split, o: builtin_dataset(split, o.num_points)),
+    # the built-in clouds carry at least 1024 points, like a sensor's or ShapeNet's 8192: a model taking fewer
+    # draws a new subset every step (--subsample random), which is what makes short pretraining runs generalise
+    "builtin": Layout(None, lambda root, split, o: builtin_dataset(split, max(o.num_points, 1024))),
     "builtin-parts": Layout(None, lambda root, split, o: builtin_parts_dataset(split, o.num_points)),
     "builtin4d": Layout(None, lambda root, split, o: builtin4d_dataset(split, o.num_points, o.frames)),
     "shapenet55": Layout(lambda p: (p / "shapenet_pc").is_dir() and (p / "ShapeNet-55").is_dir(),
