@@ -1477,9 +1477,13 @@ def _sequence_folder_videos(root: Path, split: str) -> list[tuple[str, Path]]:
 
 
 def _is_sequence_folder(root: Path) -> bool:
+    """Frame files two folders down: <class>/<sequence>/<frame> (a <class>/train/<file> folder
+    holds single clouds)."""
     base = root / "train" if (root / "train").is_dir() else root
     for c in base.iterdir():
         if c.is_dir():
+            if (c / "train").is_dir() or (c / "test").is_dir():
+                return False
             for s in c.iterdir():
                 if s.is_dir() and any(f.suffix.lower() in CLOUD_SUFFIXES for f in s.iterdir()):
                     return True
