@@ -324,3 +324,21 @@ def test_a_cloud_model_pretrains_on_one_frame_per_clip():
     assert one.shape == (5, 20, 3)
     assert all(any(torch.equal(one[b], x[b, t]) for t in range(6)) for b in range(5))
     assert jepa3d._one_frame(x, clip_cfg(), torch.Generator()) is x          # a clip model keeps the clip
+
+
+def test_sequence_data_makes_a_clip_model_unless_told(tmp_path):
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        for seq in range(4):
+            d = tmp_path / "data" / cls / f"s{seq}"
+            d.mkdir(parents=True)
+            for f in range(3):
+                np.save(d / f"{f}.npy", rng.normal(size=(40, 3)))
+    small = ["--preset", "tiny", "--num-points", "32", "--num-groups", "8", "--group-size", "8", "--batch-size", "4",
+             "--num-targets", "1", "--max-steps", "1"]
+    r = run_cli("pretrain", "--data", tmp_path / "data", *small, "--out", tmp_path / "clip")
+    assert r.returncode == 0, r.stderr
+    assert "8 clips of 16 frames" in r.stderr                      # DEFAULT_FRAMES: 3-frame videos repeat their last
+    r = run_cli("pretrain", "--data", tmp_path / "data", *small, "--frames", "1", "--out", tmp_path / "frame")
+    assert r.returncode == 0, r.stderr
+    assert "24 clouds" in r.stderr                                 # the per-frame baseline: every frame is a clip of 1
