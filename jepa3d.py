@@ -169,8 +169,14 @@ class ModelConfig:
                             "targets are removed draws its blocks again (I-JEPA's min_keep)", min=1, max=1 << 16)
     frames: int = _opt(1, "frames per clip (T): 1 = single clouds; > 1 = point-cloud sequences, tokenised frame by "
                        "frame (num-groups patches per frame), each token's position (x, y, z, t)", min=1, max=4096)
-    future_frames: int = _opt(4, "future sampler: the last frames of a clip whose patches are predicted", min=1,
-                              max=4096)
+    future_frames: int = _opt(4, "future sampler: the last frames of a clip whose patches are predicted (with tube "
+                              "tokens: the last anchor frames)", min=1, max=4096)
+    tokens: str = _opt("frame", "clips: frame: every frame's own patches (FPS + KNN per frame); tube: P4Transformer's "
+                       "point tubes, FPS anchors in every --tube-stride-th frame, each grouped with its K nearest "
+                       "points in the frames within --tube-radius, one token of (dx, dy, dz, dt) points",
+                       choices=("frame", "tube"))
+    tube_radius: int = _opt(1, "tube tokens: neighbouring frames on each side of an anchor frame", min=0, max=64)
+    tube_stride: int = _opt(2, "tube tokens: an anchor frame every this many frames", min=1, max=64)
 
     def __post_init__(self):
         _check_fields(self)
@@ -185,29 +191,36 @@ class ModelConfig:
             if not 0 < lo <= hi <= 1:
                 raise ValueError(f"{name} must be two fractions 0 < lo <= hi <= 1, got {(lo, hi)}")
 
+    def token_frames(self) -> int:
+        """Frames that carry tokens: every frame, or the anchor frames of tube tokens."""
+        return -(-self.frames // self.tube_stride) if self.tokens == "tube" and self.frames > 1 else self.frames
+
     def check_masking(self) -> "ModelConfig":
         """Refuse masking that cannot be drawn (no context left, an empty target block). Called
         where masks are drawn (pretraining, mask-preview), not on every config: downstream
         commands that only change the geometry (e.g. --num-groups 8) never mask. -> self"""
+        if self.tokens == "tube" and (self.frames < 2 or self.objective != "jepa"):
+            raise ValueError("tube tokens need clips (--frames > 1) and the jepa objective (a tube's points have "
+                             "no single frame to reconstruct)")
         if self.sampler in ("tube", "future"):
             if self.frames < 2:
                 raise ValueError(f"the {self.sampler} sampler masks over time: it needs clips (--frames > 1)")
-            if self.sampler == "future" and self.future_frames >= self.frames:
-                raise ValueError(f"--future-frames {self.future_frames} leaves no context frame of --frames "
-                                 f"{self.frames}")
+            if self.sampler == "future" and self.future_frames >= self.token_frames():
+                raise ValueError(f"--future-frames {self.future_frames} leaves no context frame of the "
+                                 f"{self.token_frames()} frames that carry tokens")
             per_frame = self.num_targets * max(1, round(self.target_scale[1] * self.num_groups))
             if self.sampler == "tube" and per_frame >= self.num_groups:
                 raise ValueError(f"{self.num_targets} tubes of scale {self.target_scale} cover all {self.num_groups} "
                                  "patches of a frame: no context; lower --num-targets or --target-scale")
         elif self.sampler == "context-block":
-            tokens = self.num_groups * self.frames
+            tokens = self.num_groups * self.token_frames()
             largest_targets = self.num_targets * max(1, round(self.target_scale[1] * tokens))
             if round(self.context_scale[0] * tokens) - largest_targets < 1:
                 raise ValueError(f"context_scale {self.context_scale} leaves no context once {self.num_targets} "
                                  f"target blocks of scale {self.target_scale} are removed; lower "
                                  "--num-targets or --target-scale")
         else:
-            tokens = self.num_groups * self.frames
+            tokens = self.num_groups * self.token_frames()
             per_block = round(self.mask_ratio * tokens / self.num_targets)
             if per_block < 1 or per_block * self.num_targets >= tokens:
                 raise ValueError(f"mask_ratio {self.mask_ratio} with {self.num_targets} blocks of "
@@ -569,6 +582,8 @@ def tokenize(points: torch.Tensor, cfg: "ModelConfig",
     G, K = cfg.num_groups, cfg.group_size
     if points.ndim == 3:
         return group_points(points, G, K, generator)
+    if cfg.frames > 1 and cfg.tokens == "tube":
+        return tube_tokens(points, cfg, generator)
     B, T = points.shape[:2]
     patches, centres = group_points(points.flatten(0, 1), G, K, generator)   # (B*T, G, K, 3), (B*T, G, 3)
     if cfg.frames == 1:
@@ -578,6 +593,34 @@ def tokenize(points: torch.Tensor, cfg: "ModelConfig",
     return patches.view(B, T * G, K, 3), torch.cat([centres.view(B, T, G, 3), t], dim=-1).view(B, T * G, 4)
 
 
+def tube_tokens(points: torch.Tensor, cfg: "ModelConfig",
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """P4Transformer's point tubes. Clips (B, T, P, 3): G FPS anchors in every cfg.tube_stride-th
+    frame, each grouped with its K nearest points in each frame within cfg.tube_radius of it
+    (clamped at the clip's ends), as displacements (dx, dy, dz, dt) from the anchor; one batched
+    FPS and one batched KNN call. -> patches (B, T'*G, (2r+1)*K, 4), centres (B, T'*G, 4) with
+    T' = ceil(T / stride) anchor frames, dt and t on the time scale of tokenize."""
+    B, T, P, _ = points.shape
+    G, K, r, s = cfg.num_groups, cfg.group_size, cfg.tube_radius, cfg.tube_stride
+    with torch.autocast(points.device.type, enabled=False):
+        points = points.float()
+        frame = torch.arange(0, T, s, device=points.device)                   # (T',) anchor frames
+        Ta = len(frame)
+        anchors = points[:, frame].flatten(0, 1)                              # (B*T', P, 3)
+        centres = gather(anchors, farthest_point_sample(anchors, G, generator)).view(B, Ta, G, 3)
+        near = (frame[:, None] + torch.arange(-r, r + 1, device=points.device)).clamp(0, T - 1)  # (T', 2r+1)
+        frames = points[:, near].flatten(0, 2)                                # (B*T'*(2r+1), P, 3)
+        query = centres[:, :, None].expand(B, Ta, 2 * r + 1, G, 3).flatten(0, 2)  # (B*T'*(2r+1), G, 3)
+        group = gather(frames, knn(query, frames, K, sorted=False))           # (.., G, K, 3)
+        group = group.view(B, Ta, 2 * r + 1, G, K, 3) - centres[:, :, None, :, None]
+        dt = (2 * (near - frame[:, None]) / cfg.frames).to(points.dtype)      # (T', 2r+1)
+        dt = dt[None, :, :, None, None, None].expand(B, Ta, 2 * r + 1, G, K, 1)
+        patches = torch.cat([group, dt], dim=-1).permute(0, 1, 3, 2, 4, 5)    # (B, T', G, 2r+1, K, 4)
+        t = ((2 * frame - (T - 1)) / cfg.frames).to(points.dtype)             # (T',)
+        centres = torch.cat([centres, t[None, :, None, None].expand(B, Ta, G, 1)], dim=-1)
+        return patches.reshape(B, Ta * G, (2 * r + 1) * K, 4), centres.view(B, Ta * G, 4)
+
+
 # ----------------------------------------------------------------------------- tokenizer
 class MiniPointNet(nn.Module):
     """Patch embedding (Point-MAE's mini-PointNet): shared MLP, max-pool, concat the global
@@ -585,9 +628,9 @@ class MiniPointNet(nn.Module):
     LayerNorm replaces Point-MAE's BatchNorm: the EMA teacher, small fine-tuning batches and
     DDP ranks then compute the same function, with no running statistics to copy or sync."""
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, coords: int = 3):
         super().__init__()
-        self.first = nn.Sequential(nn.Linear(3, 128), nn.LayerNorm(128), nn.GELU(), nn.Linear(128, 256))
+        self.first = nn.Sequential(nn.Linear(coords, 128), nn.LayerNorm(128), nn.GELU(), nn.Linear(128, 256))
         self.second = nn.Sequential(nn.Linear(512, 512), nn.LayerNorm(512), nn.GELU(), nn.Linear(512, dim))
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
@@ -703,7 +746,7 @@ class Encoder(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.patch_embed = MiniPointNet(cfg.dim)
+        self.patch_embed = MiniPointNet(cfg.dim, 4 if cfg.tokens == "tube" and cfg.frames > 1 else 3)  # tubes: dt
         self.pos_embed = position_mlp(cfg.dim, coords(cfg))
         rates = torch.linspace(0, cfg.drop_path, cfg.depth, device="cpu").tolist()  # a plain list, even on "meta"
         self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.mlp_ratio, r) for r in rates)
@@ -1145,8 +1188,11 @@ def step_flops(cfg: ModelConfig, batch: int, context: float, targets: int) -> fl
     length computed on (the padded Nc, stat `context_padded`), `targets` the patches per target
     block T. Trainable parts count 3x (forward + backward), the EMA teacher 1x. Checked against
     torch's FlopCounterMode in the tests."""
-    G, K, D, Dp, M = cfg.num_groups * cfg.frames, cfg.group_size, cfg.dim, cfg.pred_dim, cfg.num_targets
-    c = coords(cfg)  # position MLP inputs: 3, or 4 for clips (a clip has frames * num_groups patches)
+    G, K, D, Dp, M = cfg.num_groups * cfg.token_frames(), cfg.group_size, cfg.dim, cfg.pred_dim, cfg.num_targets
+    c = coords(cfg)  # position MLP inputs: 3, or 4 for clips (a clip has token_frames * num_groups patches)
+    cin = 3  # mini-PointNet inputs; a tube token holds (2r+1) * K points of (dx, dy, dz, dt)
+    if cfg.tokens == "tube" and cfg.frames > 1:
+        K, cin = K * (2 * cfg.tube_radius + 1), 4
 
     def block(rows: float, length: float, width: int, kv_length: float = 0) -> float:
         """A Transformer block over `rows` sequences of `length` tokens (+ cross-attention to
@@ -1160,7 +1206,7 @@ def step_flops(cfg: ModelConfig, batch: int, context: float, targets: int) -> fl
         return f
 
     def encoder(n: float) -> float:  # B clouds of n patches
-        embed = batch * n * (K * 2 * (3 * 128 + 128 * 256 + 256 * 512 + 512 * D) + 2 * 256 * 512)
+        embed = batch * n * (K * 2 * (cin * 128 + 128 * 256 + 256 * 512 + 512 * D) + 2 * 256 * 512)
         return embed + batch * n * 2 * (c * 128 + 128 * D) + cfg.depth * block(batch, n, D)
 
     rows = M * batch

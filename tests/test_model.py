@@ -167,7 +167,8 @@ def test_step_flops_match_torch_flop_counter(configs):
 
     model_cfg, train_cfg = configs
     for over in ({}, {"predictor": "concat", "sampler": "knn-blocks"}, {"objective": "reconstruct"},
-                 {"frames": 3, "sampler": "tube", "num_targets": 2}):  # clips: 3 frames of patches at (x, y, z, t)
+                 {"frames": 3, "sampler": "tube", "num_targets": 2},  # clips: 3 frames of patches at (x, y, z, t)
+                 {"frames": 4, "sampler": "tube", "num_targets": 2, "tokens": "tube"}):  # point tubes
         cfg = dataclasses.replace(model_cfg, **over)
         model = jepa3d.JEPA(cfg)
         opt = jepa3d.make_optimizer(model, train_cfg)

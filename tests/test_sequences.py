@@ -342,3 +342,24 @@ def test_sequence_data_makes_a_clip_model_unless_told(tmp_path):
     r = run_cli("pretrain", "--data", tmp_path / "data", *small, "--frames", "1", "--out", tmp_path / "frame")
     assert r.returncode == 0, r.stderr
     assert "24 clouds" in r.stderr                                 # the per-frame baseline: every frame is a clip of 1
+
+
+def test_tube_tokens_group_anchors_across_neighbouring_frames():
+    cfg = clip_cfg(tokens="tube", tube_radius=1, tube_stride=2, frames=5)   # anchors in frames 0, 2, 4
+    x = jepa3d.fit_points(clips(B=2, T=5), cfg.num_points, torch.Generator().manual_seed(0))   # (2, 5, 64, 3)
+    patches, centres = jepa3d.tokenize(x, cfg, torch.Generator().manual_seed(1))
+    assert patches.shape == (2, 3 * 8, 3 * 8, 4) and centres.shape == (2, 3 * 8, 4)
+    assert torch.allclose(centres[0, ::8, 3], torch.tensor([-4.0, 0.0, 4.0]) / 5)   # t of frames 0, 2, 4
+    # token 8 + g is anchored in frame 2: its points come from frames 1, 2, 3 (dt -2/5, 0, 2/5), K each
+    tube = patches[1, 8 + 3]                                                  # (3K, 4)
+    assert torch.allclose(tube[:, 3].unique(), torch.tensor([-0.4, 0.0, 0.4]))
+    for f, dt in ((1, -0.4), (2, 0.0), (3, 0.4)):
+        pts = tube[(tube[:, 3] - dt).abs() < 1e-6, :3] + centres[1, 8 + 3, :3]
+        assert len(pts) == 8 and (pts[:, None] - x[1, f][None]).norm(dim=-1).amin(1).max() < 1e-5
+    # the first anchor frame clamps its past to itself
+    assert (patches[0, :8, :, 3] >= 0).all()
+    model = jepa3d.JEPA(cfg)
+    loss, _ = model(x, torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss) and model.encoder.patch_embed.first[0].in_features == 4
+    with pytest.raises(ValueError, match="tube tokens need"):
+        clip_cfg(tokens="tube", objective="reconstruct").check_masking()
