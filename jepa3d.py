@@ -59,7 +59,9 @@ __all__ = [
     # runtime
     "resolve_device", "resolve_precision", "autocast", "grad_scaler", "auto_threads", "cpu_threads",
     # geometry
-    "gather", "farthest_point_sample", "knn", "group_points", "fit_points",
+    "gather", "farthest_point_sample", "knn", "group_points", "fit_points", "tokenize", "tube_tokens",
+    # cross-modal correspondence (points -> pixels)
+    "project_points", "zbuffer_visible", "bilinear_lookup", "pixel_features",
     # model
     "MiniPointNet", "Block", "Encoder", "Predictor", "Masks", "SAMPLERS", "Objective", "OBJECTIVES", "JEPA",
     # training
@@ -68,7 +70,7 @@ __all__ = [
     "CheckpointError", "save_checkpoint", "read_header", "read_tensors", "read_checkpoint", "check_fit",
     "checkpoint_config", "load_jepa", "load_encoder", "random_encoder",
     # downstream
-    "pool", "extract_features", "fit_svc", "OneVsOne", "fit_linear", "fit_classifier", "fit_and_score", "accuracy",
+    "pool", "encode", "extract_features", "video_accuracy", "fit_svc", "OneVsOne", "fit_linear", "fit_classifier", "fit_and_score", "accuracy",
     "sample_episode", "draw_episodes",
     "Classifier", "Segmenter", "make_head", "evaluate", "embed", "linear_probe", "few_shot", "finetune",
     # tools
@@ -1871,6 +1873,82 @@ def _line_step(line: str) -> float:
         return json.loads(line)["step"]
     except (ValueError, KeyError, TypeError):
         return math.inf
+
+
+# ----------------------------------------------------------------------------- cross-modal correspondence
+# Every 3D point mapped to the pixel of a calibrated camera it projects to, with an occlusion test,
+# so a frozen 2D model's per-pixel features can be looked up for it (the Cross4D-JEPA objective).
+# Conventions: OpenCV cameras (x right, y down, z forward); K the 3x3 pinhole intrinsics; pixel
+# (u, v) = (column, row) with integer values at pixel centres, as K maps them.
+
+def project_points(points: torch.Tensor, K: torch.Tensor, to_camera: torch.Tensor, image_size: tuple[int, int],
+                   min_depth: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """points (B, N, 3) in their own frame, K (B, 3, 3), to_camera (B, 4, 4) the points' frame ->
+    camera transform, image_size (H, W) -> uv (B, N, 2) pixel coordinates, depth (B, N) along the
+    optical axis, inside (B, N) bool: in front of the camera (depth > min_depth) and inside the
+    image (-0.5 <= u < W - 0.5, the same for v: the pixel grid's outer edges)."""
+    H, W = image_size
+    cam = points @ to_camera[:, :3, :3].transpose(1, 2) + to_camera[:, None, :3, 3]  # (B, N, 3)
+    depth = cam[..., 2]
+    pix = cam @ K.transpose(1, 2)                                             # (B, N, 3) = (z u, z v, z)
+    uv = pix[..., :2] / depth.clamp_min(min_depth)[..., None]
+    inside = (depth > min_depth) & (uv[..., 0] >= -0.5) & (uv[..., 0] < W - 0.5) & \
+        (uv[..., 1] >= -0.5) & (uv[..., 1] < H - 0.5)
+    return uv, depth, inside
+
+
+def zbuffer_visible(uv: torch.Tensor, depth: torch.Tensor, inside: torch.Tensor, image_size: tuple[int, int],
+                    tol: float = 0.1, radius: int = 1) -> torch.Tensor:
+    """The occlusion test: a projected point is visible when its depth is within `tol` (relative:
+    tol * depth, so far points get a proportionate slack) of the nearest depth any point reaches
+    in its pixel's (2 radius + 1)^2 neighbourhood (a sparse cloud leaves holes a one-pixel test
+    would see through). uv (B, N, 2), depth (B, N), inside (B, N) -> visible (B, N) bool, a
+    subset of inside. One scatter-min and one min-pool, batched."""
+    B, N = depth.shape
+    H, W = image_size
+    col = uv[..., 0].round().long().clamp(0, W - 1)
+    row = uv[..., 1].round().long().clamp(0, H - 1)
+    pixel = row * W + col                                                     # (B, N)
+    far = torch.finfo(depth.dtype).max
+    zbuf = torch.full((B, H * W), far, dtype=depth.dtype, device=depth.device)
+    zbuf.scatter_reduce_(1, pixel, torch.where(inside, depth, far), reduce="amin")
+    if radius:
+        zbuf = -F.max_pool2d(-zbuf.view(B, 1, H, W), 2 * radius + 1, stride=1, padding=radius).view(B, H * W)
+    nearest = zbuf.gather(1, pixel)                                           # (B, N)
+    return inside & (depth <= nearest * (1 + tol))
+
+
+def bilinear_lookup(features: torch.Tensor, uv: torch.Tensor, stride: float = 1.0) -> torch.Tensor:
+    """Per-point features from a feature map (B, C, h, w) whose cell (i, j) covers image pixels
+    [j s, (j + 1) s) x [i s, (i + 1) s) (a ViT's patch grid: s = patch size; s = 1 for per-pixel
+    maps): the cell centres sit at pixel (j s + (s - 1) / 2, i s + (s - 1) / 2), and points in
+    between are interpolated bilinearly (align_corners=True on those centres, clamped at the
+    border). uv (B, N, 2) pixel coordinates -> (B, N, C). Exact at cell centres."""
+    B, C, h, w = features.shape
+    x = (uv[..., 0] - (stride - 1) / 2) / stride                              # (B, N) in cells
+    y = (uv[..., 1] - (stride - 1) / 2) / stride
+    grid = torch.stack([2 * x / max(w - 1, 1) - 1, 2 * y / max(h - 1, 1) - 1], dim=-1)  # (B, N, 2) in [-1, 1]
+    out = F.grid_sample(features, grid[:, None].to(features.dtype), mode="bilinear", padding_mode="border",
+                        align_corners=True)                                   # (B, C, 1, N)
+    return out[:, :, 0].transpose(1, 2)
+
+
+def pixel_features(points: torch.Tensor, cameras: list[dict], features: list[torch.Tensor],
+                   tol: float = 0.1, radius: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each point's teacher feature from the first camera that sees it. points (B, N, 3);
+    cameras: per camera {'K' (B, 3, 3), 'to_camera' (B, 4, 4), 'image_size' (H, W), 'stride'};
+    features: per camera its feature map (B, C, h, w) -> feats (B, N, C) (zeros where unseen),
+    visible (B, N) bool, camera (B, N) long (the camera used, -1 where none sees the point)."""
+    B, N, _ = points.shape
+    C = features[0].shape[1]
+    feats = points.new_zeros(B, N, C)
+    which = torch.full((B, N), -1, dtype=torch.long, device=points.device)
+    for i, (cam, fmap) in enumerate(zip(cameras, features)):  # a handful of cameras; each call is batched
+        uv, depth, inside = project_points(points, cam["K"], cam["to_camera"], cam["image_size"])
+        seen = zbuffer_visible(uv, depth, inside, cam["image_size"], tol, radius) & (which < 0)
+        feats = torch.where(seen[..., None], bilinear_lookup(fmap, uv, cam.get("stride", 1.0)).to(feats.dtype), feats)
+        which = torch.where(seen, torch.full_like(which, i), which)
+    return feats, which >= 0, which
 
 
 # ----------------------------------------------------------------------------- downstream
