@@ -1918,19 +1918,35 @@ def zbuffer_visible(uv: torch.Tensor, depth: torch.Tensor, inside: torch.Tensor,
     return inside & (depth <= nearest * (1 + tol))
 
 
-def bilinear_lookup(features: torch.Tensor, uv: torch.Tensor, stride: float = 1.0) -> torch.Tensor:
+def bilinear_lookup(features: torch.Tensor, uv: torch.Tensor, stride: float = 1.0,
+                    mask: torch.Tensor | None = None) -> torch.Tensor:
     """Per-point features from a feature map (B, C, h, w) whose cell (i, j) covers image pixels
     [j s, (j + 1) s) x [i s, (i + 1) s) (a ViT's patch grid: s = patch size; s = 1 for per-pixel
-    maps): the cell centres sit at pixel (j s + (s - 1) / 2, i s + (s - 1) / 2), and points in
-    between are interpolated bilinearly (align_corners=True on those centres, clamped at the
-    border). uv (B, N, 2) pixel coordinates -> (B, N, C). Exact at cell centres."""
+    maps): the cell centres sit at pixel (j s + (s - 1) / 2, i s + (s - 1) / 2), points in between
+    are interpolated bilinearly between the four nearest centres, points beyond the outer centres
+    take the border's (grid_sample's align_corners=True with border padding). uv (B, N, 2) pixel
+    coordinates -> (B, N, C), exact at cell centres. Only the points where `mask` (B, N) is True
+    are looked up (the rest are zeros): a camera sees a few thousand of a sweep's points."""
     B, C, h, w = features.shape
-    x = (uv[..., 0] - (stride - 1) / 2) / stride                              # (B, N) in cells
-    y = (uv[..., 1] - (stride - 1) / 2) / stride
-    grid = torch.stack([2 * x / max(w - 1, 1) - 1, 2 * y / max(h - 1, 1) - 1], dim=-1)  # (B, N, 2) in [-1, 1]
-    out = F.grid_sample(features, grid[:, None].to(features.dtype), mode="bilinear", padding_mode="border",
-                        align_corners=True)                                   # (B, C, 1, N)
-    return out[:, :, 0].transpose(1, 2)
+    N = uv.shape[1]
+    x = ((uv[..., 0] - (stride - 1) / 2) / stride).clamp(0, w - 1)           # (B, N) in cells
+    y = ((uv[..., 1] - (stride - 1) / 2) / stride).clamp(0, h - 1)
+    b, n = (mask if mask is not None else torch.ones_like(x, dtype=torch.bool)).nonzero(as_tuple=True)
+    x, y = x[b, n], y[b, n]                                                   # (M,)
+    x0, y0 = x.floor().clamp(max=max(w - 2, 0)), y.floor().clamp(max=max(h - 2, 0))
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]                             # (M, 1) weights
+    x0, y0 = x0.long(), y0.long()
+    x1, y1 = (x0 + 1).clamp(max=w - 1), (y0 + 1).clamp(max=h - 1)
+    flat = features.permute(0, 2, 3, 1).reshape(B * h * w, C)               # (B*h*w, C) one row per cell
+    base = b * (h * w)
+
+    def cell(row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
+        return flat[base + row * w + col]                                     # (M, C)
+
+    value = (cell(y0, x0) * (1 - fx) + cell(y0, x1) * fx) * (1 - fy) + (cell(y1, x0) * (1 - fx) + cell(y1, x1) * fx) * fy
+    out = features.new_zeros(B, N, C)
+    out[b, n] = value
+    return out
 
 
 def pixel_features(points: torch.Tensor, cameras: list[dict], features: list[torch.Tensor],
@@ -1946,7 +1962,8 @@ def pixel_features(points: torch.Tensor, cameras: list[dict], features: list[tor
     for i, (cam, fmap) in enumerate(zip(cameras, features)):  # a handful of cameras; each call is batched
         uv, depth, inside = project_points(points, cam["K"], cam["to_camera"], cam["image_size"])
         seen = zbuffer_visible(uv, depth, inside, cam["image_size"], tol, radius) & (which < 0)
-        feats = torch.where(seen[..., None], bilinear_lookup(fmap, uv, cam.get("stride", 1.0)).to(feats.dtype), feats)
+        feats = torch.where(seen[..., None], bilinear_lookup(fmap, uv, cam.get("stride", 1.0), seen).to(feats.dtype),
+                            feats)
         which = torch.where(seen, torch.full_like(which, i), which)
     return feats, which >= 0, which
 

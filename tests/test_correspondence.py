@@ -68,3 +68,18 @@ def test_each_point_takes_a_camera_that_sees_it():
     feats, visible, which = jepa3d.pixel_features(pts, cams, maps)
     assert which.tolist() == [[0, 1, -1]] and visible.tolist() == [[True, True, False]]
     assert feats[0, 0].tolist() == [1.0] * 3 and feats[0, 1].tolist() == [2.0] * 3 and feats[0, 2].abs().sum() == 0
+
+
+def test_bilinear_lookup_matches_grid_sample_and_respects_the_mask():
+    g = torch.Generator().manual_seed(1)
+    fmap = torch.randn(2, 7, 5, 9, generator=g)
+    uv = torch.rand(2, 50, 2, generator=g) * torch.tensor([9 * 14 + 20, 5 * 14 + 20]) - 10   # inside and beyond
+    x = (uv[..., 0] - 6.5) / 14
+    y = (uv[..., 1] - 6.5) / 14
+    grid = torch.stack([2 * x / 8 - 1, 2 * y / 4 - 1], dim=-1)
+    ref = torch.nn.functional.grid_sample(fmap, grid[:, None], mode="bilinear", padding_mode="border",
+                                          align_corners=True)[:, :, 0].transpose(1, 2)
+    assert torch.allclose(jepa3d.bilinear_lookup(fmap, uv, stride=14), ref, atol=1e-5)
+    mask = torch.rand(2, 50, generator=g) > 0.5
+    out = jepa3d.bilinear_lookup(fmap, uv, stride=14, mask=mask)
+    assert torch.allclose(out[mask], ref[mask], atol=1e-5) and (out[~mask] == 0).all()
