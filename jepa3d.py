@@ -1957,14 +1957,16 @@ def pixel_features(points: torch.Tensor, cameras: list[dict], features: list[tor
     visible (B, N) bool, camera (B, N) long (the camera used, -1 where none sees the point)."""
     B, N, _ = points.shape
     C = features[0].shape[1]
-    feats = points.new_zeros(B, N, C)
     which = torch.full((B, N), -1, dtype=torch.long, device=points.device)
-    for i, (cam, fmap) in enumerate(zip(cameras, features)):  # a handful of cameras; each call is batched
+    uvs = []
+    for i, cam in enumerate(cameras):  # a handful of cameras; each call is batched over the clouds
         uv, depth, inside = project_points(points, cam["K"], cam["to_camera"], cam["image_size"])
         seen = zbuffer_visible(uv, depth, inside, cam["image_size"], tol, radius) & (which < 0)
-        feats = torch.where(seen[..., None], bilinear_lookup(fmap, uv, cam.get("stride", 1.0), seen).to(feats.dtype),
-                            feats)
         which = torch.where(seen, torch.full_like(which, i), which)
+        uvs.append(uv)
+    feats = points.new_zeros(B, N, C)
+    for i, (cam, fmap) in enumerate(zip(cameras, features)):  # one lookup per camera, of its own points only
+        feats += bilinear_lookup(fmap, uvs[i], cam.get("stride", 1.0), which == i).to(feats.dtype)
     return feats, which >= 0, which
 
 
