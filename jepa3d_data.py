@@ -1213,12 +1213,12 @@ def make_motion(action: str, num_points: int, frames: int, rng: np.random.Genera
 
 def builtin4d_dataset(split: str = "train", num_points: int = 256, frames: int = 16, per_class: int | None = None,
                       seed: int = 0, partial: bool = True) -> SequenceDataset:
-    """The built-in 4D data: 10 actions (ACTIONS) of one articulated figure, 60 train / 20 test
+    """The built-in 4D data: 10 actions (ACTIONS) of one articulated figure, 100 train / 20 test
     clips each by default, `frames` frames of num_points points as a depth sensor sees them.
     Deterministic: the same arguments always give the same clips."""
     if split not in ("train", "test"):
         raise DataError(f"built-in 4D data has splits train and test, not {split!r}")
-    per_class = per_class or (60 if split == "train" else 20)
+    per_class = per_class or (100 if split == "train" else 20)
     rng = np.random.default_rng([seed, 4 if split == "train" else 5])
     videos = [make_motion(a, num_points, frames, rng, partial) for a in ACTIONS for _ in range(per_class)]
     labels = np.repeat(np.arange(len(ACTIONS)), per_class)

@@ -279,7 +279,7 @@ def test_cli_4d_pretrain_resume_preview_probe_finetune(tmp_path):
     r = run_cli("pretrain", "--preset", "tiny4d", *small, "--epochs", "1", "--out", run, "--max-steps", "3",
                 "--log-every", "1")
     assert r.returncode == 0, r.stderr
-    assert "jepa3d pretrain: 600 clips of 4 frames" in r.stderr          # the built-in 4D data by default
+    assert "jepa3d pretrain: 1000 clips of 4 frames" in r.stderr         # the built-in 4D data by default
     r = run_cli("pretrain", "--out", run, "--resume", "--max-steps", "5")
     assert r.returncode == 0, r.stderr
     straight = tmp_path / "straight"
