@@ -6,17 +6,25 @@ patches (FPS centres + KNN groups), each embedded by a mini-PointNet; a Transfor
 encoder sees a context block; an EMA target encoder sees the whole cloud; a predictor (the
 paper's context-aware decoder, or I-JEPA's concatenating predictor) predicts the target
 encoder's features for M spatially contiguous target blocks. The loss lives in feature space.
+The same encoder takes point-cloud sequences (clips): every frame is cut into patches in one
+batched call (or into P4Transformer's point tubes), tokens carry (x, y, z, t), and clips are
+masked as tubes or future frames (the 4D half of Cross4D-JEPA, arXiv 2607.00514); the
+cross-modal correspondence maps points to the pixels of calibrated cameras.
 
 `import jepa3d` needs torch alone; click, numpy and safetensors are imported where used,
 so this file can be copied into another repository. The file reads top to bottom: configs,
-runtime, geometry, tokenizer, blocks, encoder, predictor, masking, objectives, training,
-checkpoints, pretraining, downstream protocols (fine-tune, linear probe, few-shot, embed),
-mask preview, and last the command-line layer, the only part that imports jepa3d_data.
+runtime, geometry (with the clip tokenizers), tokenizer, blocks, encoder, predictor, masking,
+objectives, training, checkpoints, pretraining, cross-modal correspondence, downstream
+protocols (fine-tune, linear probe, few-shot, embed), mask preview, and last the command-line
+layer, the only part that imports jepa3d_data.
 
 Tensor dimension legend, used in every shape comment:
     B batch            P points per cloud      G groups (patches) per cloud
     K neighbours/group D encoder width         Dp predictor width
     M target blocks    T patches per target block   Nc context patches
+    N tokens           C token coordinates (3; 4 for clips: x, y, z, t)
+In the clip code (tokenize, tube_tokens, the tube and future samplers, SequenceDataset), T is
+the frames per clip instead, and a tube target holds k patches per frame.
 """
 
 from __future__ import annotations
