@@ -1408,6 +1408,9 @@ def read_depth_sequences(root: Path, split: str, o: "ReadOptions") -> SequenceDa
     (root/<class>/<sequence>/ gives classes). Frames in natural order."""
     _no_test_split(root, split, "a depth-sequence folder")
     seqs = _sequence_roots(root, _is_depth_sequence)
+    if not seqs:
+        raise DataError(f"{root}: no depth sequence here (a folder with depth/*.png and cam_intr.txt, or such folders "
+                        "one or two levels down)")
     labels, classes = _unlabelled(root, seqs)
     rng = np.random.default_rng(0)
     videos = []
@@ -1453,6 +1456,8 @@ def read_tum(root: Path, split: str, o: "ReadOptions") -> SequenceDataset:
     (TUM_INTRINSICS) -- TUM's files carry none, so say which camera recorded yours."""
     _no_test_split(root, split, "a TUM RGB-D folder")
     seqs = _sequence_roots(root, _is_tum)
+    if not seqs:
+        raise DataError(f"{root}: no TUM RGB-D sequence here (depth/ with depth.txt or associations.txt)")
     labels, classes = _unlabelled(root, seqs)
     rng = np.random.default_rng(0)
     intr = o.intrinsics or TUM_INTRINSICS

@@ -139,6 +139,11 @@ def test_tum_layout(tmp_path):
         D.open_dataset(tmp_path, "train", num_points=100, frames=3)
     with pytest.raises(D.DataError, match="no train/test split"):
         D.open_dataset(tmp_path, "test")
+    # forced onto folders that hold none: one line naming the folder, for both depth layouts
+    (tmp_path / "rgb" / "note.txt").write_text("not a sequence")
+    for layout, what in (("tum-rgbd", "rgb: no TUM RGB-D sequence"), ("depth-sequence", "rgb: no depth sequence")):
+        with pytest.raises(D.DataError, match=what):
+            D.open_dataset(tmp_path / "rgb", "train", dataset=layout)
 
 
 def test_depth_sequences_real_deformingthings4d():
