@@ -99,10 +99,17 @@ def main():
             if VARIANTS[variant] is None:
                 encoder = ["--checkpoint", "none", "--preset", args.preset]
             else:
-                pre = cached(run / "pretrain.json",
-                             common + ["pretrain", "--data", args.data, "--preset", args.preset, "--epochs",
-                                       str(args.epochs * EPOCH_FACTOR.get(variant, 1)), "--out", str(run / "pretrain"), "--log-every", "100",
-                                       *VARIANTS[variant]])
+                cmd = common + ["pretrain", "--data", args.data, "--preset", args.preset, "--epochs",
+                                str(args.epochs * EPOCH_FACTOR.get(variant, 1)), "--out", str(run / "pretrain"),
+                                "--log-every", "100", *VARIANTS[variant]]
+                if (run / "pretrain" / "checkpoint.safetensors").exists() and not (run / "pretrain.json").exists():
+                    # a run stopped part-way (a session ended): jepa3d's own --resume finishes it exactly
+                    pre = cached(run / "pretrain.json", common + ["pretrain", "--out", str(run / "pretrain"), "--resume",
+                                                                  "--log-every", "100"])
+                    pre["_command"] = "jepa3d " + " ".join(cmd) + "  (resumed)"
+                    (run / "pretrain.json").write_text(json.dumps(pre, indent=2))
+                else:
+                    pre = cached(run / "pretrain.json", cmd)
                 info = json.loads((run / "pretrain" / "run.json").read_text())
                 row.update(pretrain_seconds=pre["_seconds"], steps=pre["step"], final_loss=pre["final_loss"],
                            device=info["device"], pretrain_command=pre["_command"])
