@@ -2623,10 +2623,14 @@ def mask_preview(points: torch.Tensor, cfg: ModelConfig, seed: int = 0) -> tuple
     if pts.ndim == 3:
         nearest = knn(pts, centres, 1)[0, :, 0]                               # (P,)
         return pts[0], role[nearest]
-    T, G = pts.shape[1], cfg.num_groups
+    T, G, Tt = pts.shape[1], cfg.num_groups, centres.shape[1] // cfg.num_groups
+    # each frame's tokens: its own (frame tokens), or the nearest anchor frame's (tube tokens)
+    owner = torch.arange(T)                                                   # (T,) the token frame of each frame
+    if cfg.tokens == "tube":
+        owner = (owner / cfg.tube_stride).round().long().clamp(max=Tt - 1)  # anchors sit at frames 0, s, 2s, ...
     frames = pts[0]                                                           # (T, P, 3)
-    nearest = knn(frames, centres[0, :, :3].view(T, G, 3), 1)[..., 0]         # (T, P) patch within its frame
-    roles = role.view(T, G).gather(1, nearest)                                # (T, P)
+    nearest = knn(frames, centres[0, :, :3].view(Tt, G, 3)[owner], 1)[..., 0]  # (T, P) patch of its frame's tokens
+    roles = role.view(Tt, G)[owner].gather(1, nearest)                        # (T, P)
     shift = torch.zeros(T, 1, 3)
     shift[:, 0, 0] = 2.5 * torch.arange(T)
     return (frames + shift).flatten(0, 1), roles.flatten()

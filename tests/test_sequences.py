@@ -368,3 +368,6 @@ def test_tube_tokens_group_anchors_across_neighbouring_frames():
     assert torch.isfinite(loss) and model.encoder.patch_embed.first[0].in_features == 4
     with pytest.raises(ValueError, match="tube tokens need"):
         clip_cfg(tokens="tube", objective="reconstruct").check_masking()
+    # the mask preview of a tube-token clip: every frame's points take a role from its nearest anchor frame
+    pts, roles = jepa3d.mask_preview(clips(B=1, T=5, P=96)[0], cfg)
+    assert pts.shape == (5 * 64, 3) and roles.shape == (5 * 64,) and (roles >= 1).all()
