@@ -238,7 +238,7 @@ def _step_child(preset: str, batch: int, steps: int, device: str, precision: str
                else "growth of process peak RSS over the step", "encoder_params_m":
                sum(p.numel() for p in model.encoder.parameters()) / 1e6, "data": source,
                "mean_context": sum(contexts[1:]) / steps, "input_points": points,
-               "frames": model_cfg.frames})
+               "tokens_per_sample": model_cfg.num_groups * model_cfg.token_frames()})
 
 
 def bench_step(preset: str, batch: int, steps: int, device: torch.device, precision: str, points: int,
@@ -387,6 +387,14 @@ def threads_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def write_result(name: str, payload: dict, lines: list[str]) -> None:
+    """benchmarks/speed_<name>.json (the figures) and .md (the table), and the table on stdout."""
+    out = ROOT / "benchmarks" / f"speed_{name}"
+    out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto")
@@ -433,15 +441,10 @@ def main():
                  "| preset | input | batch | tokens per sample | samples/s | step (s) | GFLOP/step | achieved TFLOP/s "
                  "| of matmul peak |", "|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
-            cfg = jepa3d.make_configs(r["preset"], **({"frames": r["frames"]} if r["frames"] > 1 else {}))[0]
-            lines.append(f"| {r['preset']} | {r['data']} | {r['batch']} | {cfg.num_groups * cfg.frames} | "
+            lines.append(f"| {r['preset']} | {r['data']} | {r['batch']} | {r['tokens_per_sample']} | "
                          f"{r['clouds_per_s']:.1f} | {r['step_s']:.3f} | {r['gflop_per_step']:.0f} | "
                          f"{r['tflops']:.3f} | {100 * r['matmul_fraction']:.0f}% |")
-        out = ROOT / "benchmarks" / "speed_clips"
-        out.with_suffix(".json").write_text(json.dumps({"rows": rows, "matmul_tflops": peak / 1e12,
-                                                        "torch": torch.__version__}, indent=2) + "\n")
-        out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-        print("\n".join(lines))
+        write_result("clips", {"rows": rows, "matmul_tflops": peak / 1e12, "torch": torch.__version__}, lines)
         return
     if args.subsample_only:
         rows = bench_subsample(shared)
@@ -450,11 +453,8 @@ def main():
                  "real clouds (ShapeNet-55 sample, ModelNet40), median of 7, the two ways alternated in one run.",
                  "", "| what | subsample | seconds | vs fps |", "|---|---|---|---|"]
         lines += [f"| {r['what']} | {r['subsample']} | {r['seconds']:.4f} | {r['vs_fps']:.2f}x |" for r in rows]
-        out = ROOT / "benchmarks" / "speed_subsample"
-        out.with_suffix(".json").write_text(json.dumps({"rows": rows, "torch": torch.__version__,
-                                                        "threads": torch.get_num_threads()}, indent=2) + "\n")
-        out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-        print("\n".join(lines))
+        write_result("subsample", {"rows": rows, "torch": torch.__version__, "threads": torch.get_num_threads()},
+                     lines)
         return
     if args.threads_only:
         rows = bench_threads(shared)
@@ -463,10 +463,7 @@ def main():
                  "(B=32) and FPS+KNN grouping (B=128, 1024 -> 64 x 32) on ModelNet40, median of 7, quiet and "
                  "beside one busy-loop process, at each thread count and at `--threads auto` (jepa3d's default). "
                  "FPS always runs its loop on one thread.", "", *threads_table(rows)]
-        out = ROOT / "benchmarks" / "speed_threads"
-        out.with_suffix(".json").write_text(json.dumps({"rows": rows, "torch": torch.__version__}, indent=2) + "\n")
-        out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-        print("\n".join(lines))
+        write_result("threads", {"rows": rows, "torch": torch.__version__}, lines)
         return
     device = jepa3d.resolve_device(args.device)
     kind = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
@@ -518,14 +515,10 @@ def main():
     for r in data:
         lines.append(f"| {r['data']} | {r['batch']} | {r['clouds_per_s']:.0f} | "
                      f"{'yes' if r['clouds_per_s'] >= fastest else 'NO'} ({r['clouds_per_s'] / fastest:.1f}x) |")
-    out = ROOT / "benchmarks" / f"speed_{args.name or device.type}"
     meta = {"device": str(device), "device_name": kind, "threads": threads, "torch": torch.__version__,
             "python": platform.python_version(), "matmul_flops": peak,
             "args": {**vars(args), "shared": os.path.relpath(os.path.abspath(shared), ROOT)}}  # portable: relative to the root
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "tokenization": tok, "steps": steps,
-                                                    "data": data}, indent=2) + "\n")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_result(args.name or device.type, {"meta": meta, "tokenization": tok, "steps": steps, "data": data}, lines)
 
 
 if __name__ == "__main__":

@@ -62,6 +62,19 @@ def cached(path: Path, args: list[str]) -> dict:
     return result
 
 
+def cached_pretrain(run: Path, common: list[str], cmd: list[str], log_every: str) -> dict:
+    """The stored result of a variant's pretraining (`cmd`, writing into run/pretrain), or run it
+    now; a pretraining stopped part-way (a session ended) is finished with jepa3d's own --resume,
+    and the result keeps the full command, marked resumed."""
+    if (run / "pretrain" / "checkpoint.safetensors").exists() and not (run / "pretrain.json").exists():
+        pre = cached(run / "pretrain.json", common + ["pretrain", "--out", str(run / "pretrain"), "--resume",
+                                                      "--log-every", log_every])
+        pre["_command"] = "jepa3d " + " ".join(cmd) + "  (resumed)"
+        (run / "pretrain.json").write_text(json.dumps(pre, indent=2))
+        return pre
+    return cached(run / "pretrain.json", cmd)
+
+
 def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 \
         else f"{values[0]:.2f}"
@@ -102,14 +115,7 @@ def main():
                 cmd = common + ["pretrain", "--data", args.data, "--preset", args.preset, "--epochs",
                                 str(args.epochs * EPOCH_FACTOR.get(variant, 1)), "--out", str(run / "pretrain"),
                                 "--log-every", "100", *VARIANTS[variant]]
-                if (run / "pretrain" / "checkpoint.safetensors").exists() and not (run / "pretrain.json").exists():
-                    # a run stopped part-way (a session ended): jepa3d's own --resume finishes it exactly
-                    pre = cached(run / "pretrain.json", common + ["pretrain", "--out", str(run / "pretrain"), "--resume",
-                                                                  "--log-every", "100"])
-                    pre["_command"] = "jepa3d " + " ".join(cmd) + "  (resumed)"
-                    (run / "pretrain.json").write_text(json.dumps(pre, indent=2))
-                else:
-                    pre = cached(run / "pretrain.json", cmd)
+                pre = cached_pretrain(run, common, cmd, "100")
                 info = json.loads((run / "pretrain" / "run.json").read_text())
                 row.update(pretrain_seconds=pre["_seconds"], steps=pre["step"], final_loss=pre["final_loss"],
                            device=info["device"], pretrain_command=pre["_command"])

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from evidence import ROOT, cached, mean_std  # noqa: E402
+from evidence import ROOT, cached, cached_pretrain, mean_std  # noqa: E402
 
 SMALL = ["--preset", "tiny4d"]
 VARIANTS = {
@@ -55,14 +55,7 @@ def main():
             else:
                 cmd = common + ["pretrain", *data, *SMALL, "--epochs", str(args.epochs), "--out", str(run / "pretrain"),
                                 "--log-every", "20", *VARIANTS[variant], *args.extra]
-                if (run / "pretrain" / "checkpoint.safetensors").exists() and not (run / "pretrain.json").exists():
-                    # a run stopped part-way (a session ended): jepa3d's own --resume finishes it exactly
-                    pre = cached(run / "pretrain.json", common + ["pretrain", "--out", str(run / "pretrain"), "--resume",
-                                                                  "--log-every", "20"])
-                    pre["_command"] = "jepa3d " + " ".join(cmd) + "  (resumed)"
-                    (run / "pretrain.json").write_text(json.dumps(pre, indent=2))
-                else:
-                    pre = cached(run / "pretrain.json", cmd)
+                pre = cached_pretrain(run, common, cmd, "20")
                 row.update(pretrain_seconds=pre["_seconds"], steps=pre["step"], pretrain_command=pre["_command"])
                 encoder = ["--checkpoint", str(run / "pretrain" / "checkpoint.safetensors"), "--frames", "8"]
             probe = cached(run / "probe.json", common + ["linear-probe", *encoder, *data, "--classifier", "all",
