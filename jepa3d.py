@@ -201,14 +201,19 @@ class ModelConfig:
             if not 0 < lo <= hi <= 1:
                 raise ValueError(f"{name} must be two fractions 0 < lo <= hi <= 1, got {(lo, hi)}")
 
+    def uses_tubes(self) -> bool:
+        """Tube tokens are on: clips with --tokens tube."""
+        return self.tokens == "tube" and self.frames > 1
+
     def token_frames(self) -> int:
         """Frames that carry tokens: every frame, or the anchor frames of tube tokens."""
-        return -(-self.frames // self.tube_stride) if self.tokens == "tube" and self.frames > 1 else self.frames
+        return -(-self.frames // self.tube_stride) if self.uses_tubes() else self.frames
 
     def check_masking(self) -> "ModelConfig":
         """Refuse masking that cannot be drawn (no context left, an empty target block). Called
         where masks are drawn (pretraining, mask-preview), not on every config: downstream
         commands that only change the geometry (e.g. --num-groups 8) never mask. -> self"""
+        tokens = self.num_groups * self.token_frames()  # patches a cloud or clip is cut into
         if self.tokens == "tube" and (self.frames < 2 or self.objective != "jepa"):
             raise ValueError("tube tokens need clips (--frames > 1) and the jepa objective (a tube's points have "
                              "no single frame to reconstruct)")
@@ -223,14 +228,12 @@ class ModelConfig:
                 raise ValueError(f"{self.num_targets} tubes of scale {self.target_scale} cover all {self.num_groups} "
                                  "patches of a frame: no context; lower --num-targets or --target-scale")
         elif self.sampler == "context-block":
-            tokens = self.num_groups * self.token_frames()
             largest_targets = self.num_targets * max(1, round(self.target_scale[1] * tokens))
             if round(self.context_scale[0] * tokens) - largest_targets < 1:
                 raise ValueError(f"context_scale {self.context_scale} leaves no context once {self.num_targets} "
                                  f"target blocks of scale {self.target_scale} are removed; lower "
                                  "--num-targets or --target-scale")
         else:
-            tokens = self.num_groups * self.token_frames()
             per_block = round(self.mask_ratio * tokens / self.num_targets)
             if per_block < 1 or per_block * self.num_targets >= tokens:
                 raise ValueError(f"mask_ratio {self.mask_ratio} with {self.num_targets} blocks of "
@@ -593,15 +596,21 @@ def tokenize(points: torch.Tensor, cfg: "ModelConfig",
     G, K = cfg.num_groups, cfg.group_size
     if points.ndim == 3:
         return group_points(points, G, K, generator)
-    if cfg.frames > 1 and cfg.tokens == "tube":
+    if cfg.uses_tubes():
         return tube_tokens(points, cfg, generator)
     B, T = points.shape[:2]
     patches, centres = group_points(points.flatten(0, 1), G, K, generator)   # (B*T, G, K, 3), (B*T, G, 3)
     if cfg.frames == 1:
         return patches, centres
-    t = (2 * torch.arange(T, device=points.device, dtype=centres.dtype) - (T - 1)) / cfg.frames  # (T,)
-    t = t[None, :, None, None].expand(B, T, G, 1)
+    t = clip_time(torch.arange(T, device=points.device), T, cfg).to(centres.dtype)[None, :, None, None]
+    t = t.expand(B, T, G, 1)
     return patches.view(B, T * G, K, 3), torch.cat([centres.view(B, T, G, 3), t], dim=-1).view(B, T * G, 4)
+
+
+def clip_time(frame: torch.Tensor, T: int, cfg: "ModelConfig") -> torch.Tensor:
+    """The time coordinate of frame indices in a clip of T frames: (2 i - (T - 1)) / cfg.frames,
+    about [-1, 1] at the trained length and the same step per frame at any other."""
+    return (2 * frame - (T - 1)) / cfg.frames
 
 
 def tube_tokens(points: torch.Tensor, cfg: "ModelConfig",
@@ -624,10 +633,10 @@ def tube_tokens(points: torch.Tensor, cfg: "ModelConfig",
         query = centres[:, :, None].expand(B, Ta, 2 * r + 1, G, 3).flatten(0, 2)  # (B*T'*(2r+1), G, 3)
         group = gather(frames, knn(query, frames, K, sorted=False))           # (.., G, K, 3)
         group = group.view(B, Ta, 2 * r + 1, G, K, 3) - centres[:, :, None, :, None]
-        dt = (2 * (near - frame[:, None]) / cfg.frames).to(points.dtype)      # (T', 2r+1)
+        dt = (clip_time(near, T, cfg) - clip_time(frame, T, cfg)[:, None]).to(points.dtype)  # (T', 2r+1)
         dt = dt[None, :, :, None, None, None].expand(B, Ta, 2 * r + 1, G, K, 1)
         patches = torch.cat([group, dt], dim=-1).permute(0, 1, 3, 2, 4, 5)    # (B, T', G, 2r+1, K, 4)
-        t = ((2 * frame - (T - 1)) / cfg.frames).to(points.dtype)             # (T',)
+        t = clip_time(frame, T, cfg).to(points.dtype)                         # (T',)
         centres = torch.cat([centres, t[None, :, None, None].expand(B, Ta, G, 1)], dim=-1)
         return patches.reshape(B, Ta * G, (2 * r + 1) * K, 4), centres.view(B, Ta * G, 4)
 
@@ -757,7 +766,7 @@ class Encoder(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.patch_embed = MiniPointNet(cfg.dim, 4 if cfg.tokens == "tube" and cfg.frames > 1 else 3)  # tubes: dt
+        self.patch_embed = MiniPointNet(cfg.dim, 4 if cfg.uses_tubes() else 3)  # tube points carry dt
         self.pos_embed = position_mlp(cfg.dim, coords(cfg))
         rates = torch.linspace(0, cfg.drop_path, cfg.depth, device="cpu").tolist()  # a plain list, even on "meta"
         self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.mlp_ratio, r) for r in rates)
@@ -1202,7 +1211,7 @@ def step_flops(cfg: ModelConfig, batch: int, context: float, targets: int) -> fl
     G, K, D, Dp, M = cfg.num_groups * cfg.token_frames(), cfg.group_size, cfg.dim, cfg.pred_dim, cfg.num_targets
     c = coords(cfg)  # position MLP inputs: 3, or 4 for clips (a clip has token_frames * num_groups patches)
     cin = 3  # mini-PointNet inputs; a tube token holds (2r+1) * K points of (dx, dy, dz, dt)
-    if cfg.tokens == "tube" and cfg.frames > 1:
+    if cfg.uses_tubes():
         K, cin = K * (2 * cfg.tube_radius + 1), 4
 
     def block(rows: float, length: float, width: int, kv_length: float = 0) -> float:
@@ -2626,7 +2635,7 @@ def mask_preview(points: torch.Tensor, cfg: ModelConfig, seed: int = 0) -> tuple
     T, G, Tt = pts.shape[1], cfg.num_groups, centres.shape[1] // cfg.num_groups
     # each frame's tokens: its own (frame tokens), or the nearest anchor frame's (tube tokens)
     owner = torch.arange(T)                                                   # (T,) the token frame of each frame
-    if cfg.tokens == "tube":
+    if cfg.uses_tubes():
         owner = (owner / cfg.tube_stride).round().long().clamp(max=Tt - 1)  # anchors sit at frames 0, s, 2s, ...
     frames = pts[0]                                                           # (T, P, 3)
     nearest = knn(frames, centres[0, :, :3].view(Tt, G, 3)[owner], 1)[..., 0]  # (T, P) patch of its frame's tokens
@@ -2761,15 +2770,14 @@ def _data_options(fn):
                      help="allow reading the peers' pickled caches (.dat/.pkl); unpickling can run arbitrary code"),
         click.option("--skip-bad", is_flag=True,
                      help="skip unreadable files of a folder dataset (the count is reported) instead of stopping"),
-        *_sequence_options(click)[1:],
+        *_sequence_options(click),
     ])
 
 
 def _sequence_options(click) -> list:
-    """How the 4D layouts (jepa3d_data.SEQUENCE_LAYOUTS) are read: clip length, stride, intrinsics."""
+    """How the 4D layouts (jepa3d_data.SEQUENCE_LAYOUTS) are read, besides the clip length
+    (--frames: the model's in pretrain, the encoder options' downstream, inspect's own)."""
     return [
-        click.option("--frames", type=click.IntRange(1, 4096), default=16,
-                     help="sequence data: frames per clip (T)"),
         click.option("--frame-stride", type=click.IntRange(1, 4096), default=1,
                      help="sequence data: take every n-th frame of a video"),
         click.option("--intrinsics", type=float, nargs=4, default=None, metavar="FX FY CX CY",
@@ -3186,7 +3194,8 @@ def _inspect_command(click):
     import jepa3d_data
 
     def sequence_options(fn):
-        return _options(fn, _sequence_options(click))
+        return _options(fn, [click.option("--frames", type=click.IntRange(1, 4096), default=DEFAULT_FRAMES,
+                                          help="sequence data: frames per clip (T)"), *_sequence_options(click)])
 
     @click.command("inspect")
     @click.argument("path", type=click.Path())

@@ -1048,20 +1048,20 @@ def builtin_parts_dataset(split: str = "train", num_points: int = 1024, per_clas
 
 class SequenceDataset(torch.utils.data.Dataset):
     """Point-cloud videos cut into clips. `videos`: list of (F_v, P, 3) arrays; `labels`: one
-    class id per video. Clips are `frames` frames `stride` apart, starting every `step` frames
-    (default frames * stride: clips do not overlap), plus one clip ending on a video's last frame
+    class id per video. Clips are `frames` frames `stride` apart, starting every frames * stride
+    frames (clips do not overlap), plus one clip ending on a video's last frame
     when the steps miss its tail; a video shorter than one clip gives one clip that repeats its
     last frame. `videos_of[i]` is clip i's video (video accuracy = the vote of its clips)."""
 
     def __init__(self, videos: list, labels, classes: list[str], name: str, source: str = "", *,
-                 frames: int = 16, stride: int = 1, step: int | None = None, video_names: list[str] | None = None):
-        if frames < 1 or stride < 1 or (step is not None and step < 1):
-            raise DataError(f"{name}: --frames, --frame-stride and the clip step must be >= 1")
+                 frames: int = 16, stride: int = 1, video_names: list[str] | None = None):
+        if frames < 1 or stride < 1:
+            raise DataError(f"{name}: --frames and --frame-stride must be >= 1")
         counts = [len(v) for v in videos]
         self.frames_data = torch.as_tensor(np.concatenate([np.asarray(v, np.float32) for v in videos]))  # (sum F, P, 3)
         self.offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
         self.frames, self.stride = frames, stride
-        span, step = (frames - 1) * stride + 1, step or frames * stride
+        span, step = (frames - 1) * stride + 1, frames * stride
         starts = [sorted({*range(0, max(1, n - span + 1), step), max(0, n - span)}) for n in counts]
         self.clips = np.array([(v, s) for v, ss in enumerate(starts) for s in ss], dtype=np.int64)  # (clips, 2)
         self.video_labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
@@ -1081,10 +1081,6 @@ class SequenceDataset(torch.utils.data.Dataset):
         clip = self.frames_data[torch.from_numpy(index)]                      # (T, P, 3)
         clip = clip - clip.mean(dim=(0, 1))
         return clip / clip.norm(dim=-1).max().clamp_min(1e-12), self.labels[i]
-
-    @property
-    def points_per_frame(self) -> int:
-        return self.frames_data.shape[1]
 
 
 def fit_frame(points: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
