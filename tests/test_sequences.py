@@ -95,6 +95,11 @@ def test_msr_bin_and_npz(tmp_path):
     # the field's back-projection: x = (u - W/2) z / 280 about the image centre
     d0 = np.fromfile(tmp_path / "a01_s01_e01_sdepth.bin", "<u4")[3:].reshape(5, 24, 32)[0]
     assert np.isclose(frames[0][0, 0], (10 - 16) * float(d0[8, 10]) / 280)
+    # --intrinsics replaces the guess: fx 560 about cx 12 halves and shifts x
+    mine = D.open_dataset(tmp_path, "train", num_points=64, frames=4, intrinsics=(560, 560, 12, 12))
+    assert not torch.equal(mine.frames_data, train.frames_data)
+    assert np.isclose(D.read_msr_bin(tmp_path / "a01_s01_e01_sdepth.bin", (560, 560, 12, 12))[0][0, 0],
+                      (10 - 12) * float(d0[8, 10]) / 560)
     # the preprocessed .npz: equal frames (a plain array) and unequal ones (pickled, opt-in)
     np.savez(tmp_path / "a03_s02_e02.npz", point_clouds=rng.normal(size=(6, 50, 3)))
     obj = np.empty(2, object)
@@ -188,6 +193,10 @@ def test_inspect_cli_reports_sequences(tmp_path):
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
     assert report["layout"] == "depth-sequence" and report["splits"]["train"]["frames_per_sequence"]["max"] == 5
+    r = run_cli("inspect", root, "--frames", "2", "--frame-stride", "2", "--intrinsics", "500", "500", "300", "250")
+    assert r.returncode == 0, r.stderr
+    train = json.loads(r.stdout)["splits"]["train"]
+    assert train["frame_stride"] == 2 and train["samples"] == 2   # span 3 of 5 frames: starts 0 and 2
 
 
 # ----------------------------------------------------------------------------- the model on clips
