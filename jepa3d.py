@@ -69,9 +69,11 @@ __all__ = [
     # geometry
     "gather", "farthest_point_sample", "knn", "group_points", "fit_points", "tokenize", "tube_tokens",
     # cross-modal correspondence (points -> pixels)
-    "project_points", "zbuffer_visible", "bilinear_lookup", "pixel_features",
+    "project_points", "zbuffer_visible", "bilinear_lookup", "pixel_features", "BuiltinTeacher", "ModuleTeacher",
+    "NpyTeacher", "load_teacher",
     # model
     "MiniPointNet", "Block", "Encoder", "Predictor", "Masks", "SAMPLERS", "Objective", "OBJECTIVES", "JEPA",
+    "split_teacher", "tokens_to_points",
     # training
     "make_optimizer", "train_step", "ema_update", "lr_at", "momentum_at", "step_flops", "pretrain",
     # checkpoints
@@ -81,6 +83,7 @@ __all__ = [
     "pool", "encode", "extract_features", "video_accuracy", "fit_svc", "OneVsOne", "fit_linear", "fit_classifier", "fit_and_score", "accuracy",
     "sample_episode", "draw_episodes",
     "Classifier", "Segmenter", "make_head", "evaluate", "embed", "linear_probe", "few_shot", "finetune",
+    "point_features", "point_probe",
     # tools
     "mask_preview", "write_ply", "plot_run", "make_cli", "main",
 ]
@@ -187,6 +190,14 @@ class ModelConfig:
                        choices=("frame", "tube"))
     tube_radius: int = _opt(1, "tube tokens: neighbouring frames on each side of an anchor frame", min=0, max=64)
     tube_stride: int = _opt(2, "tube tokens: an anchor frame every this many frames", min=1, max=64)
+    distill: str = _opt("dense", "distill objectives: dense (Cross4D-JEPA: every visible point predicts the 2D "
+                        "teacher's feature at its pixel, from the encoder's tokens carried back to the points) or "
+                        "global (one pooled teacher embedding per cloud or clip, the coarse baseline)",
+                        choices=("dense", "global"))
+    distill_weight: float = _opt(1.0, "jepa+distill: weight of the distillation term next to the latent "
+                                 "prediction's", min=0.0, max=1e6)
+    teacher_dim: int = _opt(0, "width C of the 2D teacher's features the distill head predicts; set from the "
+                            "teacher-features cache (0 = no distill head)", min=0, max=1 << 16)
 
     def __post_init__(self):
         _check_fields(self)
@@ -214,9 +225,14 @@ class ModelConfig:
         where masks are drawn (pretraining, mask-preview), not on every config: downstream
         commands that only change the geometry (e.g. --num-groups 8) never mask. -> self"""
         tokens = self.num_groups * self.token_frames()  # patches a cloud or clip is cut into
-        if self.tokens == "tube" and (self.frames < 2 or self.objective != "jepa"):
-            raise ValueError("tube tokens need clips (--frames > 1) and the jepa objective (a tube's points have "
-                             "no single frame to reconstruct)")
+        if self.tokens == "tube" and (self.frames < 2 or self.objective == "reconstruct"):
+            raise ValueError("tube tokens need clips (--frames > 1) and a latent objective, not reconstruct (a "
+                             "tube's points have no single frame to reconstruct)")
+        if "distill" in self.objective and self.teacher_dim < 1:
+            raise ValueError(f"--objective {self.objective} needs the teacher's feature width (teacher_dim): "
+                             "pretrain on a `jepa3d teacher-features` cache, which sets it")
+        if not OBJECTIVES[self.objective].masked:
+            return self  # nothing is masked
         if self.sampler in ("tube", "future"):
             if self.frames < 2:
                 raise ValueError(f"the {self.sampler} sampler masks over time: it needs clips (--frames > 1)")
@@ -577,8 +593,8 @@ def fit_points(points: torch.Tensor, n: int, generator: torch.Generator | None =
     if P > n and subsample == "random":
         keys = torch.rand(B, P, generator=generator, device=points.device)  # (B, P)
         return gather(points, keys.argsort(dim=1)[:, :n])
-    if P > n:
-        return gather(points, farthest_point_sample(points, n, generator))
+    if P > n:  # FPS on x, y, z; any further channels (teacher features) follow their points
+        return gather(points, farthest_point_sample(points[..., :3].contiguous(), n, generator))
     if P < n:
         extra = torch.randint(P, (B, n - P), generator=generator, device=points.device)
         return torch.cat([points, gather(points, extra)], dim=1)
@@ -594,6 +610,7 @@ def tokenize(points: torch.Tensor, cfg: "ModelConfig",
     the same step per frame at any other length); a single-cloud model (cfg.frames == 1) gets
     each frame as its own cloud -> (B*T, G, K, 3), (B*T, G, 3) (the per-frame baseline)."""
     G, K = cfg.num_groups, cfg.group_size
+    points = points[..., :3]  # a teacher-features cache's clouds carry more channels (split_teacher)
     if points.ndim == 3:
         return group_points(points, G, K, generator)
     if cfg.uses_tubes():
@@ -1072,18 +1089,98 @@ def _reconstruct_objective(model: JEPA, patches: torch.Tensor, centres: torch.Te
     return loss, stats
 
 
+# Cross-modal distillation (Cross4D-JEPA): a frozen 2D teacher's features, looked up for every
+# point by `jepa3d teacher-features` (see the correspondence section), travel with the points as
+# extra channels: points (..., 3 + 1 + C) = x, y, z, visible (0/1), the teacher's feature (C).
+
+def split_teacher(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """points (..., 3) or (..., 4 + C) -> xyz (..., 3), and the teacher channels (..., 1 + C) or None."""
+    return points[..., :3], (points[..., 3:] if points.shape[-1] > 3 else None)
+
+
+def tokens_to_points(tokens: torch.Tensor, centres: torch.Tensor, points: torch.Tensor,
+                     num_groups: int) -> torch.Tensor:
+    """The encoder's tokens carried back to the points by inverse-distance interpolation from
+    the 3 nearest patch centres (PointNet++'s feature propagation, as the segmentation head
+    does). Clouds: tokens (B, G, D), centres (B, G, 3), points (B, P, 3) -> (B, P, D). Clips:
+    tokens (B, T'*G, D), centres (B, T'*G, 4), points (B, T, P, 3): each frame takes the
+    tokens of its own frame (T' = T), or with tube tokens of its nearest anchor frame -> (B, T, P, D)."""
+    if points.ndim == 3:
+        return interpolate(points, centres[..., :3], tokens)
+    B, T, P, _ = points.shape
+    Ta = tokens.shape[1] // num_groups                                       # frames that carry tokens
+    stride = -(-T // Ta) if Ta < T else 1                                     # tube tokens' anchor spacing
+    anchor = torch.div(torch.arange(T, device=points.device) + stride // 2, stride,
+                       rounding_mode="floor").clamp(max=Ta - 1)               # (T,) each frame's token frame
+    tok = tokens.view(B, Ta, num_groups, -1)[:, anchor].flatten(0, 1)        # (B*T, G, D)
+    cen = centres.view(B, Ta, num_groups, -1)[:, anchor, :, :3].flatten(0, 1)  # (B*T, G, 3)
+    return interpolate(points.flatten(0, 1), cen, tok).view(B, T, P, -1)
+
+
+def _add_distill_head(model: JEPA) -> None:
+    """The projection from the encoder's width to the teacher's: MLP(D -> D -> C)."""
+    D = model.cfg.dim
+    model.distill_head = nn.Sequential(nn.Linear(D, D), nn.GELU(), nn.Linear(D, model.cfg.teacher_dim))
+
+
+def cosine_distance(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - cos(pred, target) averaged over rows (N, C); 0 (with a gradient path) for no rows."""
+    if len(pred) == 0:
+        return pred.sum() * 0.0
+    return 1.0 - F.cosine_similarity(pred.float(), target.float(), dim=-1).mean()
+
+
+def _distill_objective(model: JEPA, points: torch.Tensor, teacher: torch.Tensor, patches: torch.Tensor,
+                       centres: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """Match the 2D teacher's features (cosine, on L2-normalised features: ScaLR's loss). The
+    student encoder sees the whole cloud or clip. dense: every visible point's prediction, from
+    the tokens carried back to it, against the feature at its pixel; global: the pooled tokens
+    against the mean of the visible points' normalised features (one embedding per cloud or
+    clip). points (B, [T,] P, 3), teacher (B, [T,] P, 1 + C)."""
+    tokens = model.encoder(patches, centres)                                  # (B, N, D)
+    visible, target = teacher[..., 0] > 0.5, F.normalize(teacher[..., 1:].float(), dim=-1)
+    if model.cfg.distill == "global":
+        w = visible.flatten(1).float()                                        # (B, [T*]P)
+        target = (target.flatten(1, -2) * w[..., None]).sum(1) / w.sum(1, keepdim=True).clamp_min(1)  # (B, C)
+        seen = w.sum(1) > 0
+        pred, target = model.distill_head(tokens.mean(1))[seen], target[seen]  # (B', C)
+    else:
+        per_point = tokens_to_points(tokens, centres, points, model.cfg.num_groups)  # (B, [T,] P, D)
+        pred, target = model.distill_head(per_point[visible]), target[visible]  # (V, C)
+    loss = cosine_distance(pred, target)
+    with torch.no_grad():
+        stats = {"distill_loss": loss.detach(),
+                 # predicting the batch's mean teacher feature everywhere: a student that learns stays below
+                 "distill_mean_loss": cosine_distance(target.mean(0).expand_as(target), target)
+                 if len(target) else loss.detach(),
+                 "visible_share": visible.float().mean(),
+                 "feature_std": tokens.float().flatten(0, 1).std(0).mean()}
+    return loss, stats
+
+
 @dataclass(frozen=True)
 class Objective:
     """build(model) adds the objective's modules; loss(model, patches, centres, masks, context,
-    pred) -> (loss, detached stats); `monitor` names the stat that shows collapse."""
+    pred) -> (loss, detached stats) for the objectives that mask (`masked`: the context encoder
+    and predictor run); `distills` adds the 2D teacher's term (_distill_objective); `monitor`
+    names the stat that shows collapse."""
     build: Callable[[JEPA], None]
-    loss: Callable[..., tuple[torch.Tensor, dict]]
+    loss: Callable[..., tuple[torch.Tensor, dict]] | None
     monitor: str
+    masked: bool = True
+    distills: bool = False
+
+
+def _add_teacher_and_head(model: JEPA) -> None:
+    _add_teacher(model)
+    _add_distill_head(model)
 
 
 OBJECTIVES: dict[str, Objective] = {
     "jepa": Objective(_add_teacher, _jepa_objective, "target_std"),
     "reconstruct": Objective(_add_point_head, _reconstruct_objective, "feature_std"),
+    "distill": Objective(_add_distill_head, None, "feature_std", masked=False, distills=True),
+    "jepa+distill": Objective(_add_teacher_and_head, _jepa_objective, "target_std", distills=True),
 }
 
 
@@ -1096,7 +1193,7 @@ class JEPA(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder = Encoder(cfg)
-        self.predictor = Predictor(cfg)
+        self.predictor = Predictor(cfg) if OBJECTIVES[cfg.objective].masked else None
         self.target_encoder: Encoder | None = None  # set by the objectives that have a teacher
         OBJECTIVES[cfg.objective].build(self)
         cfg.check_masking()
@@ -1108,9 +1205,28 @@ class JEPA(nn.Module):
         return self
 
     def forward(self, points: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
-        """points (B, P=num_points, 3), or clips (B, T, P, 3) -> scalar loss and detached monitoring stats."""
-        cfg = self.cfg
+        """points (B, P=num_points, 3), or clips (B, T, P, 3), with the teacher's channels
+        (..., 4 + C) for the distill objectives -> scalar loss and detached monitoring stats."""
+        cfg, objective = self.cfg, OBJECTIVES[self.cfg.objective]
+        points, teacher = split_teacher(points)
         patches, centres = tokenize(points, cfg, generator)                   # (B, N, K, 3), (B, N, C)
+        loss, stats = points.new_zeros(()), {}
+        if objective.masked:
+            loss, stats = self._masked(patches, centres, generator)
+        if objective.distills:
+            if teacher is None or teacher.shape[-1] != cfg.teacher_dim + 1:
+                have = "no teacher features" if teacher is None else f"{teacher.shape[-1] - 1}-wide teacher features"
+                raise ValueError(f"--objective {cfg.objective} needs {cfg.teacher_dim}-wide teacher features with "
+                                 f"every point, got {have}: pretrain on a `jepa3d teacher-features` cache")
+            term, more = _distill_objective(self, points, teacher, patches, centres)
+            loss = loss + (cfg.distill_weight if objective.masked else 1.0) * term
+            stats.update(more)
+        return loss, stats
+
+    def _masked(self, patches: torch.Tensor, centres: torch.Tensor,
+                generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+        """The masked objectives: the context encoder, the predictor and the objective's loss."""
+        cfg = self.cfg
         masks = SAMPLERS[cfg.sampler](centres, cfg, generator)
         B, M, T = masks.targets.shape
         keep = masks.context_keep                                             # (B, Nc) or None
@@ -1236,9 +1352,15 @@ def step_flops(cfg: ModelConfig, batch: int, context: float, targets: int) -> fl
     else:
         pred += cfg.pred_depth * block(rows, context + targets, Dp)
     pred += rows * targets * 2 * Dp * D                                                      # out
+    objective = OBJECTIVES[cfg.objective]
+    # distill: the student also encodes the whole cloud; its head runs on (at most) every point
+    distill = 3 * (encoder(G) + batch * cfg.num_points * cfg.frames * 2 * D * (D + cfg.teacher_dim)) \
+        if objective.distills else 0.0
+    if not objective.masked:
+        return distill
     if cfg.objective == "reconstruct":
         return 3 * (encoder(context) + pred + rows * targets * 2 * D * K * 3)
-    return 3 * (encoder(context) + pred) + encoder(G)
+    return 3 * (encoder(context) + pred) + encoder(G) + distill
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -1772,7 +1894,9 @@ def _pretrain_steps(run: _Run, batches: Iterator[torch.Tensor], cfg: TrainConfig
             points = _one_frame(points, model.cfg, generator)                 # clips for a cloud model: a frame each
             points = fit_points(points, model.cfg.num_points, generator, cfg.subsample)  # (B / world, [T,] n, 3)
             if augment is not None:  # a clip moves as a whole: one draw per clip, for all its frames
-                points = augment(points.flatten(1, -2), generator).view_as(points)
+                xyz, teacher = split_teacher(points)                          # teacher features stay with their points
+                xyz = augment(xyz.flatten(1, -2), generator).view_as(xyz)
+                points = xyz if teacher is None else torch.cat([xyz, teacher], dim=-1)
             # forward, backward, update, EMA
             lr, momentum = lr_at(step, total, warmup, cfg), momentum_at(step, total, cfg)
             stats = train_step(model, run.optimizer, run.scaler, points, generator, lr=lr, momentum=momentum,
@@ -1785,9 +1909,7 @@ def _pretrain_steps(run: _Run, batches: Iterator[torch.Tensor], cfg: TrainConfig
                 t_flush, pending, last = time.time(), [], records[-1]
                 _check_finite(records, run.scaler is not None, ckpt_path, saved)
                 if lead:
-                    trivial = f" (batch mean {last['mean_loss']:.4f})" if last.get("mean_loss") is not None else ""
-                    shown = float("nan") if last[monitor] is None else last[monitor]
-                    progress.update(step, f"loss {last['loss']:.4f}{trivial} {monitor} {shown:.3f}")
+                    progress.update(step, _progress_text(last, monitor))
                     warned = _warn_collapse(last, monitor, cfg.collapse_below, warned)
             if step % save_every == 0 or step == end:
                 if lead:
@@ -1799,6 +1921,22 @@ def _pretrain_steps(run: _Run, batches: Iterator[torch.Tensor], cfg: TrainConfig
     if lead:
         progress.close()
     return last
+
+
+def _progress_text(last: dict, monitor: str) -> str:
+    """The progress line's figures: the loss beside the trivial solution's (the batch mean), the
+    distillation term's when there is one, and the collapse monitor."""
+    def beside(value, trivial) -> str:
+        return f"{value:.4f}" + (f" (batch mean {trivial:.4f})" if trivial is not None else "")
+
+    if last.get("mean_loss") is None and last.get("distill_mean_loss") is not None:  # distill alone
+        text = f"loss {beside(last['loss'], last['distill_mean_loss'])}"
+    else:
+        text = f"loss {beside(last['loss'], last.get('mean_loss'))}"
+        if last.get("distill_loss") is not None:
+            text += f" distill {beside(last['distill_loss'], last.get('distill_mean_loss'))}"
+    shown = float("nan") if last[monitor] is None else last[monitor]
+    return f"{text} {monitor} {shown:.3f}"
 
 
 class DivergedError(RuntimeError):
@@ -1936,7 +2074,7 @@ def zbuffer_visible(uv: torch.Tensor, depth: torch.Tensor, inside: torch.Tensor,
     return inside & (depth <= nearest * (1 + tol))
 
 
-def bilinear_lookup(features: torch.Tensor, uv: torch.Tensor, stride: float = 1.0,
+def bilinear_lookup(features: torch.Tensor, uv: torch.Tensor, stride: float | tuple[float, float] = 1.0,
                     mask: torch.Tensor | None = None) -> torch.Tensor:
     """Per-point features from a feature map (B, C, h, w) whose cell (i, j) covers image pixels
     [j s, (j + 1) s) x [i s, (i + 1) s) (a ViT's patch grid: s = patch size; s = 1 for per-pixel
@@ -1944,11 +2082,14 @@ def bilinear_lookup(features: torch.Tensor, uv: torch.Tensor, stride: float = 1.
     are interpolated bilinearly between the four nearest centres, points beyond the outer centres
     take the border's (grid_sample's align_corners=True with border padding). uv (B, N, 2) pixel
     coordinates -> (B, N, C), exact at cell centres. Only the points where `mask` (B, N) is True
-    are looked up (the rest are zeros): a camera sees a few thousand of a sweep's points."""
+    are looked up (the rest are zeros): a camera sees a few thousand of a sweep's points.
+    `stride` may be (sx, sy), not whole numbers: a W x H image resized for a teacher whose map is
+    w x h has cells of W / w by H / h pixels (the same formula places their centres)."""
     B, C, h, w = features.shape
     N = uv.shape[1]
-    x = ((uv[..., 0] - (stride - 1) / 2) / stride).clamp(0, w - 1)           # (B, N) in cells
-    y = ((uv[..., 1] - (stride - 1) / 2) / stride).clamp(0, h - 1)
+    sx, sy = stride if isinstance(stride, tuple) else (stride, stride)
+    x = ((uv[..., 0] - (sx - 1) / 2) / sx).clamp(0, w - 1)                   # (B, N) in cells
+    y = ((uv[..., 1] - (sy - 1) / 2) / sy).clamp(0, h - 1)
     b, n = (mask if mask is not None else torch.ones_like(x, dtype=torch.bool)).nonzero(as_tuple=True)
     x, y = x[b, n], y[b, n]                                                   # (M,)
     x0, y0 = x.floor().clamp(max=max(w - 2, 0)), y.floor().clamp(max=max(h - 2, 0))
@@ -1968,24 +2109,164 @@ def bilinear_lookup(features: torch.Tensor, uv: torch.Tensor, stride: float = 1.
 
 
 def pixel_features(points: torch.Tensor, cameras: list[dict], features: list[torch.Tensor],
-                   tol: float = 0.1, radius: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   tol: float = 0.1, radius: int = 1,
+                   occlusion: str = "pixel") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each point's teacher feature from the first camera that sees it. points (B, N, 3);
-    cameras: per camera {'K' (B, 3, 3), 'to_camera' (B, 4, 4), 'image_size' (H, W), 'stride'};
-    features: per camera its feature map (B, C, h, w) -> feats (B, N, C) (zeros where unseen),
-    visible (B, N) bool, camera (B, N) long (the camera used, -1 where none sees the point)."""
+    cameras: per camera {'K' (B, 3, 3), 'to_camera' (B, 4, 4), 'image_size' (H, W), 'stride'
+    (s or (sx, sy))}; features: per camera its feature map (B, C, h, w) -> feats (B, N, C) (zeros
+    where unseen), visible (B, N) bool, camera (B, N) long (the camera used, -1 where none sees it).
+    occlusion: 'pixel' runs the z-buffer on the image's pixels ((2 radius + 1)^2 neighbourhood);
+    'feature' on the feature map's cells, radius 0: a point behind the nearest point of its cell
+    would read the occluder's feature, and a sparse LiDAR sweep leaves most pixels empty, so on
+    the pixel grid almost no occluded point has an occluder in its own pixel."""
     B, N, _ = points.shape
     C = features[0].shape[1]
     which = torch.full((B, N), -1, dtype=torch.long, device=points.device)
     uvs = []
     for i, cam in enumerate(cameras):  # a handful of cameras; each call is batched over the clouds
         uv, depth, inside = project_points(points, cam["K"], cam["to_camera"], cam["image_size"])
-        seen = zbuffer_visible(uv, depth, inside, cam["image_size"], tol, radius) & (which < 0)
+        if occlusion == "feature":
+            sx, sy = cam.get("stride", 1.0) if isinstance(cam.get("stride", 1.0), tuple) else (cam.get("stride", 1.0),) * 2
+            h, w = features[i].shape[-2:]
+            cells = torch.stack([(uv[..., 0] + 0.5) / sx - 0.5, (uv[..., 1] + 0.5) / sy - 0.5], dim=-1)
+            seen = zbuffer_visible(cells, depth, inside, (h, w), tol, 0) & (which < 0)
+        else:
+            seen = zbuffer_visible(uv, depth, inside, cam["image_size"], tol, radius) & (which < 0)
         which = torch.where(seen, torch.full_like(which, i), which)
         uvs.append(uv)
     feats = points.new_zeros(B, N, C)
     for i, (cam, fmap) in enumerate(zip(cameras, features)):  # one lookup per camera, of its own points only
         feats += bilinear_lookup(fmap, uvs[i], cam.get("stride", 1.0), which == i).to(feats.dtype)
     return feats, which >= 0, which
+
+
+# Teachers: frozen 2D models behind one interface, images (B, 3, H, W) in [0, 1] (and their
+# file names, for precomputed maps) -> feature maps (B, C, h, w). All offline: a TorchScript
+# file, a local clone of a torch.hub repository with its weights, precomputed .npy maps, or the
+# built-in teacher. The stride of a map is read off its size: W / w by H / h pixels per cell.
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class BuiltinTeacher(nn.Module):
+    """The demo's teacher: a fixed conv net with seeded random weights (3 convolutions, stride
+    4, `dim` channels). Not a foundation model and not trained: what it gives each pixel is a
+    nonlinear code of the colour and texture around it, which the points do not have; on the
+    built-in RGB-D data the colours follow the parts, so distilling it teaches the point encoder
+    something only the images hold. A real teacher (DINOv2) comes in by --teacher."""
+
+    def __init__(self, dim: int = 32, seed: int = 0):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, 2, padding=1),
+                                 nn.ReLU(), nn.Conv2d(32, dim, 3, 2, padding=1))
+        g = torch.Generator().manual_seed(seed)
+        for m in self.net:
+            if isinstance(m, nn.Conv2d):
+                with torch.no_grad():
+                    m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2 / m.weight[0].numel()) ** 0.5)
+                    m.bias.zero_()
+        self.requires_grad_(False).eval()
+
+    def forward(self, images: torch.Tensor, names: list[str] | None = None) -> torch.Tensor:
+        return self.net((images - 0.5) / 0.25)                                # (B, dim, H/4, W/4)
+
+
+class ModuleTeacher(nn.Module):
+    """A user's frozen 2D model: a TorchScript module or a torch.hub model (loaded from a local
+    clone). Images are resized to `size` (H, W) if given, else to their size rounded down to
+    the model's patch size (a ViT's `patch_size`), and ImageNet-normalised when `normalize`.
+    A model returning a dict with 'x_norm_patchtokens' (DINOv2's forward_features) has its
+    patch tokens laid out as the patch grid; otherwise the model must return (B, C, h, w)."""
+
+    def __init__(self, model: nn.Module, name: str, size: tuple[int, int] | None = None, normalize: bool = True):
+        super().__init__()
+        self.model, self.name, self.size, self.normalize = model.eval(), name, size, normalize
+        patch = getattr(model, "patch_size", 1)
+        self.patch = patch[0] if isinstance(patch, (tuple, list)) else int(patch)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor, names: list[str] | None = None) -> torch.Tensor:
+        H, W = self.size or images.shape[-2:]
+        H, W = max(self.patch, H // self.patch * self.patch), max(self.patch, W // self.patch * self.patch)
+        x = F.interpolate(images, size=(H, W), mode="bilinear", align_corners=False, antialias=True) \
+            if (H, W) != tuple(images.shape[-2:]) else images
+        if self.normalize:
+            mean, std = (torch.tensor(v, device=x.device).view(1, 3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
+            x = (x - mean) / std
+        forward_features = getattr(self.model, "forward_features", None)
+        out = forward_features(x) if forward_features is not None else self.model(x)
+        if isinstance(out, dict) and "x_norm_patchtokens" in out:  # DINOv2: (B, h*w, C) patch tokens
+            tokens = out["x_norm_patchtokens"]
+            out = tokens.transpose(1, 2).reshape(len(x), -1, H // self.patch, W // self.patch)
+        if not isinstance(out, torch.Tensor) or out.ndim != 4 or len(out) != len(x):
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"teacher {self.name}: returned {got} for images {tuple(x.shape)}; a teacher must map "
+                             "images (B, 3, H, W) to feature maps (B, C, h, w)")
+        return out.float()
+
+
+class NpyTeacher(nn.Module):
+    """Feature maps computed elsewhere (DINOv2 on a GPU node): one `<image stem>.npy` per image
+    in `folder`, (C, h, w), any float type; the images themselves are not looked at."""
+
+    def __init__(self, folder: str | Path):
+        super().__init__()
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise FileNotFoundError(f"{self.folder}: no such folder of precomputed feature maps (npy:DIR)")
+
+    def forward(self, images: torch.Tensor, names: list[str] | None = None) -> torch.Tensor:
+        import numpy as np
+
+        maps = []
+        for name in names or []:
+            path = self.folder / (Path(name).stem + ".npy")
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: no precomputed feature map for image {name}")
+            fmap = np.load(path, allow_pickle=False)
+            if fmap.ndim != 3 or fmap.dtype.kind != "f":
+                raise ValueError(f"{path}: a feature map must be a float array (C, h, w), got {fmap.dtype} "
+                                 f"{fmap.shape}")
+            maps.append(torch.from_numpy(fmap.astype(np.float32)))
+        if len({m.shape for m in maps}) > 1:
+            raise ValueError(f"{self.folder}: the feature maps of one frame's images differ in shape "
+                             f"({sorted({tuple(m.shape) for m in maps})})")
+        return torch.stack(maps).to(images.device)
+
+
+TEACHER_HELP = ("builtin (a fixed random conv net, for the demo: see README), torchscript:FILE (a TorchScript "
+                "module, images (B, 3, H, W) in [0, 1] -> (B, C, h, w); it normalises its own input), "
+                "hub:REPO_DIR:ENTRY (torch.hub.load(REPO_DIR, ENTRY, source='local', pretrained=False) on a local "
+                "clone, e.g. of facebookresearch/dinov2 with ENTRY dinov2_vits14; weights from --teacher-weights), "
+                "npy:DIR (precomputed maps, one <image stem>.npy (C, h, w) per image)")
+
+
+def load_teacher(spec: str, weights: str | None = None, size: tuple[int, int] | None = None) -> nn.Module:
+    """The teacher named by `spec` (TEACHER_HELP), frozen, on the CPU. Never downloads."""
+    kind, _, rest = spec.partition(":")
+    if kind == "builtin":
+        return BuiltinTeacher()
+    if kind == "npy":
+        return NpyTeacher(rest)
+    if kind == "torchscript":
+        if not Path(rest).is_file():
+            raise FileNotFoundError(f"{rest}: no such TorchScript file (--teacher torchscript:FILE)")
+        try:
+            model = torch.jit.load(rest, map_location="cpu")
+        except RuntimeError as err:
+            raise ValueError(f"{rest}: not a TorchScript module ({str(err).splitlines()[0]}); save one with "
+                             "torch.jit.script(model).save(FILE)") from None
+        return ModuleTeacher(model, spec, size, normalize=False)
+    if kind == "hub":
+        repo, _, entry = rest.rpartition(":")
+        if not repo or not (Path(repo) / "hubconf.py").is_file():
+            raise FileNotFoundError(f"{repo or rest}: not a local torch.hub repository (no hubconf.py); "
+                                    "--teacher hub:REPO_DIR:ENTRY needs a local clone")
+        model = torch.hub.load(repo, entry, source="local", pretrained=False, trust_repo=True)
+        if weights:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+            model.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+        return ModuleTeacher(model.requires_grad_(False), spec, size)
+    raise ValueError(f"--teacher {spec!r}: use {TEACHER_HELP}")
 
 
 # ----------------------------------------------------------------------------- downstream
@@ -2486,6 +2767,67 @@ def linear_probe(encoder: Encoder, cfg: ModelConfig, train_set, test_set, probe:
     return result
 
 
+POINT_PROBE_ITERATIONS = 300  # tens of thousands of points: the probe's accuracy settles long before 1e-9
+
+
+@torch.no_grad()
+def point_features(encoder: Encoder, cfg: ModelConfig, dataset, per_item: int | None, *,
+                   device: torch.device = torch.device("cpu"), seed: int = 0, batch_size: int = 32) -> dict:
+    """Frozen per-point features of a dataset with per-point labels (a teacher-features cache
+    with parts, or a part dataset): the encoder's last-layer tokens carried back to the points
+    (tokens_to_points) -> {'features' (n, D), 'labels' (n,)}: `per_item` points drawn from every
+    cloud or clip frame (all of them when None). Points are used as stored (no resampling), so
+    their labels stay aligned."""
+    encoder = encoder.to(device).eval()
+    g, pick = torch.Generator(device=device), torch.Generator().manual_seed(seed)
+    feats, labels = [], []
+    for start in range(0, len(dataset), batch_size):
+        idx = range(start, min(start + batch_size, len(dataset)))
+        points = torch.stack([dataset[i][0] for i in idx])[..., :3].to(device)        # (B, [T,] P, 3)
+        y = torch.stack([dataset.clip_point_labels(i) if hasattr(dataset, "clip_point_labels") else dataset[i][1]
+                         for i in idx])                                                # (B, [T,] P)
+        g.manual_seed(step_seed(seed, start))
+        tokens, centres = encode(encoder, cfg, points, g)
+        per_point = tokens_to_points(tokens.float(), centres, points, cfg.num_groups).cpu()  # (B, [T,] P, D)
+        per_point, y = per_point.flatten(0, -3), y.flatten(0, -2)                      # (items, P, D), (items, P)
+        if per_item is not None and per_item < y.shape[1]:
+            keep = torch.rand(y.shape, generator=pick).argsort(1)[:, :per_item]       # (items, per_item)
+            per_point, y = per_point.gather(1, keep[..., None].expand(-1, -1, per_point.shape[-1])), y.gather(1, keep)
+        feats.append(per_point.flatten(0, 1))
+        labels.append(y.flatten())
+    return {"features": torch.cat(feats), "labels": torch.cat(labels)}
+
+
+def point_probe(encoder: Encoder, cfg: ModelConfig, train_set, test_set, num_labels: int, *, train_points: int = 4,
+                test_points: int = 16, device: torch.device = torch.device("cpu"), seed: int = 0,
+                names: list[str] | None = None) -> dict:
+    """The per-point linear probe: logistic regression (ProbeConfig.logreg_C) on frozen
+    per-point features (point_features) of `train_points` points per cloud or frame of the train
+    split, scored on `test_points` per cloud or frame of the test split -> point accuracy and
+    mIoU (mean over labels of IoU over all scored points), in %."""
+    train = point_features(encoder, cfg, train_set, train_points, device=device, seed=seed)
+    test = point_features(encoder, cfg, test_set, test_points, device=device, seed=seed + 1)
+    t = time.time()
+    W, b = fit_linear(train["features"], train["labels"], num_labels, C=ProbeConfig.logreg_C, kind="logreg",
+                      max_iter=POINT_PROBE_ITERATIONS)
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        return (x @ W + b).argmax(-1)
+
+    pred, y = predict(test["features"]), test["labels"]
+    ious = {}
+    for c in range(num_labels):
+        union = ((pred == c) | (y == c)).sum().item()
+        if (y == c).any():
+            ious[names[c] if names else c] = 100 * ((pred == c) & (y == c)).sum().item() / union
+    return {"point_accuracy": 100 * (pred == y).float().mean().item(), "miou": sum(ious.values()) / len(ious),
+            "iou": ious, "train_points": len(train["labels"]), "test_points": len(y),
+            "train_accuracy": 100 * (predict(train["features"]) == train["labels"]).float().mean().item(),
+            "fit_seconds": round(time.time() - t, 2),
+            "protocol": f"logistic regression (C=1, {POINT_PROBE_ITERATIONS} L-BFGS iterations) on the frozen "
+                        "last-layer tokens interpolated to each point (3 nearest patch centres, inverse distance)"}
+
+
 def few_shot(encoder: Encoder, cfg: ModelConfig, train_set=None, test_set=None, fs: FewShotConfig = FewShotConfig(),
              *, episodes: list | None = None, device: torch.device = torch.device("cpu"), seed: int = 0,
              precision: str = "auto", augment: Callable | None = None, out_dir: str | Path | None = None) -> dict:
@@ -2980,9 +3322,18 @@ def _pretrain_command(click):
             raise click.ClickException(f"{ckpt} already exists; pass --resume to continue that run "
                                        "or --out NEW_FOLDER to start another (nothing was overwritten)")
         else:
-            if overrides.get("frames") is None and data["data"] is not None and \
-                    (data["dataset"] or jepa3d_data.detect_layout(Path(data["data"]))) in jepa3d_data.SEQUENCE_LAYOUTS:
+            objective = overrides.get("objective") or PRESETS[preset].get("objective", "jepa")
+            if "distill" in objective and data["data"] is None and data["dataset"] is None:
+                # the built-in RGB-D videos and the built-in teacher, cached once in the run folder
+                data["data"] = str(Path(out) / "teacher-features")
+                print(f"jepa3d: --objective {objective} without --data: caching the built-in teacher's features of "
+                      f"the built-in RGB-D videos in {data['data']}", file=sys.stderr)
+                cache_teacher_features(data["data"])
+            layout = data["dataset"] or (jepa3d_data.detect_layout(Path(data["data"])) if data["data"] else None)
+            if overrides.get("frames") is None and data["data"] is not None and layout in jepa3d_data.SEQUENCE_LAYOUTS:
                 overrides["frames"] = PRESETS[preset].get("frames", DEFAULT_FRAMES)  # sequence data: a clip model
+            if layout == "teacher-cache" and "distill" in objective:
+                overrides["teacher_dim"] = jepa3d_data.cache_meta(data["data"])["teacher_dim"]
             model_cfg, train_cfg = _usage(make_configs, preset, **overrides)
         _usage(model_cfg.check_masking)
         world = distributed_env()[1]
@@ -3157,6 +3508,47 @@ def _few_shot_command(click):
     return few_shot_cmd
 
 
+def _point_probe_command(click):
+    @click.command("point-probe")
+    @_encoder_options
+    @_data_options
+    @click.option("--train-points", type=click.IntRange(1), default=4, show_default=True,
+                  help="points drawn per cloud or frame of the train split to fit the probe")
+    @click.option("--test-points", type=click.IntRange(1), default=16, show_default=True,
+                  help="points drawn per cloud or frame of the test split to score it")
+    @click.option("--out", type=click.Path(file_okay=False), default="runs/point-probe", help="writes metrics.json")
+    @click.pass_context
+    @_fail_cleanly
+    def point_probe_cmd(ctx, train_points, test_points, out, **kw):
+        """Per-point linear probe on frozen features: what each point's feature says about its
+        part (a teacher-features cache of the built-in RGB-D videos, or a part dataset such as
+        builtin-parts / ShapeNetPart). Reports point accuracy and mIoU."""
+        from jepa3d_data import DataError
+
+        data, enc = _pop(kw, _DATA_KEYS), _pop(kw, _ENCODER_KEYS)
+        encoder, cfg, source = _open_encoder(ctx, enc)
+        if data["data"] is None and data["dataset"] is None:
+            data["dataset"] = "builtin-parts"
+        train_set = _load_data(data, "train", cfg, enc["frames"])
+        test_set = _load_data(data, "test", cfg, enc["frames"])
+        if hasattr(train_set, "parts_of"):
+            names = [f"{train_set.classes[c]}/{i}" for c, parts in enumerate(train_set.parts_of) for i in parts]
+        elif getattr(train_set, "point_labels", None) is not None:
+            names = train_set.part_names or [str(i) for i in range(int(train_set.point_labels.max()) + 1)]
+        else:
+            raise DataError(f"{train_set.name}: has no per-point labels; point-probe needs parts (a teacher-features "
+                            "cache of the built-in RGB-D videos, builtin-parts, ShapeNetPart)")
+        points = train_set[0][0].shape[-2]
+        if points != cfg.num_points:  # the probe reads points as stored, so the model's geometry follows them
+            cfg = dataclasses.replace(cfg, num_points=points)
+        runtime = _runtime(ctx)
+        result = point_probe(encoder, cfg, train_set, test_set, len(names), train_points=train_points,
+                             test_points=test_points, device=runtime["device"], seed=runtime["seed"], names=names)
+        print(f"point probe: accuracy {result['point_accuracy']:.2f}, mIoU {result['miou']:.2f}", file=sys.stderr)
+        _report({"command": "point-probe", "encoder": source, "data": train_set.name, **result}, Path(out))
+    return point_probe_cmd
+
+
 def _embed_command(click):
     @click.command("embed")
     @_encoder_options
@@ -3188,6 +3580,96 @@ def _embed_command(click):
                  "file": str(dest), "arrays": {k: list(v.shape) for k, v in arrays.items()},
                  "features": "concat(max, mean) of the last-layer tokens"}, dest.with_name(dest.name + ".json"))
     return embed_cmd
+
+
+def _open_teacher(spec: str, weights: str | None, size: tuple | None) -> nn.Module:
+    """load_teacher, its problems said as bad input (one line, exit 1)."""
+    from jepa3d_data import DataError
+
+    try:
+        return load_teacher(spec, weights, tuple(size) if size else None)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        raise DataError(f"--teacher {spec}: {_one_line(err)}") from None
+
+
+def cache_teacher_features(out: str | Path, data: str | None = None, dataset: str | None = None,
+                           teacher: str = "builtin", teacher_weights: str | None = None,
+                           teacher_size: tuple | None = None, num_points: int = 256, frames: int = 16,
+                           intrinsics: tuple | None = None, occlusion: str = "feature", per_class: int | None = None,
+                           quiet: bool = False) -> dict:
+    """`jepa3d teacher-features`: per-point features of a frozen 2D teacher for paired data (the
+    built-in RGB-D videos when `data` is None), cached in `out` (resumable). -> the cache's metadata."""
+    import jepa3d_data
+
+    splits = {}
+    for split in ("train", "test"):
+        try:
+            splits[split] = jepa3d_data.open_paired(data, split, dataset, num_points, frames, intrinsics, per_class)
+        except jepa3d_data.DataError:
+            if split == "train":
+                raise
+    made_by = {"teacher": teacher, "teacher_weights": teacher_weights, "teacher_size": list(teacher_size or []),
+               "data": None if data is None else str(Path(data).resolve()), "dataset": dataset,
+               "num_points": num_points, "frames": frames if data is None else None,
+               "intrinsics": list(intrinsics or []), "occlusion": occlusion, "per_class": per_class}
+    model = _open_teacher(teacher, teacher_weights, teacher_size)
+    progress = None if quiet else Progress(sum(-(-len(d.videos) // jepa3d_data.CACHE_VIDEOS) for d in splits.values()))
+    meta = jepa3d_data.write_teacher_features(out, splits, model, made_by, occlusion,
+                                              None if quiet else lambda done, total: progress.update(done, "chunks"))
+    if progress is not None:
+        progress.close()
+    return meta
+
+
+def _teacher_features_command(click):
+    import jepa3d_data
+
+    @click.command("teacher-features")
+    @click.option("--data", type=click.Path(), default=None,
+                  help="paired RGB + points: a TUM RGB-D folder, or a LiDAR + cameras folder (calib.json, as "
+                       "nuScenes); the built-in RGB-D videos when not given")
+    @click.option("--dataset", type=click.Choice(jepa3d_data.PAIRED_LAYOUTS), default=None,
+                  help="force the paired layout instead of detecting it")
+    @click.option("--teacher", default="builtin", show_default=True, help=TEACHER_HELP)
+    @click.option("--teacher-weights", type=click.Path(dir_okay=False), default=None,
+                  help="hub teachers: a local weights file (state dict) loaded into the model")
+    @click.option("--teacher-size", type=click.IntRange(14, 8192), nargs=2, default=None, metavar="H W",
+                  help="resize images to H x W for the teacher (TorchScript and hub teachers; hub: default the "
+                       "image's size rounded down to the patch size); points map to the map by its own stride")
+    @click.option("--num-points", type=click.IntRange(16), default=256, show_default=True,
+                  help="points kept per frame (drawn at random from the depth pixels or the sweep)")
+    @click.option("--frames", type=click.IntRange(1, 4096), default=16, show_default=True,
+                  help="built-in RGB-D data: frames per video")
+    @click.option("--per-class", type=click.IntRange(1), default=None,
+                  help="built-in RGB-D data: videos per action  [default: 50 train, 20 test]")
+    @click.option("--intrinsics", type=float, nargs=4, default=None, metavar="FX FY CX CY",
+                  help="TUM data: pinhole intrinsics (default: freiburg1's)")
+    @click.option("--occlusion", type=click.Choice(["feature", "pixel"]), default="feature", show_default=True,
+                  help="z-buffer on the teacher's feature cells (a point behind its cell's nearest would read the "
+                       "occluder's feature) or on the image's pixels")
+    @click.option("--out", type=click.Path(file_okay=False), default="runs/teacher-features", show_default=True,
+                  help="cache folder (pretrain reads it with --data); an interrupted run resumes")
+    @click.pass_context
+    @_fail_cleanly
+    def teacher_features_cmd(ctx, data, dataset, teacher, teacher_weights, teacher_size, num_points, frames,
+                             per_class, intrinsics, occlusion, out):
+        """Cache a frozen 2D teacher's per-point features: every point takes the feature of the
+        pixel it projects to (calibrated cameras, z-buffer visibility), float16, resumable.
+        Then: jepa3d pretrain --data OUT --objective distill (or jepa+distill)."""
+        t = time.time()
+        meta = cache_teacher_features(out, data, dataset, teacher, teacher_weights, teacher_size, num_points,
+                                      frames, intrinsics, occlusion, per_class)
+        frames_done = sum(m["frames"] for m in meta["splits"].values())
+        visible = []
+        for split in meta["splits"]:
+            ds = jepa3d_data.read_teacher_cache(Path(out), split, jepa3d_data.ReadOptions(frames=1))
+            visible.append(ds.extras[..., 0].float().mean().item())
+        click.echo(json.dumps({"command": "teacher-features", "out": str(out), "teacher": teacher,
+                               "teacher_dim": meta["teacher_dim"], "frames": frames_done, "points_per_frame": num_points,
+                               "visible_share": round(sum(visible) / len(visible), 4),
+                               "splits": {k: v["videos"] for k, v in meta["splits"].items()},
+                               "seconds": round(time.time() - t, 1)}))
+    return teacher_features_cmd
 
 
 def _inspect_command(click):
@@ -3278,7 +3760,8 @@ def make_cli():
         ctx.obj = {"device": dev, "seed": seed, "precision": precision}
 
     for command in (_pretrain_command, _mask_preview_command, _finetune_command, _linear_probe_command,
-                    _few_shot_command, _embed_command, _inspect_command, _plot_command):
+                    _few_shot_command, _point_probe_command, _embed_command, _teacher_features_command,
+                    _inspect_command, _plot_command):
         cli.add_command(command(click))
     return cli
 

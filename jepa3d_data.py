@@ -1054,11 +1054,17 @@ class SequenceDataset(torch.utils.data.Dataset):
     last frame. `videos_of[i]` is clip i's video (video accuracy = the vote of its clips)."""
 
     def __init__(self, videos: list, labels, classes: list[str], name: str, source: str = "", *,
-                 frames: int = 16, stride: int = 1, video_names: list[str] | None = None):
+                 frames: int = 16, stride: int = 1, video_names: list[str] | None = None,
+                 extras: np.ndarray | None = None, point_labels: np.ndarray | None = None):
+        """`extras` (sum F, P, E): channels that follow every point (a teacher-features cache's
+        visibility and 2D-teacher feature, kept float16), appended after x, y, z; `point_labels`
+        (sum F, P): per-point labels (parts) for the per-point probe (clip_point_labels)."""
         if frames < 1 or stride < 1:
             raise DataError(f"{name}: --frames and --frame-stride must be >= 1")
         counts = [len(v) for v in videos]
         self.frames_data = torch.as_tensor(np.concatenate([np.asarray(v, np.float32) for v in videos]))  # (sum F, P, 3)
+        self.extras = None if extras is None else torch.as_tensor(extras)                    # (sum F, P, E)
+        self.point_labels = None if point_labels is None else torch.as_tensor(point_labels)  # (sum F, P)
         self.offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
         self.frames, self.stride = frames, stride
         span, step = (frames - 1) * stride + 1, frames * stride
@@ -1071,16 +1077,28 @@ class SequenceDataset(torch.utils.data.Dataset):
         self.classes, self.name, self.source = list(classes), name, source
         self.video_names = video_names or [f"video{i}" for i in range(len(videos))]
         assert self.frames_data.ndim == 3 and self.frames_data.shape[-1] == 3 and len(labels) == len(videos)
+        assert all(x is None or x.shape[:2] == self.frames_data.shape[:2] for x in (self.extras, self.point_labels))
 
     def __len__(self) -> int:
         return len(self.clips)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _frames_of(self, i: int) -> torch.Tensor:
         v, start = self.clips[i]
         index = np.minimum(start + np.arange(self.frames) * self.stride, self.counts[v] - 1) + self.offsets[v]
-        clip = self.frames_data[torch.from_numpy(index)]                      # (T, P, 3)
+        return torch.from_numpy(index)                                        # (T,) rows of frames_data
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        index = self._frames_of(i)
+        clip = self.frames_data[index]                                        # (T, P, 3)
         clip = clip - clip.mean(dim=(0, 1))
-        return clip / clip.norm(dim=-1).max().clamp_min(1e-12), self.labels[i]
+        clip = clip / clip.norm(dim=-1).max().clamp_min(1e-12)
+        if self.extras is not None:
+            clip = torch.cat([clip, self.extras[index].float()], dim=-1)      # (T, P, 3 + E)
+        return clip, self.labels[i]
+
+    def clip_point_labels(self, i: int) -> torch.Tensor:
+        """Clip i's per-point labels (T, P), aligned with its points."""
+        return self.point_labels[self._frames_of(i)].long()
 
 
 def fit_frame(points: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -1182,14 +1200,12 @@ def _visible(points: np.ndarray, grid: int = 48, tol: float = 0.06) -> np.ndarra
     return depth <= nearest[pixel] + tol
 
 
-def make_motion(action: str, num_points: int, frames: int, rng: np.random.Generator,
-                partial: bool = True) -> np.ndarray:
-    """One clip of a built-in figure performing `action` -> (frames, num_points, 3) float32,
-    y up, not normalised: a random yaw towards the sensor, per-part density, sensor jitter and
-    (partial) only what a depth sensor in front of it sees."""
+def _animate(action: str, n: int, frames: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A built-in figure performing `action`: n surface points moved through `frames` frames ->
+    points (frames, n, 3) y up, their part (n,) (BODY_PARTS) and rest-pose positions (n, 3)."""
     parts, pivots = _figure(rng)
     weight = np.array([_area(p[0], *p[1:]) for p in parts]) * rng.uniform(0.6, 1.6, len(parts))
-    counts = rng.multinomial(3 * num_points, weight / weight.sum())
+    counts = rng.multinomial(n, weight / weight.sum())
     rest = np.concatenate([_SAMPLERS[p[0]](rng, c, *p[1:]) for p, c in zip(parts, counts)])   # (N, 3)
     part = np.repeat(np.arange(len(parts)), counts)
     s = (np.arange(frames) + rng.uniform(0, 1)) / frames
@@ -1201,7 +1217,15 @@ def make_motion(action: str, num_points: int, frames: int, rng: np.random.Genera
     centre = rest.mean(axis=0)
     pts = np.einsum("tij,tnj->tni", body, pts - centre) + centre + move[:, None]
     yaw = _rot(1, np.full(frames, rng.uniform(-0.6, 0.6)))                                     # faces the sensor, roughly
-    pts = np.einsum("tij,tnj->tni", yaw, pts)
+    return np.einsum("tij,tnj->tni", yaw, pts), part, rest
+
+
+def make_motion(action: str, num_points: int, frames: int, rng: np.random.Generator,
+                partial: bool = True) -> np.ndarray:
+    """One clip of a built-in figure performing `action` -> (frames, num_points, 3) float32,
+    y up, not normalised: a random yaw towards the sensor, per-part density, sensor jitter and
+    (partial) only what a depth sensor in front of it sees."""
+    pts, _, _ = _animate(action, 3 * num_points, frames, rng)
     keep = _visible(pts) if partial else np.ones(pts.shape[:2], bool)
     out = np.stack([fit_frame(p[k], num_points, rng) for p, k in zip(pts, keep)])
     return (out + rng.normal(scale=0.01, size=out.shape)).astype(np.float32)
@@ -1519,6 +1543,434 @@ def read_sequence_folder(root: Path, split: str, o: "ReadOptions") -> SequenceDa
     return ds
 
 
+# ----------------------------------------------------------------------------- paired RGB + points
+# Cross-modal data: every frame carries its points, one or more RGB images, and per image the
+# camera: K (3x3 pinhole) and the transform from the points' frame to the camera (4x4, OpenCV
+# axes: x right, y down, z forward). `jepa3d teacher-features` runs a 2D teacher on the images
+# and writes, for every point, the feature at its pixel (jepa3d.pixel_features) into a cache
+# that pretraining reads like any sequence dataset (layout "teacher-cache").
+Y_UP = np.diag([1.0, -1.0, -1.0, 1.0])  # depth-derived points (x, -y, -z) back to the OpenCV camera
+
+
+@dataclass
+class PairedFrame:
+    points: np.ndarray                 # (N, 3) float32, in the frame the model sees
+    images: list                       # per camera (H, W, 3) uint8 RGB
+    cameras: list                      # per camera (K (3, 3), to_camera (4, 4))
+    names: list                        # per camera the image's file name (npy: teachers look maps up by it)
+    parts: np.ndarray | None = None    # (N,) per-point labels where the data has them
+
+
+@dataclass
+class PairedData:
+    """One split of paired data: videos of frames, each read on demand: videos[v][f]() -> PairedFrame."""
+    videos: list
+    labels: list
+    classes: list
+    name: str
+    video_names: list
+    part_names: list | None = None
+
+
+def read_rgb(path) -> np.ndarray:
+    """An RGB image file (PNG, JPEG) -> (H, W, 3) uint8, via Pillow (`pip install 'jepa3d[images]'`)."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise DataError(f"{path}: reading images needs Pillow: pip install 'jepa3d[images]'") from None
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, ValueError, SyntaxError) as err:
+        raise DataError(f"{path}: unreadable image ({type(err).__name__}: {err})") from None
+
+
+def _pinhole(fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
+    return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+
+
+# The built-in RGB-D data: the 4D figures (ACTIONS) seen by a pinhole RGB-D camera. A small
+# z-buffer renderer splats a dense sampling of the moving figure into a depth map and an RGB
+# image whose colours follow the body parts (a per-video palette, stripes along each part), so
+# the images hold what the points lack; the points are back-projected from the depth map, so
+# every point's pixel and part are known exactly.
+BODY_PARTS = ("torso", "head", "left arm", "right arm", "left leg", "right leg", "hatch")
+RGBD_SIZE, RGBD_FOCAL, RGBD_EYE = 96, 140.0, (0.0, 1.2, 5.0)   # pixels, focal, camera centre (looks down -z)
+
+
+def render_rgbd(points: np.ndarray, colours: np.ndarray, part: np.ndarray, size: int = RGBD_SIZE,
+                focal: float = RGBD_FOCAL, eye=RGBD_EYE, background=(0.3, 0.3, 0.3), rng=None):
+    """Splat points (N, 3) (world, y up) with colours (N, 3) in [0, 1] and part ids (N,) into a
+    size x size pinhole camera at `eye` looking down -z; each point covers 2x2 pixels, the
+    nearest wins. -> depth (H, W) metres (0 = empty), rgb (H, W, 3) uint8, part (H, W) (-1 = empty), K."""
+    cam = (points - np.asarray(eye)) * np.array([1.0, -1.0, -1.0])            # OpenCV camera axes
+    z = cam[:, 2]
+    c = (size - 1) / 2
+    u, v = np.round(focal * cam[:, 0] / z + c).astype(np.int64), np.round(focal * cam[:, 1] / z + c).astype(np.int64)
+    depth = np.full(size * size, np.inf)
+    owner = np.full(size * size, -1)
+    for du, dv in ((0, 0), (1, 0), (0, 1), (1, 1)):
+        uu, vv = u + du, v + dv
+        ok = (z > 0.1) & (uu >= 0) & (uu < size) & (vv >= 0) & (vv < size)
+        pix, idx = vv[ok] * size + uu[ok], np.nonzero(ok)[0]
+        np.minimum.at(depth, pix, z[idx])
+        hit = z[idx] <= depth[pix]          # the nearest point of each pixel owns it (ties: any)
+        owner[pix[hit]] = idx[hit]
+    rng = rng or np.random.default_rng(0)
+    rgb = np.asarray(background) + rng.normal(scale=0.04, size=(size * size, 3))   # textured backdrop
+    seen = owner >= 0
+    rgb[seen] = colours[owner[seen]]
+    depth = np.where(seen, depth, 0.0)
+    parts = np.where(seen, part[np.maximum(owner, 0)], -1)
+    img = (np.clip(rgb, 0, 1) * 255).astype(np.uint8).reshape(size, size, 3)
+    return depth.reshape(size, size), img, parts.reshape(size, size), _pinhole(focal, focal, c, c)
+
+
+def _rgbd_frame(depth, rgb, parts, K, num_points: int, rng, name: str) -> PairedFrame:
+    """A rendered frame -> its PairedFrame: num_points valid pixels back-projected (y up), with
+    depth noise like a sensor's (0.5% of the depth)."""
+    v, u = np.nonzero(depth > 0)
+    pick = rng.choice(len(v), num_points, replace=len(v) < num_points)
+    v, u = v[pick], u[pick]
+    z = depth[v, u] * (1 + rng.normal(scale=0.005, size=len(v)))
+    cam = np.stack([(u - K[0, 2]) * z / K[0, 0], (v - K[1, 2]) * z / K[1, 1], z], axis=1)
+    return PairedFrame((cam * np.array([1.0, -1.0, -1.0])).astype(np.float32), [rgb], [(K, Y_UP)], [name],
+                       parts[v, u].astype(np.int64))
+
+
+# Each part's colour and stripe frequency: the same on every figure (up to lighting and a small
+# per-video tint), as a jersey's colours follow the body; what the images add is which part is which.
+PART_COLOURS = np.array([[0.85, 0.25, 0.2], [0.95, 0.8, 0.55], [0.2, 0.45, 0.9], [0.25, 0.8, 0.35],
+                         [0.55, 0.3, 0.75], [0.9, 0.6, 0.15], [0.15, 0.8, 0.8]])
+PART_STRIPES = np.array([0.0, 0.0, 25.0, 25.0, 12.0, 12.0, 40.0])   # cycles per unit along the part (0 = plain)
+
+
+def _rgbd_video(action: str, frames: int, num_points: int, seed: tuple, name: str) -> list[PairedFrame]:
+    rng = np.random.default_rng(seed)
+    pts, part, rest = _animate(action, 6000, frames, rng)
+    palette = np.clip(PART_COLOURS * rng.uniform(0.75, 1.2) + rng.normal(scale=0.05, size=PART_COLOURS.shape), 0, 1)
+    stripes = 0.75 + 0.25 * np.sign(np.sin(2 * math.pi * rest[:, 1] * PART_STRIPES[part]))  # texture along each part
+    colours = palette[part] * stripes[:, None]
+    background = rng.uniform(0.2, 0.6, 3)
+    out = []
+    for t in range(frames):
+        depth, rgb, parts, K = render_rgbd(pts[t], colours, part, background=background, rng=rng)
+        out.append(_rgbd_frame(depth, rgb, parts, K, num_points, rng, f"{name}_{t:02d}.png"))
+    return out
+
+
+def builtin_rgbd(split: str = "train", frames: int = 16, num_points: int = 256, per_class: int | None = None,
+                 seed: int = 0) -> PairedData:
+    """The built-in RGB-D videos: 10 actions (ACTIONS) x per_class (50 train / 20 test by
+    default) of `frames` 96x96 frames; frames are rendered when read. Deterministic by seed."""
+    if split not in ("train", "test"):
+        raise DataError(f"built-in RGB-D data has splits train and test, not {split!r}")
+    per_class = per_class or (50 if split == "train" else 20)
+    names = [f"{a}_{i:03d}" for a in ACTIONS for i in range(per_class)]
+    labels = [c for c in range(len(ACTIONS)) for _ in range(per_class)]
+    split_id = 6 if split == "train" else 7
+    videos = []
+    for v, (name, label) in enumerate(zip(names, labels)):
+        cache: dict = {}  # a video is rendered once, when its first frame is read
+
+        def frame(t, v=v, name=name, label=label, cache=cache):
+            if "frames" not in cache:
+                cache["frames"] = _rgbd_video(ACTIONS[label], frames, num_points, (seed, split_id, v), name)
+            return cache.pop("frames")[t] if t == frames - 1 else cache["frames"][t]
+        videos.append([lambda t=t, f=frame: f(t) for t in range(frames)])
+    return PairedData(videos, labels, list(ACTIONS), f"builtin-rgbd-{split}", names, list(BODY_PARTS))
+
+
+def _tum_pairs(seq: Path) -> list[tuple[Path, Path]]:
+    """(rgb, depth) file pairs of a TUM sequence in time order: associations.txt (timestamp rgb
+    timestamp depth), else rgb.txt and depth.txt matched by nearest timestamp within 20 ms (TUM's
+    associate.py)."""
+    if (seq / "associations.txt").is_file():
+        listing, pairs = seq / "associations.txt", []
+        for n, line in enumerate(_read_lines(listing), 1):
+            fields = line.split()
+            if line.startswith("#") or not fields:
+                continue
+            if len(fields) < 4:
+                raise DataError(f"{listing}: line {n} has {len(fields)} fields; expected timestamp rgb timestamp depth")
+            pairs.append((seq / Path(*_entry(fields[1], listing, 2)), seq / Path(*_entry(fields[3], listing, 2))))
+        return pairs
+
+    def stamps(listing: Path) -> list[tuple[float, Path]]:
+        out = []
+        for n, line in enumerate(_read_lines(listing), 1):
+            fields = line.split()
+            if line.startswith("#") or not fields:
+                continue
+            try:
+                out.append((float(fields[0]), seq / Path(*_entry(fields[1], listing, 2))))
+            except (ValueError, IndexError):
+                raise DataError(f"{listing}: line {n} is not 'timestamp file'") from None
+        return out
+
+    if not (seq / "rgb.txt").is_file():
+        raise DataError(f"{seq}: pairing RGB with depth needs associations.txt or rgb.txt")
+    rgb = stamps(seq / "rgb.txt")
+    times = np.array([t for t, _ in rgb])
+    pairs = []
+    for t, depth in stamps(seq / "depth.txt"):
+        i = int(np.abs(times - t).argmin()) if len(times) else -1
+        if i >= 0 and abs(times[i] - t) <= 0.02:
+            pairs.append((rgb[i][1], depth))
+    return pairs
+
+
+def paired_tum(root: Path, split: str, num_points: int, intrinsics: tuple | None = None) -> PairedData:
+    """TUM RGB-D sequences as paired data: points back-projected from each depth PNG (5000 per
+    metre; y up), the RGB image it is registered to (TUM's depth is registered to the colour
+    camera), K from --intrinsics or freiburg1's."""
+    _no_test_split(root, split, "a TUM RGB-D folder")
+    seqs = _sequence_roots(root, _is_tum)
+    if not seqs:
+        raise DataError(f"{root}: no TUM RGB-D sequence here (depth/ with depth.txt or associations.txt)")
+    labels, classes = _unlabelled(root, seqs)
+    fx, fy, cx, cy = intrinsics or TUM_INTRINSICS
+    K = _pinhole(fx, fy, cx, cy)
+
+    def frame(rgb_path: Path, depth_path: Path, index: int) -> PairedFrame:
+        depth = read_depth_png(depth_path)
+        rgb = read_rgb(rgb_path)
+        if rgb.shape[:2] != depth.shape:
+            raise DataError(f"{rgb_path}: {rgb.shape[1]}x{rgb.shape[0]} does not match its depth image {depth_path} "
+                            f"({depth.shape[1]}x{depth.shape[0]})")
+        points = depth_to_points(depth, (fx, fy, cx, cy), TUM_DEPTH_SCALE)
+        if not len(points):
+            raise DataError(f"{depth_path}: no valid depth pixel")
+        points = fit_frame(points, num_points, np.random.default_rng(index)).astype(np.float32)
+        return PairedFrame(points, [rgb], [(K, Y_UP)], [rgb_path.name])
+
+    videos = []
+    for seq in seqs:
+        pairs = _tum_pairs(seq)
+        if not pairs:
+            raise DataError(f"{seq}: no RGB frame pairs with a depth frame (within 20 ms)")
+        videos.append([lambda r=r, d=d, i=i: frame(r, d, i) for i, (r, d) in enumerate(pairs)])
+    return PairedData(videos, labels, classes, f"tum-rgbd-{split}", [str(s.relative_to(root)) for s in seqs])
+
+
+def _is_lidar_cameras(d: Path) -> bool:
+    return (d / "calib.json").is_file()
+
+
+def _matrix(value, shape: tuple, path: Path, what: str) -> np.ndarray:
+    """A calibration matrix given as nested lists or as their JSON text (both are in the wild);
+    3x3 intrinsics may come padded to 3x4 or 4x4 (mmdetection3d's cam2img)."""
+    try:
+        m = np.asarray(json.loads(value) if isinstance(value, str) else value, dtype=np.float64)
+    except (ValueError, TypeError):
+        raise DataError(f"{path}: {what} is not a matrix of numbers") from None
+    if m.ndim != 2 or m.shape[0] < shape[0] or m.shape[1] < shape[1] or not np.isfinite(m).all():
+        raise DataError(f"{path}: {what} has shape {m.shape}, expected {shape[0]}x{shape[1]} (finite)")
+    return m[:shape[0], :shape[1]]
+
+
+def paired_lidar_cameras(root: Path, split: str, num_points: int) -> PairedData:
+    """Calibrated LiDAR + cameras (the nuScenes/mmdetection3d conventions, as in
+    ../shared/data/nuscenes_sample): a folder with calib.json -- `lidar_file` (float32 records of
+    `num_pts_feats` values, x y z first), and per camera its `image`, `cam2img` (intrinsics) and
+    `lidar2cam` (LiDAR frame -> camera, OpenCV axes) -- or a folder of such folders. Each sample
+    is one frame; points stay in the LiDAR frame (metres, z up), num_points drawn at random."""
+    _no_test_split(root, split, "a LiDAR + cameras folder")
+    samples = _sequence_roots(root, _is_lidar_cameras)
+    videos = []
+    for sample in samples:
+        path = sample / "calib.json"
+        try:
+            calib = json.loads(path.read_text())
+            lidar = sample / Path(*_entry(calib["lidar_file"], path))
+            width = int(calib.get("num_pts_feats", 5))
+            cameras = [(sample / Path(*_entry(c["image"], path)),
+                        _matrix(c["cam2img"], (3, 3), path, f"{name}'s cam2img"),
+                        _matrix(c["lidar2cam"], (4, 4), path, f"{name}'s lidar2cam"))
+                       for name, c in sorted(calib["cameras"].items())]
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise DataError(f"{path}: not a LiDAR + cameras calibration ({type(err).__name__}: {err}); it needs "
+                            "lidar_file and cameras{name: {image, cam2img, lidar2cam}}") from None
+
+        def frame(lidar=lidar, width=width, cameras=cameras, index=len(videos)) -> PairedFrame:
+            if not lidar.is_file():
+                raise DataError(f"{lidar}: the LiDAR file named in calib.json is missing")
+            raw = np.fromfile(lidar, dtype="<f4")
+            if len(raw) % width:
+                raise DataError(f"{lidar}: {len(raw)} floats is not a whole number of {width}-value points")
+            points = _check_cloud(raw.reshape(-1, width)[:, :3], lidar)
+            points = fit_frame(points, num_points, np.random.default_rng(index)).astype(np.float32)
+            return PairedFrame(points, [read_rgb(img) for img, _, _ in cameras], [(K, T) for _, K, T in cameras],
+                               [img.name for img, _, _ in cameras])
+        videos.append([frame])
+    if not videos:
+        raise DataError(f"{root}: no calib.json here or one level down")
+    names = [str(s.relative_to(root)) or s.name for s in samples]
+    return PairedData(videos, [0] * len(videos), ["unlabelled"], f"lidar-cameras-{split}", names)
+
+
+# The teacher-features cache: <out>/teacher_features.json (what made it, per split the videos,
+# their labels and names, the classes, and "complete") and <out>/<split>/chunk_NNNNN.npz, one per
+# CACHE_VIDEOS videos: xyz (F, P, 3) float32, feat (F, P, C) float16, visible (F, P) bool,
+# video (F,) int32 and, where the data has them, parts (F, P) int16. Chunks are written whole
+# (temporary file + rename), so a stopped run resumes at the first missing chunk.
+CACHE_META, CACHE_FORMAT, CACHE_VIDEOS = "teacher_features.json", "jepa3d teacher-features 1", 16
+
+
+def _atomic_json(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.replace(path)
+
+
+def _frame_features(frames: list[PairedFrame], teacher, occlusion: str, batch: int = 64):
+    """Run the teacher on every image of `frames` (batched by image size) and look up each
+    point's feature -> feat (F, P, C) float16, visible (F, P) bool."""
+    images = [(i, j, img, name) for i, f in enumerate(frames) for j, (img, name) in enumerate(zip(f.images, f.names))]
+    maps: dict = {}
+    for shape in sorted({img.shape for _, _, img, _ in images}):
+        group = [x for x in images if x[2].shape == shape]
+        for k in range(0, len(group), batch):
+            part = group[k:k + batch]
+            x = torch.from_numpy(np.stack([img for _, _, img, _ in part])).permute(0, 3, 1, 2).float() / 255
+            with torch.no_grad():
+                out = teacher(x, [name for *_, name in part]).float()
+            for (i, j, _, _), fmap in zip(part, out):
+                maps[i, j] = fmap
+    feats, visible = [], []
+    for i, f in enumerate(frames):
+        cams, fmaps = [], []
+        for j, (K, to_camera) in enumerate(f.cameras):
+            H, W = f.images[j].shape[:2]
+            h, w = maps[i, j].shape[-2:]
+            cams.append({"K": torch.tensor(K, dtype=torch.float32)[None],
+                         "to_camera": torch.tensor(to_camera, dtype=torch.float32)[None],
+                         "image_size": (H, W), "stride": (W / w, H / h)})
+            fmaps.append(maps[i, j][None])
+        feat, seen, _ = jepa3d.pixel_features(torch.from_numpy(f.points)[None], cams, fmaps, occlusion=occlusion)
+        feats.append(feat[0].half().numpy())
+        visible.append(seen[0].numpy())
+    return np.stack(feats), np.stack(visible)
+
+
+def write_teacher_features(out: str | Path, splits: dict, teacher, made_by: dict, occlusion: str = "feature",
+                           progress: Callable[[int, int], None] | None = None) -> dict:
+    """Cache per-point teacher features of paired data (`splits`: split -> PairedData) in `out`,
+    resuming a stopped run (its `made_by` must match: teacher, data, points). -> the metadata."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta_path = out / CACHE_META
+    if meta_path.is_file():
+        old = json.loads(meta_path.read_text())
+        if old.get("made_by") != made_by:
+            diff = sorted(k for k in {**made_by, **old.get("made_by", {})} if old.get("made_by", {}).get(k) != made_by.get(k))
+            raise DataError(f"{meta_path}: this folder caches teacher features made another way (differs in "
+                            f"{', '.join(diff)}); pass a new --out (nothing was overwritten)")
+        if old.get("complete"):
+            return old
+    meta = {"format": CACHE_FORMAT, "made_by": made_by, "complete": False, "splits": {
+        split: {"videos": len(d.videos), "frames": sum(len(v) for v in d.videos), "labels": list(map(int, d.labels)),
+                "classes": d.classes, "video_names": d.video_names, "part_names": d.part_names,
+                "chunks": -(-len(d.videos) // CACHE_VIDEOS)} for split, d in splits.items()}}
+    _atomic_json(meta_path, meta)
+    total = sum(m["chunks"] for m in meta["splits"].values())
+    done = 0
+    for split, data in splits.items():
+        (out / split).mkdir(exist_ok=True)
+        for c in range(meta["splits"][split]["chunks"]):
+            path = out / split / f"chunk_{c:05d}.npz"
+            if not path.is_file():
+                first = c * CACHE_VIDEOS
+                rows = [(v, f) for v in range(first, min(first + CACHE_VIDEOS, len(data.videos)))
+                        for f in data.videos[v]]
+                frames = [f() for _, f in rows]
+                feat, visible = _frame_features(frames, teacher, occlusion)
+                arrays = {"xyz": np.stack([f.points for f in frames]).astype(np.float32), "feat": feat,
+                          "visible": visible, "video": np.array([v for v, _ in rows], dtype=np.int32)}
+                if frames[0].parts is not None:
+                    arrays["parts"] = np.stack([f.parts for f in frames]).astype(np.int16)
+                tmp = path.with_name(path.stem + ".tmp.npz")
+                np.savez(tmp, **arrays)
+                tmp.replace(path)
+            done += 1
+            if progress is not None:
+                progress(done, total)
+    meta["complete"] = True
+    meta["teacher_dim"] = int(np.load(out / next(iter(splits)) / "chunk_00000.npz")["feat"].shape[-1])
+    _atomic_json(meta_path, meta)
+    return meta
+
+
+def _is_teacher_cache(p: Path) -> bool:
+    return (p / CACHE_META).is_file()
+
+
+def cache_meta(root: str | Path) -> dict:
+    """A teacher-features cache's metadata, checked complete."""
+    path = Path(root) / CACHE_META
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: unreadable teacher-features metadata ({err})") from None
+    if meta.get("format") != CACHE_FORMAT:
+        raise DataError(f"{path}: not a {CACHE_FORMAT} cache (format {meta.get('format')!r})")
+    if not meta.get("complete"):
+        raise DataError(f"{path}: the cache is incomplete (a teacher-features run stopped); run the same "
+                        "`jepa3d teacher-features` command again to finish it")
+    return meta
+
+
+def read_teacher_cache(root: Path, split: str, o: ReadOptions) -> SequenceDataset:
+    """A `jepa3d teacher-features` cache as a sequence dataset whose points carry the teacher's
+    channels: clips (T, P, 3 + 1 + C) = x, y, z, visible, feature (jepa3d.split_teacher)."""
+    meta = cache_meta(root)
+    if split not in meta["splits"]:
+        raise DataError(f"{root}: the cache has no {split} split (it has {', '.join(meta['splits'])})")
+    info = meta["splits"][split]
+    chunks = []
+    for c in range(info["chunks"]):
+        path = root / split / f"chunk_{c:05d}.npz"
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                chunks.append({k: f[k] for k in f.files})
+        except (OSError, ValueError, EOFError) as err:
+            raise DataError(f"{path}: unreadable cache chunk ({type(err).__name__}: {err}); delete it and run "
+                            "teacher-features again") from None
+    cat = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+    bounds = np.flatnonzero(np.diff(cat["video"])) + 1
+    videos = np.split(cat["xyz"], bounds)
+    extras = np.concatenate([cat["visible"][..., None].astype(np.float16), cat["feat"]], axis=-1)
+    ds = SequenceDataset(videos, info["labels"], info["classes"], f"teacher-cache-{split}", str(root),
+                         frames=o.frames, stride=o.frame_stride, video_names=info["video_names"],
+                         extras=extras, point_labels=cat.get("parts"))
+    ds.teacher_dim, ds.part_names = int(cat["feat"].shape[-1]), info.get("part_names")
+    return ds
+
+
+PAIRED_LAYOUTS = ("builtin-rgbd", "tum-rgbd", "lidar-cameras")
+
+
+def open_paired(path: str | Path | None, split: str = "train", dataset: str | None = None, num_points: int = 256,
+                frames: int = 16, intrinsics: tuple | None = None, per_class: int | None = None) -> PairedData:
+    """Paired RGB + points for `jepa3d teacher-features`: the built-in RGB-D videos when path is
+    None, else a TUM RGB-D folder or a LiDAR + cameras folder (detected, or `dataset`)."""
+    if path is None:
+        if dataset not in (None, "builtin-rgbd"):
+            raise DataError(f"--dataset {dataset} needs --data PATH")
+        return builtin_rgbd(split, frames, num_points, per_class)
+    root = Path(path)
+    if not root.is_dir():
+        raise DataError(f"{root}: no such folder")
+    layout = dataset or ("lidar-cameras" if _sequence_roots(root, _is_lidar_cameras) else
+                         "tum-rgbd" if _sequence_roots(root, _is_tum) else None)
+    if layout == "lidar-cameras":
+        return paired_lidar_cameras(root, split, num_points)
+    if layout == "tum-rgbd":
+        return paired_tum(root, split, num_points, intrinsics)
+    raise DataError(f"{root}: no paired RGB + points here; teacher-features reads {', '.join(PAIRED_LAYOUTS)} "
+                    "(a TUM folder with rgb/ and depth/, or calib.json with a LiDAR file and camera images)")
+
+
 # ----------------------------------------------------------------------------- opening datasets
 @dataclass(frozen=True)
 class ReadOptions:
@@ -1542,6 +1994,7 @@ class Layout:
 # Every layout, in the order detection tries them; `open_dataset`, `inspect` and the --dataset
 # choices all come from this table, so a new reader is one entry.
 LAYOUT_TABLE: dict[str, Layout] = {
+    "teacher-cache": Layout(_is_teacher_cache, read_teacher_cache),
     # the built-in clouds carry at least 1024 points, like a sensor's or ShapeNet's 8192: a model taking fewer
     # draws a new subset every step (--subsample random), which is what makes short pretraining runs generalise
     "builtin": Layout(None, lambda root, split, o: builtin_dataset(split, max(o.num_points, 1024))),
@@ -1573,7 +2026,8 @@ LAYOUT_TABLE: dict[str, Layout] = {
 }
 LAYOUTS = tuple(LAYOUT_TABLE)
 BUILTIN_LAYOUTS = ("builtin", "builtin-parts", "builtin4d")   # need no path
-SEQUENCE_LAYOUTS = ("builtin4d", "msr-action3d", "depth-sequence", "tum-rgbd", "sequence-folder")  # clips (T, P, 3)
+SEQUENCE_LAYOUTS = ("builtin4d", "msr-action3d", "depth-sequence", "tum-rgbd", "sequence-folder",  # clips (T, P, 3)
+                    "teacher-cache")  # clips (T, P, 4 + C): points with their teacher features
 
 
 def detect_layout(path: Path) -> str:

@@ -1,0 +1,270 @@
+"""Cross-modal distillation (issue 16): teachers behind one interface (TorchScript, a local
+torch.hub clone, precomputed .npy maps, the built-in one), paired data (built-in RGB-D, TUM,
+LiDAR + cameras), the teacher-features cache (round trip, resume, refusal to mix), the distill
+objectives, and the per-point probe."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import SHARED, SMALL, SMALL_FLAGS, run_cli
+
+import jepa3d
+import jepa3d_data as D
+
+PIL = pytest.importorskip("PIL.Image")
+NUSCENES = SHARED / "nuscenes_sample"
+
+
+class Identity(torch.nn.Module):
+    """A teacher whose feature at each pixel is the pixel's colour (stride 1)."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images
+
+
+def test_bilinear_lookup_with_per_axis_strides():
+    fmap = torch.arange(2 * 3 * 4, dtype=torch.float32).view(1, 2, 3, 4)    # (B, C, h, w): cells 2 wide, 4 tall
+    centres = torch.tensor([[[(2 - 1) / 2 + 2 * j, (4 - 1) / 2 + 4 * i] for i in range(3) for j in range(4)]])
+    out = jepa3d.bilinear_lookup(fmap, centres, stride=(2.0, 4.0))
+    assert torch.equal(out[0], fmap[0].flatten(1).T)
+
+
+def test_feature_grid_occlusion_sees_a_sparse_occluder():
+    K = torch.tensor([[[100.0, 0.0, 50.0], [0.0, 100.0, 40.0], [0.0, 0.0, 1.0]]])
+    # a near point and a far one 3 pixels apart: different pixels, the same 14-pixel feature cell
+    pts = torch.tensor([[[0.2, -0.1, 2.0], [0.46, -0.2, 4.0]]])
+    cams = [{"K": K, "to_camera": torch.eye(4)[None], "image_size": (80, 100), "stride": 14.0}]
+    fmap = [torch.zeros(1, 3, 6, 8)]
+    _, seen_pixel, _ = jepa3d.pixel_features(pts, cams, fmap, occlusion="pixel")
+    _, seen_cell, _ = jepa3d.pixel_features(pts, cams, fmap, occlusion="feature")
+    assert seen_pixel.tolist() == [[True, True]] and seen_cell.tolist() == [[True, False]]
+
+
+def test_torchscript_teacher(tmp_path):
+    path = tmp_path / "teacher.pt"
+    torch.jit.script(torch.nn.Conv2d(3, 5, 4, stride=4)).save(str(path))
+    teacher = jepa3d.load_teacher(f"torchscript:{path}")
+    assert teacher(torch.rand(2, 3, 32, 48)).shape == (2, 5, 8, 12)
+    (tmp_path / "bad.pt").write_bytes(b"not a module")
+    with pytest.raises(ValueError, match="not a TorchScript module"):
+        jepa3d.load_teacher(f"torchscript:{tmp_path / 'bad.pt'}")
+    torch.jit.script(torch.nn.Flatten()).save(str(tmp_path / "flat.pt"))
+    with pytest.raises(ValueError, match=r"must map images \(B, 3, H, W\) to feature maps"):
+        jepa3d.load_teacher(f"torchscript:{tmp_path / 'flat.pt'}")(torch.rand(1, 3, 8, 8))
+
+
+HUBCONF = '''
+import torch
+
+class TinyViT(torch.nn.Module):
+    """DINOv2's interface: patch_size, forward_features -> {'x_norm_patchtokens': (B, h*w, C)}."""
+    patch_size = 14
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Conv2d(3, 6, 14, stride=14)
+
+    def forward_features(self, x):
+        return {"x_norm_patchtokens": self.proj(x).flatten(2).transpose(1, 2)}
+
+
+def tiny_vit(pretrained=True):
+    assert not pretrained, "jepa3d must never ask a hub model to download weights"
+    return TinyViT()
+'''
+
+
+def test_hub_teacher_from_a_local_clone(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "hubconf.py").write_text(HUBCONF)
+    weights = tmp_path / "w.pth"
+    teacher = jepa3d.load_teacher(f"hub:{repo}:tiny_vit")
+    state = {k: torch.full_like(v, 0.01) for k, v in teacher.model.state_dict().items()}
+    torch.save(state, weights)
+    teacher = jepa3d.load_teacher(f"hub:{repo}:tiny_vit", weights=str(weights))
+    assert torch.equal(teacher.model.proj.bias, torch.full((6,), 0.01))
+    out = teacher(torch.rand(1, 3, 60, 100))                 # resized down to 56 x 98: a 4 x 7 patch grid
+    assert out.shape == (1, 6, 4, 7)
+    with pytest.raises(FileNotFoundError, match="not a local torch.hub repository"):
+        jepa3d.load_teacher(f"hub:{tmp_path}:tiny_vit")
+
+
+def test_npy_teacher(tmp_path):
+    np.save(tmp_path / "cam0.npy", np.ones((4, 3, 5), np.float16))
+    teacher = jepa3d.load_teacher(f"npy:{tmp_path}")
+    assert teacher(torch.zeros(1, 3, 30, 50), ["cam0.jpg"]).shape == (1, 4, 3, 5)
+    with pytest.raises(FileNotFoundError, match="cam1.npy: no precomputed feature map for image cam1.jpg"):
+        teacher(torch.zeros(1, 3, 30, 50), ["cam1.jpg"])
+    with pytest.raises(ValueError, match="--teacher 'nope'"):
+        jepa3d.load_teacher("nope")
+
+
+def test_builtin_rgbd_points_come_from_their_pixels():
+    data = D.builtin_rgbd("test", frames=3, num_points=64, per_class=1)
+    assert len(data.videos) == 10 and data.part_names == list(D.BODY_PARTS)
+    frame = data.videos[0][1]()
+    assert frame.points.shape == (64, 3) and frame.images[0].shape == (96, 96, 3) and frame.parts.shape == (64,)
+    K, to_camera = frame.cameras[0]
+    uv, _, inside = jepa3d.project_points(torch.from_numpy(frame.points)[None].float(),
+                                          torch.tensor(K, dtype=torch.float32)[None],
+                                          torch.tensor(to_camera, dtype=torch.float32)[None], (96, 96))
+    assert inside.all()
+    # each point lands on a figure pixel (the backdrop is grey noise): within its pixel, up to the depth noise
+    assert (uv - uv.round()).abs().max() < 0.5
+    again = D.builtin_rgbd("test", frames=3, num_points=64, per_class=1).videos[0][1]()
+    assert np.array_equal(again.points, frame.points) and np.array_equal(again.images[0], frame.images[0])
+
+
+def write_tum_rgbd(root, frames=3):
+    """A TUM folder whose RGB encodes each pixel's column and row: (u, v, 7) as bytes."""
+    (root / "rgb").mkdir(parents=True)
+    (root / "depth").mkdir()
+    v, u = np.mgrid[0:48, 0:64]
+    lines = []
+    for i in range(frames):
+        depth = np.zeros((48, 64), np.uint16)
+        depth[8:40, 10 + i:50 + i] = 5000 + 500 * i
+        PIL.fromarray(depth.astype(np.uint16)).save(root / "depth" / f"{i}.png")
+        PIL.fromarray(np.stack([u, v, np.full_like(u, 7)], -1).astype(np.uint8)).save(root / "rgb" / f"{i}.png")
+        lines.append(f"{i}.0 rgb/{i}.png {i}.001 depth/{i}.png")
+    (root / "associations.txt").write_text("\n".join(lines) + "\n")
+
+
+def test_tum_pairs_every_point_with_its_own_pixel(tmp_path):
+    write_tum_rgbd(tmp_path / "tum")
+    torch.jit.script(Identity()).save(str(tmp_path / "id.pt"))
+    intr = (60.0, 60.0, 32.0, 24.0)
+    data = D.open_paired(tmp_path / "tum", num_points=50, intrinsics=intr)
+    meta = D.write_teacher_features(tmp_path / "cache", {"train": data},
+                                    jepa3d.load_teacher(f"torchscript:{tmp_path / 'id.pt'}"), {"teacher": "id"},
+                                    occlusion="pixel")
+    assert meta["complete"] and meta["teacher_dim"] == 3
+    ds = D.read_teacher_cache(tmp_path / "cache", "train", D.ReadOptions(frames=1))
+    frame = data.videos[0][0]()
+    pixel = frame.points[:, :2] * np.array([1, -1]) * 60 / -frame.points[:, 2:] + np.array([32, 24])
+    feats = ds.extras[0, :, 1:].float().numpy() * 255
+    assert ds.extras[0, :, 0].all()                                        # every depth point is seen
+    assert np.abs(feats[:, :2] - pixel).max() < 0.6 and np.allclose(feats[:, 2], 7, atol=0.1)
+
+
+def test_cache_round_trip_resume_and_refusal(tmp_path):
+    splits = {s: D.builtin_rgbd(s, frames=4, num_points=32, per_class=2) for s in ("train", "test")}
+    teacher, made_by = jepa3d.load_teacher("builtin"), {"teacher": "builtin", "n": 1}
+    D.write_teacher_features(tmp_path, splits, teacher, made_by)
+    assert sorted(p.name for p in (tmp_path / "train").iterdir()) == ["chunk_00000.npz", "chunk_00001.npz"]
+    ds = D.open_dataset(tmp_path, "train", frames=4)
+    assert D.detect_layout(tmp_path) == "teacher-cache" and len(ds) == 20 and ds.teacher_dim == 32
+    clip, label = ds[3]
+    assert clip.shape == (4, 32, 3 + 1 + 32) and label == 1 and ds.clip_point_labels(3).shape == (4, 32)
+    with np.load(tmp_path / "train" / "chunk_00000.npz") as f:
+        assert f["feat"].dtype == np.float16 and f["xyz"].shape == (16 * 4, 32, 3)
+    # the stored feature is the teacher's at the point's pixel
+    frame = splits["train"].videos[3][2]()
+    fmap = teacher(torch.from_numpy(frame.images[0]).permute(2, 0, 1)[None].float() / 255)
+    cams = [{"K": torch.tensor(frame.cameras[0][0], dtype=torch.float32)[None],
+             "to_camera": torch.tensor(frame.cameras[0][1], dtype=torch.float32)[None], "image_size": (96, 96),
+             "stride": (4.0, 4.0)}]
+    want, seen, _ = jepa3d.pixel_features(torch.from_numpy(frame.points)[None], cams, [fmap], occlusion="feature")
+    assert torch.allclose(ds.extras[3 * 4 + 2, :, 1:].float(), want[0].half().float())
+    # resume: a missing chunk is written again, the others are kept as they are
+    kept = (tmp_path / "train" / "chunk_00000.npz").stat().st_mtime_ns
+    (tmp_path / "train" / "chunk_00001.npz").unlink()
+    meta = json.loads((tmp_path / D.CACHE_META).read_text())
+    meta["complete"] = False
+    (tmp_path / D.CACHE_META).write_text(json.dumps(meta))
+    with pytest.raises(D.DataError, match="incomplete"):
+        D.open_dataset(tmp_path, "train")
+    D.write_teacher_features(tmp_path, splits, teacher, made_by)
+    assert (tmp_path / "train" / "chunk_00001.npz").is_file()
+    assert (tmp_path / "train" / "chunk_00000.npz").stat().st_mtime_ns == kept
+    assert torch.equal(D.open_dataset(tmp_path, "train", frames=4)[3][0], clip)
+    with pytest.raises(D.DataError, match="made another way .*differs in n"):
+        D.write_teacher_features(tmp_path, splits, teacher, {**made_by, "n": 2})
+
+
+@pytest.mark.skipif(not NUSCENES.is_dir(), reason=f"{NUSCENES} is absent")
+def test_nuscenes_sample_pairs_lidar_with_six_cameras(tmp_path):
+    data = D.open_paired(NUSCENES, num_points=4096)
+    frame = data.videos[0][0]()
+    assert len(frame.images) == 6 and frame.images[0].shape == (900, 1600, 3)
+    meta = D.write_teacher_features(tmp_path, {"train": data}, jepa3d.load_teacher("builtin"), {"teacher": "builtin"})
+    ds = D.read_teacher_cache(tmp_path, "train", D.ReadOptions(frames=1))
+    share = ds.extras[..., 0].float().mean().item()
+    assert meta["teacher_dim"] == 32 and 0.3 < share < 1.0                 # the cameras see most of a sweep, not all
+    with pytest.raises(D.DataError, match="no train/test split"):
+        D.open_paired(NUSCENES, "test")
+
+
+@pytest.mark.parametrize("objective,distill,frames,tokens", [
+    ("distill", "dense", 1, "frame"), ("distill", "global", 1, "frame"), ("distill", "dense", 4, "tube"),
+    ("jepa+distill", "dense", 4, "frame"), ("jepa+distill", "global", 4, "frame")])
+def test_distill_objectives_learn_a_batch(objective, distill, frames, tokens):
+    cfg, _ = jepa3d.make_configs("tiny", **{**SMALL, "epochs": 1}, objective=objective, distill=distill,
+                                 teacher_dim=6, frames=frames, tokens=tokens, num_targets=2,
+                                 sampler="tube" if frames > 1 else "context-block")
+    torch.manual_seed(0)
+    model = jepa3d.JEPA(cfg)
+    shape = (4, 128) if frames == 1 else (4, frames, 128)
+    xyz = torch.randn(*shape, 3)
+    feats = torch.cat([xyz.sin(), xyz.cos()], -1)                  # a function of the geometry: learnable
+    points = torch.cat([xyz, (torch.rand(shape) > 0.2).float()[..., None], feats], -1)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for step in range(30):
+        loss, stats = model(points, torch.Generator().manual_seed(step))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(stats["distill_loss"].item())
+    assert losses[-1] < 0.5 * losses[0]
+    with pytest.raises(ValueError, match="needs 6-wide teacher features with every point, got no teacher"):
+        model(xyz, torch.Generator())
+    with pytest.raises(ValueError, match="pretrain on a `jepa3d teacher-features` cache"):
+        jepa3d.make_configs("tiny", objective="distill")[0].check_masking()
+
+
+def test_tokens_to_points_takes_each_frames_own_tokens():
+    cfg, _ = jepa3d.make_configs("tiny", **SMALL, frames=4)
+    points = torch.randn(2, 4, 128, 3)
+    centres = jepa3d.tokenize(points, cfg, torch.Generator().manual_seed(0))[1]       # (2, 4*16, 4)
+    frame_id = (torch.arange(4).repeat_interleave(16).float()[None, :, None]).expand(2, 64, 1)
+    out = jepa3d.tokens_to_points(frame_id, centres, points, 16)
+    assert out.shape == (2, 4, 128, 1) and torch.allclose(out[..., 0], torch.arange(4.0)[None, :, None])
+    tubes = jepa3d.tokens_to_points(torch.arange(2.0).repeat_interleave(16)[None, :, None].expand(2, 32, 1),
+                                    centres[:, :32], points, 16)      # 2 anchor frames (0 and 2) for 4 frames
+    assert tubes[0, :, 0, 0].tolist() == pytest.approx([0.0, 1.0, 1.0, 1.0])   # frame 1 ties: the later anchor
+
+
+def test_point_probe_beats_chance_on_parts():
+    cfg, _ = jepa3d.make_configs("tiny", **SMALL)
+    train = D.builtin_parts_dataset("train", 128, per_class=4)
+    test = D.builtin_parts_dataset("test", 128, per_class=2)
+    result = jepa3d.point_probe(jepa3d.random_encoder(cfg, 0), cfg, train, test, train.num_parts)
+    assert result["train_points"] == 48 * 4 and result["test_points"] == 24 * 16
+    majority = 100 * test.parts.flatten().bincount().max().item() / test.parts.numel()   # the best constant guess
+    assert result["point_accuracy"] > 1.2 * majority and 0 < result["miou"] <= 100
+
+
+def test_cli_teacher_features_distill_and_point_probe(tmp_path):
+    cache = tmp_path / "cache"
+    r = run_cli("teacher-features", "--out", cache, "--frames", "4", "--per-class", "1", "--num-points", "128")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["teacher_dim"] == 32 and out["frames"] == 80 and out["visible_share"] > 0.9
+    again = run_cli("teacher-features", "--out", cache, "--frames", "4", "--per-class", "2", "--num-points", "128")
+    assert again.returncode == 1 and "differs in per_class" in again.stderr and "Traceback" not in again.stderr
+    for objective in ("distill", "jepa+distill"):
+        run = tmp_path / objective
+        r = run_cli("pretrain", "--data", cache, "--preset", "tiny4d", *SMALL_FLAGS, "--frames", "4",
+                    "--num-targets", "2", "--objective", objective, "--epochs", "1", "--out", run)
+        assert r.returncode == 0, r.stderr
+        assert "distill" in r.stderr and json.loads(r.stdout)["finished"]
+        r = run_cli("point-probe", "--checkpoint", run / "checkpoint.safetensors", "--data", cache, "--out",
+                    tmp_path / "pp")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["miou"] > 0
+    # distill on data without teacher features: one line, what to do
+    r = run_cli("pretrain", "--objective", "distill", "--dataset", "builtin", "--out", tmp_path / "x")
+    assert r.returncode == 2 and "teacher-features" in r.stderr and "Traceback" not in r.stderr
