@@ -70,9 +70,34 @@ def cached_pretrain(run: Path, common: list[str], cmd: list[str], log_every: str
         pre = cached(run / "pretrain.json", common + ["pretrain", "--out", str(run / "pretrain"), "--resume",
                                                       "--log-every", log_every])
         pre["_command"] = "jepa3d " + " ".join(cmd) + "  (resumed)"
+        # the wall-clock of the whole run, not of its resumed part: every step's time, from metrics.jsonl
+        batch = json.loads((run / "pretrain" / "run.json").read_text())["batch_size"]
+        steps = [json.loads(line) for line in (run / "pretrain" / "metrics.jsonl").read_text().splitlines() if line]
+        pre["_seconds"] = round(sum(batch / r["clouds_per_s"] for r in steps if r.get("clouds_per_s")), 1)
         (run / "pretrain.json").write_text(json.dumps(pre, indent=2))
         return pre
     return cached(run / "pretrain.json", cmd)
+
+
+def finish_table(args, lines: list[str], rows: list[dict], columns: tuple, first_commands: tuple = ()) -> None:
+    """The clip and distillation tables' end: one row per variant (mean ± std of `columns`, the
+    pretraining steps and wall-clock), the seed-0 commands, and benchmarks/evidence_<name>.{md,json}."""
+    for variant in args.variants:
+        rs = [r for r in rows if r["variant"] == variant]
+        accs = " | ".join(mean_std([r[k] for r in rs]) for k in columns)
+        cost = f"{rs[0]['steps']} | {sum(r['pretrain_seconds'] for r in rs) / len(rs):.0f}" if "steps" in rs[0] \
+            else "0 | 0"
+        lines.append(f"| {variant} | {accs} | {cost} |")
+    lines += ["", "Commands (seed 0):", "", *first_commands]
+    for variant in args.variants:
+        r = next(r for r in rows if r["variant"] == variant)
+        lines += [f"- {variant}:"] + [f"  - `{c}`" for c in
+                                      ([r["pretrain_command"]] if "pretrain_command" in r else []) + r["eval_commands"]]
+    out = Path(__file__).with_name(f"evidence_{args.name}")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    out.with_suffix(".json").write_text(json.dumps({"meta": {"machine": platform.processor() or platform.machine(),
+                                                             "args": vars(args)}, "rows": rows}, indent=2) + "\n")
+    print("\n".join(lines))
 
 
 def mean_std(values: list[float]) -> str:

@@ -13,12 +13,11 @@ cached under runs/evidence/<name>; writes benchmarks/evidence_<name>.{md,json}.
 import argparse
 import json
 import os
-import platform
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from evidence import ROOT, cached, cached_pretrain, mean_std  # noqa: E402
+from evidence import ROOT, cached, cached_pretrain, finish_table  # noqa: E402
 
 SMALL = ["--preset", "tiny4d"]
 VARIANTS = {
@@ -77,22 +76,7 @@ def main():
              f"10-shot, 10 queries per class, {args.folds} episodes. Mean ± std over seeds.", "",
              "| variant | SVC acc | logreg acc | 5-way 10-shot | pretrain steps | pretrain wall (s) |",
              "|---|---|---|---|---|---|"]
-    for variant in args.variants:
-        rs = [r for r in rows if r["variant"] == variant]
-        accs = " | ".join(mean_std([r[k] for r in rs]) for k in ("svc", "logreg", "5w10s"))
-        cost = f"{rs[0]['steps']} | {sum(r['pretrain_seconds'] for r in rs) / len(rs):.0f}" if "steps" in rs[0] \
-            else "0 | 0"
-        lines.append(f"| {variant} | {accs} | {cost} |")
-    lines += ["", "Commands (seed 0):", ""]
-    for variant in args.variants:
-        r = next(r for r in rows if r["variant"] == variant)
-        lines += [f"- {variant}:"] + [f"  - `{c}`" for c in
-                                      ([r["pretrain_command"]] if "pretrain_command" in r else []) + r["eval_commands"]]
-    out = Path(__file__).with_name(f"evidence_{args.name}")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"meta": {"machine": platform.processor() or platform.machine(),
-                                                             "args": vars(args)}, "rows": rows}, indent=2) + "\n")
-    print("\n".join(lines))
+    finish_table(args, lines, rows, ("svc", "logreg", "5w10s"))
 
 
 if __name__ == "__main__":

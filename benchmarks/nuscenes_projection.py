@@ -23,6 +23,7 @@ import jepa3d  # noqa: E402
 
 SAMPLE = ROOT.parent / "shared" / "data" / "nuscenes_sample"
 H, W = 900, 1600
+STRIDE = 14
 
 
 def in_box(points: np.ndarray, box: list[float]) -> np.ndarray:
@@ -49,7 +50,10 @@ def main():
                                        else cam["lidar2cam"], dtype=np.float32))[None]
         uv, depth, inside = jepa3d.project_points(pts, K, to_cam, (H, W))
         visible = jepa3d.zbuffer_visible(uv, depth, inside, (H, W))
-        dropped[name] = {"in_image": int(inside.sum()), "visible": int(visible.sum())}
+        cells = (uv + 0.5) / STRIDE - 0.5   # the z-buffer on a stride-14 feature grid (DINOv2's), radius 0
+        on_grid = jepa3d.zbuffer_visible(cells, depth, inside, (H // STRIDE, W // STRIDE), radius=0)
+        dropped[name] = {"in_image": int(inside.sum()), "visible": int(visible.sum()),
+                         "visible_feature_grid": int(on_grid.sum())}
         # match each 2D annotation of this camera to its 3D box by the box centre in the camera frame
         boxes2d = calib["boxes_2d"].get(name, [])
         for b2 in boxes2d:
@@ -70,8 +74,15 @@ def main():
             x1, y1, x2, y2 = b2["bbox_xyxy"]
             u, v = uv[0, sel, 0], uv[0, sel, 1]
             hit = ((u >= x1 - 1) & (u <= x2 + 1) & (v >= y1 - 1) & (v <= y2 + 1)).float().mean().item()
+            # points behind the object (deeper than its far side) that land in its 2D box: mostly hidden by it
+            far_side = float(np.linalg.norm(c)) + max(best["box"][3:6]) / 2
+            behind = inside[0] & ~members & (depth[0] > far_side * 1.1) & (uv[0, :, 0] >= x1) & (uv[0, :, 0] <= x2) \
+                & (uv[0, :, 1] >= y1) & (uv[0, :, 1] <= y2)
             rows.append({"camera": name, "label": b2["label"], "points": int(sel.sum()), "inside_2d_box": hit,
-                         "visible": int((visible[0] & members).sum()), "match_m": round(best_d, 3)})
+                         "visible": int((visible[0] & members).sum()), "match_m": round(best_d, 3),
+                         "kept_feature_grid": int((on_grid[0] & sel).sum()), "behind": int(behind.sum()),
+                         "behind_dropped_pixel": int((behind & ~visible[0]).sum()),
+                         "behind_dropped_feature_grid": int((behind & ~on_grid[0]).sum())})
         per_camera[name] = len([r for r in rows if r["camera"] == name])
     total = sum(r["points"] for r in rows)
     share = sum(r["points"] * r["inside_2d_box"] for r in rows) / max(total, 1)
@@ -87,7 +98,24 @@ def main():
     for _ in range(3):
         feats, seen, which = jepa3d.pixel_features(pts, cams, maps)
     seconds = (time.perf_counter() - t) / 3
+    # the whole `jepa3d teacher-features` step for this keyframe: read the sweep and six JPEGs, the
+    # built-in teacher on six 1600x900 images, the correspondence, the float16 chunk written
+    import tempfile
+
+    import jepa3d_data
+    with tempfile.TemporaryDirectory() as tmp:
+        data = jepa3d_data.open_paired(SAMPLE, num_points=len(xyz))
+        t = time.perf_counter()
+        jepa3d_data.write_teacher_features(tmp, {"train": data}, jepa3d.load_teacher("builtin"), {"teacher": "builtin"})
+        teacher_seconds = time.perf_counter() - t
+    behind = sum(r["behind"] for r in rows)
     result = {"objects_checked": len(rows), "points_in_boxes": total,
+              "object_points_kept_pixel": round(sum(r["visible"] for r in rows) / max(total, 1), 4),
+              "object_points_kept_feature_grid": round(sum(r["kept_feature_grid"] for r in rows) / max(total, 1), 4),
+              "points_behind_objects_in_their_2d_box": behind,
+              "behind_dropped_pixel": round(sum(r["behind_dropped_pixel"] for r in rows) / max(behind, 1), 4),
+              "behind_dropped_feature_grid": round(sum(r["behind_dropped_feature_grid"] for r in rows) / max(behind, 1), 4),
+              "teacher_features_seconds_per_keyframe_builtin_teacher": round(teacher_seconds, 2),
               "share_inside_2d_box": round(share, 4),
               "objects_with_share_below_0.9": [r for r in rows if r["inside_2d_box"] < 0.9],
               "per_camera_objects": per_camera, "zbuffer": dropped,
