@@ -168,7 +168,9 @@ class ModelConfig:
                      "layer-normed teacher features", choices=("cosine", "l2", "smooth-l1"))
     objective: str = _opt("jepa", "jepa: predict the teacher's features of the target patches; reconstruct: "
                           "predict their points (Chamfer-L2, the Point-MAE-style baseline of the paper's "
-                          "ablation), same masking and predictor, no teacher", choices=lambda: tuple(OBJECTIVES))
+                          "ablation), same masking and predictor, no teacher; distill: match a frozen 2D model's "
+                          "feature at every point's pixel (Cross4D-JEPA; data from `jepa3d teacher-features`, no "
+                          "masking); jepa+distill: both losses", choices=lambda: tuple(OBJECTIVES))
     position: str = _opt("every-block", "where the patch-centre embedding enters: every-block (added before every "
                          "encoder and predictor block, as Point-MAE, point2vec and Point-JEPA do) or input (once, "
                          "jepa3d <= 0.1's checkpoints)", choices=("every-block", "input"))
@@ -3332,6 +3334,9 @@ def _pretrain_command(click):
             layout = data["dataset"] or (jepa3d_data.detect_layout(Path(data["data"])) if data["data"] else None)
             if overrides.get("frames") is None and data["data"] is not None and layout in jepa3d_data.SEQUENCE_LAYOUTS:
                 overrides["frames"] = PRESETS[preset].get("frames", DEFAULT_FRAMES)  # sequence data: a clip model
+                if layout == "teacher-cache":  # single frames (a LiDAR keyframe per sample) make a cloud model
+                    train = jepa3d_data.cache_meta(data["data"])["splits"]["train"]
+                    overrides["frames"] = 1 if train["frames"] == train["videos"] else overrides["frames"]
             if layout == "teacher-cache" and "distill" in objective:
                 overrides["teacher_dim"] = jepa3d_data.cache_meta(data["data"])["teacher_dim"]
             model_cfg, train_cfg = _usage(make_configs, preset, **overrides)

@@ -268,3 +268,27 @@ def test_cli_teacher_features_distill_and_point_probe(tmp_path):
     # distill on data without teacher features: one line, what to do
     r = run_cli("pretrain", "--objective", "distill", "--dataset", "builtin", "--out", tmp_path / "x")
     assert r.returncode == 2 and "teacher-features" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_paired_bad_input_names_the_file(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "calib.json").write_text('{"lidar_file": "x.bin"}')
+    with pytest.raises(D.DataError, match=r"a/calib.json: not a LiDAR \+ cameras calibration"):
+        D.open_paired(tmp_path)
+    eye = np.eye(4).tolist()
+    (tmp_path / "a" / "calib.json").write_text(json.dumps({"lidar_file": "x.bin", "num_pts_feats": 4, "cameras": {
+        "CAM": {"image": "cam.jpg", "cam2img": np.eye(3).tolist(), "lidar2cam": json.dumps(eye)}}}))
+    np.zeros((10, 4), "<f4").tofile(tmp_path / "a" / "x.bin")
+    frame = D.open_paired(tmp_path).videos[0][0]
+    with pytest.raises(D.DataError, match="cam.jpg: unreadable image"):
+        frame()
+    np.zeros(7, "<f4").tofile(tmp_path / "a" / "x.bin")
+    with pytest.raises(D.DataError, match="x.bin: 7 floats is not a whole number of 4-value points"):
+        frame()
+    (tmp_path / "a" / "calib.json").write_text(json.dumps({"lidar_file": "../../x.bin", "cameras": {}}))
+    with pytest.raises(D.DataError, match="is not a file name inside the dataset"):
+        D.open_paired(tmp_path)
+    write_tum_rgbd(tmp_path / "tum")
+    (tmp_path / "tum" / "associations.txt").write_text("0.0 rgb/0.png\n")
+    with pytest.raises(D.DataError, match="associations.txt: line 1 has 2 fields"):
+        D.open_paired(tmp_path / "tum")
