@@ -9,13 +9,15 @@ encoder's features for M spatially contiguous target blocks. The loss lives in f
 The same encoder takes point-cloud sequences (clips): every frame is cut into patches in one
 batched call (or into P4Transformer's point tubes), tokens carry (x, y, z, t), and clips are
 masked as tubes or future frames (the 4D half of Cross4D-JEPA, arXiv 2607.00514); the
-cross-modal correspondence maps points to the pixels of calibrated cameras.
+cross-modal correspondence maps points to the pixels of calibrated cameras, so a frozen 2D
+teacher's features can be distilled into every point (the distill objectives, its other half).
 
 `import jepa3d` needs torch alone; click, numpy and safetensors are imported where used,
 so this file can be copied into another repository. The file reads top to bottom: configs,
 runtime, geometry (with the clip tokenizers), tokenizer, blocks, encoder, predictor, masking,
-objectives, training, checkpoints, pretraining, cross-modal correspondence, downstream
-protocols (fine-tune, linear probe, few-shot, embed), mask preview, and last the command-line
+objectives (with distillation), training, checkpoints, pretraining, cross-modal correspondence
+and the 2D teachers, downstream protocols (fine-tune, linear probe, few-shot, embed, the
+per-point probe), mask preview, and last the command-line
 layer, the only part that imports jepa3d_data.
 
 Tensor dimension legend, used in every shape comment:
@@ -601,6 +603,16 @@ def fit_points(points: torch.Tensor, n: int, generator: torch.Generator | None =
         extra = torch.randint(P, (B, n - P), generator=generator, device=points.device)
         return torch.cat([points, gather(points, extra)], dim=1)
     return points
+
+
+def interpolate(points: torch.Tensor, centres: torch.Tensor, features: torch.Tensor, k: int = 3) -> torch.Tensor:
+    """Inverse-distance interpolation of patch features to points (PointNet++ feature
+    propagation). points (B, P, 3), centres (B, G, 3), features (B, G, C) -> (B, P, C)."""
+    idx = knn(points, centres, k)                                           # (B, P, k)
+    d = (gather(centres, idx) - points[:, :, None]).norm(dim=-1)             # (B, P, k)
+    w = 1.0 / (d + 1e-8)
+    w = w / w.sum(dim=-1, keepdim=True)
+    return (gather(features, idx) * w[..., None].to(features.dtype)).sum(dim=2)
 
 
 def tokenize(points: torch.Tensor, cfg: "ModelConfig",
@@ -2597,16 +2609,6 @@ class Classifier(nn.Module):
         return result
 
 
-def interpolate(points: torch.Tensor, centres: torch.Tensor, features: torch.Tensor, k: int = 3) -> torch.Tensor:
-    """Inverse-distance interpolation of patch features to points (PointNet++ feature
-    propagation). points (B, P, 3), centres (B, G, 3), features (B, G, C) -> (B, P, C)."""
-    idx = knn(points, centres, k)                                           # (B, P, k)
-    d = (gather(centres, idx) - points[:, :, None]).norm(dim=-1)             # (B, P, k)
-    w = 1.0 / (d + 1e-8)
-    w = w / w.sum(dim=-1, keepdim=True)
-    return (gather(features, idx) * w[..., None].to(features.dtype)).sum(dim=2)
-
-
 def seg_layers(depth: int) -> tuple[int, ...]:
     """The blocks whose outputs feed the segmentation head: 4/8/12 of 12 (Point-MAE), the
     same thirds of a shallower encoder. 0-based."""
@@ -3330,7 +3332,7 @@ def _pretrain_command(click):
                 data["data"] = str(Path(out) / "teacher-features")
                 print(f"jepa3d: --objective {objective} without --data: caching the built-in teacher's features of "
                       f"the built-in RGB-D videos in {data['data']}", file=sys.stderr)
-                cache_teacher_features(data["data"])
+                cache_teacher_features(data["data"], device=run["device"])
             layout = data["dataset"] or (jepa3d_data.detect_layout(Path(data["data"])) if data["data"] else None)
             if overrides.get("frames") is None and data["data"] is not None and layout in jepa3d_data.SEQUENCE_LAYOUTS:
                 overrides["frames"] = PRESETS[preset].get("frames", DEFAULT_FRAMES)  # sequence data: a clip model
@@ -3601,7 +3603,7 @@ def cache_teacher_features(out: str | Path, data: str | None = None, dataset: st
                            teacher: str = "builtin", teacher_weights: str | None = None,
                            teacher_size: tuple | None = None, num_points: int = 256, frames: int = 16,
                            intrinsics: tuple | None = None, occlusion: str = "feature", per_class: int | None = None,
-                           quiet: bool = False) -> dict:
+                           quiet: bool = False, device: torch.device = torch.device("cpu")) -> dict:
     """`jepa3d teacher-features`: per-point features of a frozen 2D teacher for paired data (the
     built-in RGB-D videos when `data` is None), cached in `out` (resumable). -> the cache's metadata."""
     import jepa3d_data
@@ -3620,7 +3622,8 @@ def cache_teacher_features(out: str | Path, data: str | None = None, dataset: st
     model = _open_teacher(teacher, teacher_weights, teacher_size)
     progress = None if quiet else Progress(sum(-(-len(d.videos) // jepa3d_data.CACHE_VIDEOS) for d in splits.values()))
     meta = jepa3d_data.write_teacher_features(out, splits, model, made_by, occlusion,
-                                              None if quiet else lambda done, total: progress.update(done, "chunks"))
+                                              None if quiet else lambda done, total: progress.update(done, "chunks"),
+                                              device)
     if progress is not None:
         progress.close()
     return meta
@@ -3663,7 +3666,7 @@ def _teacher_features_command(click):
         Then: jepa3d pretrain --data OUT --objective distill (or jepa+distill)."""
         t = time.time()
         meta = cache_teacher_features(out, data, dataset, teacher, teacher_weights, teacher_size, num_points,
-                                      frames, intrinsics, occlusion, per_class)
+                                      frames, intrinsics, occlusion, per_class, device=_runtime(ctx)["device"])
         frames_done = sum(m["frames"] for m in meta["splits"].values())
         visible = []
         for split in meta["splits"]:

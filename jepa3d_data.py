@@ -2,7 +2,10 @@
 
 Every dataset returns the same item: (points float32 (P, 3), label int64), centred and
 scaled to the unit sphere, y up. `open_dataset(path)` detects the on-disk layout; with no
-path it returns the built-in procedural shapes, which need no download.
+path it returns the built-in procedural shapes, which need no download. Sequence layouts give
+clips (points (T, P, 3), label); paired layouts (RGB images + points + cameras, `open_paired`)
+feed `jepa3d teacher-features`, whose cache reads back as clips whose points carry the teacher's
+features as extra channels.
 
 Bad input raises DataError with one line naming the file and what is wrong.
 """
@@ -1823,18 +1826,18 @@ def _atomic_json(path: Path, obj: dict) -> None:
     tmp.replace(path)
 
 
-def _frame_features(frames: list[PairedFrame], teacher, occlusion: str, batch: int = 64):
-    """Run the teacher on every image of `frames` (batched by image size) and look up each
-    point's feature -> feat (F, P, C) float16, visible (F, P) bool."""
+def _frame_features(frames: list[PairedFrame], teacher, occlusion: str, device: torch.device, batch: int = 64):
+    """Run the teacher (on `device`) on every image of `frames`, batched by image size, and look
+    up each point's feature (on the CPU) -> feat (F, P, C) float16, visible (F, P) bool."""
     images = [(i, j, img, name) for i, f in enumerate(frames) for j, (img, name) in enumerate(zip(f.images, f.names))]
     maps: dict = {}
     for shape in sorted({img.shape for _, _, img, _ in images}):
         group = [x for x in images if x[2].shape == shape]
         for k in range(0, len(group), batch):
             part = group[k:k + batch]
-            x = torch.from_numpy(np.stack([img for _, _, img, _ in part])).permute(0, 3, 1, 2).float() / 255
+            x = torch.from_numpy(np.stack([img for _, _, img, _ in part])).to(device).permute(0, 3, 1, 2).float() / 255
             with torch.no_grad():
-                out = teacher(x, [name for *_, name in part]).float()
+                out = teacher(x, [name for *_, name in part]).float().cpu()
             for (i, j, _, _), fmap in zip(part, out):
                 maps[i, j] = fmap
     feats, visible = [], []
@@ -1854,7 +1857,8 @@ def _frame_features(frames: list[PairedFrame], teacher, occlusion: str, batch: i
 
 
 def write_teacher_features(out: str | Path, splits: dict, teacher, made_by: dict, occlusion: str = "feature",
-                           progress: Callable[[int, int], None] | None = None) -> dict:
+                           progress: Callable[[int, int], None] | None = None,
+                           device: torch.device = torch.device("cpu")) -> dict:
     """Cache per-point teacher features of paired data (`splits`: split -> PairedData) in `out`,
     resuming a stopped run (its `made_by` must match: teacher, data, points). -> the metadata."""
     out = Path(out)
@@ -1884,7 +1888,7 @@ def write_teacher_features(out: str | Path, splits: dict, teacher, made_by: dict
                 rows = [(v, f) for v in range(first, min(first + CACHE_VIDEOS, len(data.videos)))
                         for f in data.videos[v]]
                 frames = [f() for _, f in rows]
-                feat, visible = _frame_features(frames, teacher, occlusion)
+                feat, visible = _frame_features(frames, teacher.to(device), occlusion, device)
                 arrays = {"xyz": np.stack([f.points for f in frames]).astype(np.float32), "feat": feat,
                           "visible": visible, "video": np.array([v for v, _ in rows], dtype=np.int32)}
                 if frames[0].parts is not None:
