@@ -2161,6 +2161,10 @@ def pixel_features(points: torch.Tensor, cameras: list[dict], features: list[tor
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
+class TeacherError(ValueError):
+    """A teacher that does not do what the interface says (bad input, not a bug of jepa3d)."""
+
+
 class BuiltinTeacher(nn.Module):
     """The demo's teacher: a fixed conv net with seeded random weights (3 convolutions, stride
     4, `dim` channels). Not a foundation model and not trained: what it gives each pixel is a
@@ -2207,13 +2211,17 @@ class ModuleTeacher(nn.Module):
             mean, std = (torch.tensor(v, device=x.device).view(1, 3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
             x = (x - mean) / std
         forward_features = getattr(self.model, "forward_features", None)
-        out = forward_features(x) if forward_features is not None else self.model(x)
+        try:
+            out = forward_features(x) if forward_features is not None else self.model(x)
+        except RuntimeError as err:  # the user's model refused these images (size, channels, dtype)
+            raise TeacherError(f"teacher {self.name} failed on images {tuple(x.shape)}: "
+                               f"{' '.join(str(err).split())[:300]}") from None
         if isinstance(out, dict) and "x_norm_patchtokens" in out:  # DINOv2: (B, h*w, C) patch tokens
             tokens = out["x_norm_patchtokens"]
             out = tokens.transpose(1, 2).reshape(len(x), -1, H // self.patch, W // self.patch)
         if not isinstance(out, torch.Tensor) or out.ndim != 4 or len(out) != len(x):
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ValueError(f"teacher {self.name}: returned {got} for images {tuple(x.shape)}; a teacher must map "
+            raise TeacherError(f"teacher {self.name}: returned {got} for images {tuple(x.shape)}; a teacher must map "
                              "images (B, 3, H, W) to feature maps (B, C, h, w)")
         return out.float()
 
@@ -2238,11 +2246,11 @@ class NpyTeacher(nn.Module):
                 raise FileNotFoundError(f"{path}: no precomputed feature map for image {name}")
             fmap = np.load(path, allow_pickle=False)
             if fmap.ndim != 3 or fmap.dtype.kind != "f":
-                raise ValueError(f"{path}: a feature map must be a float array (C, h, w), got {fmap.dtype} "
+                raise TeacherError(f"{path}: a feature map must be a float array (C, h, w), got {fmap.dtype} "
                                  f"{fmap.shape}")
             maps.append(torch.from_numpy(fmap.astype(np.float32)))
         if len({m.shape for m in maps}) > 1:
-            raise ValueError(f"{self.folder}: the feature maps of one frame's images differ in shape "
+            raise TeacherError(f"{self.folder}: the feature maps of one frame's images differ in shape "
                              f"({sorted({tuple(m.shape) for m in maps})})")
         return torch.stack(maps).to(images.device)
 
@@ -2775,14 +2783,16 @@ POINT_PROBE_ITERATIONS = 300  # tens of thousands of points: the probe's accurac
 
 
 @torch.no_grad()
-def point_features(encoder: Encoder, cfg: ModelConfig, dataset, per_item: int | None, *,
+def point_features(encoder: Encoder | None, cfg: ModelConfig, dataset, per_item: int | None, *,
                    device: torch.device = torch.device("cpu"), seed: int = 0, batch_size: int = 32) -> dict:
     """Frozen per-point features of a dataset with per-point labels (a teacher-features cache
     with parts, or a part dataset): the encoder's last-layer tokens carried back to the points
     (tokens_to_points) -> {'features' (n, D), 'labels' (n,)}: `per_item` points drawn from every
     cloud or clip frame (all of them when None). Points are used as stored (no resampling), so
-    their labels stay aligned."""
-    encoder = encoder.to(device).eval()
+    their labels stay aligned. encoder None: the cache's own teacher features of the same points
+    (zeros where no camera sees one): what distillation through that teacher can reach at best."""
+    if encoder is not None:
+        encoder = encoder.to(device).eval()
     g, pick = torch.Generator(device=device), torch.Generator().manual_seed(seed)
     feats, labels = [], []
     for start in range(0, len(dataset), batch_size):
@@ -2790,9 +2800,15 @@ def point_features(encoder: Encoder, cfg: ModelConfig, dataset, per_item: int | 
         points = torch.stack([dataset[i][0] for i in idx])[..., :3].to(device)        # (B, [T,] P, 3)
         y = torch.stack([dataset.clip_point_labels(i) if hasattr(dataset, "clip_point_labels") else dataset[i][1]
                          for i in idx])                                                # (B, [T,] P)
-        g.manual_seed(step_seed(seed, start))
-        tokens, centres = encode(encoder, cfg, points, g)
-        per_point = tokens_to_points(tokens.float(), centres, points, cfg.num_groups).cpu()  # (B, [T,] P, D)
+        if encoder is None:
+            per_point = torch.stack([dataset[i][0] for i in idx])[..., 4:].float()     # (B, [T,] P, C)
+            if not per_point.shape[-1]:
+                raise ValueError(f"{dataset.name}: no teacher features to probe (make them with "
+                                 "`jepa3d teacher-features`)")
+        else:
+            g.manual_seed(step_seed(seed, start))
+            tokens, centres = encode(encoder, cfg, points, g)
+            per_point = tokens_to_points(tokens.float(), centres, points, cfg.num_groups).cpu()  # (B, [T,] P, D)
         per_point, y = per_point.flatten(0, -3), y.flatten(0, -2)                      # (items, P, D), (items, P)
         if per_item is not None and per_item < y.shape[1]:
             keep = torch.rand(y.shape, generator=pick).argsort(1)[:, :per_item]       # (items, per_item)
@@ -2802,7 +2818,7 @@ def point_features(encoder: Encoder, cfg: ModelConfig, dataset, per_item: int | 
     return {"features": torch.cat(feats), "labels": torch.cat(labels)}
 
 
-def point_probe(encoder: Encoder, cfg: ModelConfig, train_set, test_set, num_labels: int, *, train_points: int = 4,
+def point_probe(encoder: Encoder | None, cfg: ModelConfig, train_set, test_set, num_labels: int, *, train_points: int = 4,
                 test_points: int = 16, device: torch.device = torch.device("cpu"), seed: int = 0,
                 names: list[str] | None = None) -> dict:
     """The per-point linear probe: logistic regression (ProbeConfig.logreg_C) on frozen
@@ -2828,8 +2844,9 @@ def point_probe(encoder: Encoder, cfg: ModelConfig, train_set, test_set, num_lab
             "iou": ious, "train_points": len(train["labels"]), "test_points": len(y),
             "train_accuracy": 100 * (predict(train["features"]) == train["labels"]).float().mean().item(),
             "fit_seconds": round(time.time() - t, 2),
-            "protocol": f"logistic regression (C=1, {POINT_PROBE_ITERATIONS} L-BFGS iterations) on the frozen "
-                        "last-layer tokens interpolated to each point (3 nearest patch centres, inverse distance)"}
+            "protocol": f"logistic regression (C=1, {POINT_PROBE_ITERATIONS} L-BFGS iterations) on " + (
+                "the frozen last-layer tokens interpolated to each point (3 nearest patch centres, inverse distance)"
+                if encoder is not None else "the teacher's own feature of each point (the cache's)")}
 
 
 def few_shot(encoder: Encoder, cfg: ModelConfig, train_set=None, test_set=None, fs: FewShotConfig = FewShotConfig(),
@@ -3264,7 +3281,7 @@ def _fail_cleanly(fn):
         except KeyboardInterrupt:
             raise click.ClickException("interrupted; the last checkpoint written is intact "
                                        "(continue with --resume)") from None
-        except (DataError, CheckpointError, DivergedError, RunFolderError, OSError) as err:
+        except (DataError, CheckpointError, DivergedError, RunFolderError, TeacherError, OSError) as err:
             raise click.ClickException(_one_line(err)) from None
         except Exception as err:  # a bug: still one line, and how to get the traceback
             raise click.ClickException(f"internal error ({type(err).__name__}: {_one_line(err)}); run "
@@ -3523,10 +3540,13 @@ def _point_probe_command(click):
                   help="points drawn per cloud or frame of the train split to fit the probe")
     @click.option("--test-points", type=click.IntRange(1), default=16, show_default=True,
                   help="points drawn per cloud or frame of the test split to score it")
+    @click.option("--features", type=click.Choice(["encoder", "teacher"]), default="encoder", show_default=True,
+                  help="probe the encoder's per-point features, or the teacher's own features in a teacher-features "
+                       "cache (the most that distilling that teacher can pass on; the encoder options are ignored)")
     @click.option("--out", type=click.Path(file_okay=False), default="runs/point-probe", help="writes metrics.json")
     @click.pass_context
     @_fail_cleanly
-    def point_probe_cmd(ctx, train_points, test_points, out, **kw):
+    def point_probe_cmd(ctx, train_points, test_points, features, out, **kw):
         """Per-point linear probe on frozen features: what each point's feature says about its
         part (a teacher-features cache of the built-in RGB-D videos, or a part dataset such as
         builtin-parts / ShapeNetPart). Reports point accuracy and mIoU."""
@@ -3548,6 +3568,10 @@ def _point_probe_command(click):
         points = train_set[0][0].shape[-2]
         if points != cfg.num_points:  # the probe reads points as stored, so the model's geometry follows them
             cfg = dataclasses.replace(cfg, num_points=points)
+        if features == "teacher":
+            if not train_set[0][0].shape[-1] > 4:
+                raise DataError(f"{train_set.name}: --features teacher needs a teacher-features cache as --data")
+            encoder, source = None, "teacher features of the cache"
         runtime = _runtime(ctx)
         result = point_probe(encoder, cfg, train_set, test_set, len(names), train_points=train_points,
                              test_points=test_points, device=runtime["device"], seed=runtime["seed"], names=names)

@@ -1741,6 +1741,7 @@ def paired_tum(root: Path, split: str, num_points: int, intrinsics: tuple | None
         if rgb.shape[:2] != depth.shape:
             raise DataError(f"{rgb_path}: {rgb.shape[1]}x{rgb.shape[0]} does not match its depth image {depth_path} "
                             f"({depth.shape[1]}x{depth.shape[0]})")
+        _check_intrinsics(rgb, K, rgb_path, "--intrinsics" if intrinsics else "TUM freiburg1's default; set --intrinsics")
         points = depth_to_points(depth, (fx, fy, cx, cy), TUM_DEPTH_SCALE)
         if not len(points):
             raise DataError(f"{depth_path}: no valid depth pixel")
@@ -1770,6 +1771,17 @@ def _matrix(value, shape: tuple, path: Path, what: str) -> np.ndarray:
     if m.ndim != 2 or m.shape[0] < shape[0] or m.shape[1] < shape[1] or not np.isfinite(m).all():
         raise DataError(f"{path}: {what} has shape {m.shape}, expected {shape[0]}x{shape[1]} (finite)")
     return m[:shape[0], :shape[1]]
+
+
+def _check_intrinsics(image: np.ndarray, K: np.ndarray, path: Path, source: str) -> None:
+    """An image and its K must agree: positive focal lengths and the principal point inside the
+    image. A K meant for another camera or resolution would project every point to the wrong
+    pixel without any other error."""
+    h, w = image.shape[:2]
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    if not (fx > 0 and fy > 0 and 0 < cx < w and 0 < cy < h):
+        raise DataError(f"{path}: the image is {w}x{h} but its intrinsics ({source}) have focal ({fx:g}, {fy:g}) "
+                        f"and principal point ({cx:g}, {cy:g}), which is not inside it: wrong image or wrong K")
 
 
 def paired_lidar_cameras(root: Path, split: str, num_points: int) -> PairedData:
@@ -1803,8 +1815,10 @@ def paired_lidar_cameras(root: Path, split: str, num_points: int) -> PairedData:
                 raise DataError(f"{lidar}: {len(raw)} floats is not a whole number of {width}-value points")
             points = _check_cloud(raw.reshape(-1, width)[:, :3], lidar)
             points = fit_frame(points, num_points, np.random.default_rng(index)).astype(np.float32)
-            return PairedFrame(points, [read_rgb(img) for img, _, _ in cameras], [(K, T) for _, K, T in cameras],
-                               [img.name for img, _, _ in cameras])
+            images = [read_rgb(img) for img, _, _ in cameras]
+            for image, (img, K, _) in zip(images, cameras):
+                _check_intrinsics(image, K, img, "cam2img in calib.json")
+            return PairedFrame(points, images, [(K, T) for _, K, T in cameras], [img.name for img, _, _ in cameras])
         videos.append([frame])
     if not videos:
         raise DataError(f"{root}: no calib.json here or one level down")
@@ -1862,9 +1876,11 @@ def write_teacher_features(out: str | Path, splits: dict, teacher, made_by: dict
     """Cache per-point teacher features of paired data (`splits`: split -> PairedData) in `out`,
     resuming a stopped run (its `made_by` must match: teacher, data, points). -> the metadata."""
     out = Path(out)
+    fresh_out = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     meta_path = out / CACHE_META
-    if meta_path.is_file():
+    fresh = not meta_path.is_file()
+    if not fresh:
         old = json.loads(meta_path.read_text())
         if old.get("made_by") != made_by:
             diff = sorted(k for k in {**made_by, **old.get("made_by", {})} if old.get("made_by", {}).get(k) != made_by.get(k))
@@ -1877,6 +1893,23 @@ def write_teacher_features(out: str | Path, splits: dict, teacher, made_by: dict
                 "classes": d.classes, "video_names": d.video_names, "part_names": d.part_names,
                 "chunks": -(-len(d.videos) // CACHE_VIDEOS)} for split, d in splits.items()}}
     _atomic_json(meta_path, meta)
+    try:
+        _write_chunks(out, splits, meta, teacher, occlusion, progress, device)
+    except BaseException:
+        if fresh and not any(out.glob("*/chunk_*.npz")):   # bad input before anything was cached: leave nothing
+            meta_path.unlink(missing_ok=True)
+            for d in [out / split for split in splits] + ([out] if fresh_out else []):
+                if d.is_dir() and not any(d.iterdir()):
+                    d.rmdir()
+        raise
+    meta["complete"] = True
+    meta["teacher_dim"] = int(np.load(out / next(iter(splits)) / "chunk_00000.npz")["feat"].shape[-1])
+    _atomic_json(meta_path, meta)
+    return meta
+
+
+def _write_chunks(out: Path, splits: dict, meta: dict, teacher, occlusion: str, progress, device) -> None:
+    """write_teacher_features' work: every missing chunk, each whole or not at all."""
     total = sum(m["chunks"] for m in meta["splits"].values())
     done = 0
     for split, data in splits.items():
@@ -1899,10 +1932,6 @@ def write_teacher_features(out: str | Path, splits: dict, teacher, made_by: dict
             done += 1
             if progress is not None:
                 progress(done, total)
-    meta["complete"] = True
-    meta["teacher_dim"] = int(np.load(out / next(iter(splits)) / "chunk_00000.npz")["feat"].shape[-1])
-    _atomic_json(meta_path, meta)
-    return meta
 
 
 def _is_teacher_cache(p: Path) -> bool:

@@ -84,7 +84,7 @@ def finish_table(args, lines: list[str], rows: list[dict], columns: tuple, first
     pretraining steps and wall-clock), the seed-0 commands, and benchmarks/evidence_<name>.{md,json}."""
     for variant in args.variants:
         rs = [r for r in rows if r["variant"] == variant]
-        accs = " | ".join(mean_std([r[k] for r in rs]) for k in columns)
+        accs = " | ".join(mean_std([r[k] for r in rs]) if rs[0].get(k) is not None else "—" for k in columns)
         cost = f"{rs[0]['steps']} | {sum(r['pretrain_seconds'] for r in rs) / len(rs):.0f}" if "steps" in rs[0] \
             else "0 | 0"
         lines.append(f"| {variant} | {accs} | {cost} |")

@@ -27,6 +27,8 @@ VARIANTS = {
     "dense distill": ["--objective", "distill", "--distill", "dense"],
     "global distill": ["--objective", "distill", "--distill", "global"],
     "jepa+distill (dense)": ["--objective", "jepa+distill", "--distill", "dense"],
+    # not an encoder: the per-point probe on the cache's own teacher features, the most distilling can pass on
+    "teacher's own features (ceiling)": "teacher",
 }
 
 
@@ -52,11 +54,20 @@ def main():
     rows = []
     for variant in args.variants:
         for seed in args.seeds:
-            tag = f"{variant.split(' (')[0].replace(' ', '-').replace('+', '-')}-s{seed}"
+            slug = variant.split(" (")[0].replace(" ", "-").replace("+", "-").replace("'", "")
+            tag = f"{slug}-s{seed}"
             run = base / tag
             run.mkdir(parents=True, exist_ok=True)
             common = ["--seed", str(seed)]
             row = {"variant": variant, "seed": seed}
+            if VARIANTS[variant] == "teacher":
+                parts = cached(run / "point-probe.json", common + ["point-probe", "--features", "teacher",
+                                                                   "--checkpoint", "none", *data,
+                                                                   "--out", str(run / "point-probe")])
+                row.update(part_miou=parts["miou"], part_accuracy=parts["point_accuracy"], action_svc=None,
+                           action_logreg=None, eval_commands=[parts["_command"]])
+                rows.append(row)
+                continue
             if VARIANTS[variant] is None:
                 encoder = ["--checkpoint", "none", "--preset", "tiny4d"]
             else:

@@ -265,6 +265,12 @@ def test_cli_teacher_features_distill_and_point_probe(tmp_path):
                     tmp_path / "pp")
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)["miou"] > 0
+    # the teacher's own features at the same points: the ceiling of what distilling it can pass on
+    r = run_cli("point-probe", "--features", "teacher", "--checkpoint", "none", "--data", cache, "--out", tmp_path / "pt")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["encoder"] == "teacher features of the cache"
+    r = run_cli("point-probe", "--features", "teacher", "--checkpoint", "none", "--out", tmp_path / "pt2")
+    assert r.returncode == 1 and "needs a teacher-features cache" in r.stderr
     # distill on data without teacher features: one line, what to do
     r = run_cli("pretrain", "--objective", "distill", "--dataset", "builtin", "--out", tmp_path / "x")
     assert r.returncode == 2 and "teacher-features" in r.stderr and "Traceback" not in r.stderr
@@ -292,3 +298,17 @@ def test_paired_bad_input_names_the_file(tmp_path):
     (tmp_path / "tum" / "associations.txt").write_text("0.0 rgb/0.png\n")
     with pytest.raises(D.DataError, match="associations.txt: line 1 has 2 fields"):
         D.open_paired(tmp_path / "tum")
+    # an image whose size disagrees with K: freiburg1's default K on a 64x48 image
+    write_tum_rgbd(tmp_path / "tum2", frames=1)
+    with pytest.raises(D.DataError, match=r"rgb/0.png: the image is 64x48 but its intrinsics \(TUM freiburg1"):
+        D.open_paired(tmp_path / "tum2").videos[0][0]()
+    # through the CLI: one line, exit 1, no cache left behind
+    r = run_cli("teacher-features", "--data", tmp_path / "tum2", "--out", tmp_path / "tf")
+    assert r.returncode == 1 and "the image is 64x48" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "tf").exists()
+    # a teacher whose output is not a feature map: one line naming it, not an "internal error"
+    torch.jit.script(torch.nn.Flatten()).save(str(tmp_path / "flat.pt"))
+    r = run_cli("teacher-features", "--data", tmp_path / "tum2", "--intrinsics", "60", "60", "32", "24",
+                "--teacher", f"torchscript:{tmp_path / 'flat.pt'}", "--out", tmp_path / "tf")
+    assert r.returncode == 1 and "flat.pt: returned (1, 9216)" in r.stderr and "internal" not in r.stderr
+    assert not (tmp_path / "tf").exists()
