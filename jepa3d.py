@@ -2460,13 +2460,17 @@ def fit_classifier(kind: str, x: torch.Tensor, y: torch.Tensor, num_classes: int
 
 def fit_and_score(kind: str, train: dict, test: dict, num_classes: int, probe: ProbeConfig = ProbeConfig()) -> dict:
     """Fit classifier `kind` on train features {'features', 'labels'} and score it -> {'accuracy',
-    'class_mean_accuracy' on test, 'train_accuracy', 'fit_seconds'} (in %). Every probe uses it."""
+    'class_mean_accuracy', 'per_class_accuracy' (by class index; None where the test split has
+    none) on test, 'train_accuracy', 'fit_seconds'} (in %). Every probe uses it."""
     t = time.time()
     predict = fit_classifier(kind, train["features"], train["labels"], num_classes, probe)
     pred = predict(test["features"])
     oa, macc = accuracy(pred, test["labels"], num_classes)
     train_oa, _ = accuracy(predict(train["features"]), train["labels"], num_classes)
-    result = {"accuracy": oa, "class_mean_accuracy": macc, "train_accuracy": train_oa}
+    y = test["labels"]
+    result = {"accuracy": oa, "class_mean_accuracy": macc, "train_accuracy": train_oa,
+              "per_class_accuracy": [round(100 * (pred[y == c] == c).float().mean().item(), 2) if (y == c).any()
+                                     else None for c in range(num_classes)]}
     if "videos" in test:  # clips of videos: also the vote of each video's clips
         result["video_accuracy"], result["video_class_mean_accuracy"] = video_accuracy(
             F.one_hot(pred, num_classes), test["videos"], test["video_labels"], num_classes)
@@ -3487,7 +3491,8 @@ def _linear_probe_command(click):
         encoder, cfg, source = _open_encoder(ctx, enc)
         train_set, test_set = (_load_data(data, split, cfg, enc["frames"]) for split in ("train", "test"))
         result = {"command": "linear-probe", "encoder": source,
-                  **linear_probe(encoder, cfg, train_set, test_set, probe, **_runtime(ctx))}
+                  **linear_probe(encoder, cfg, train_set, test_set, probe, **_runtime(ctx)),
+                  "classes": list(getattr(train_set, "classes", []))}
         if against_random:
             print(f"random-init encoder (seed {ctx.obj['seed']}), same configuration:", file=sys.stderr)
             baseline = linear_probe(random_encoder(cfg, ctx.obj["seed"]), cfg, train_set, test_set, probe,
