@@ -2221,8 +2221,8 @@ class ModuleTeacher(nn.Module):
             out = tokens.transpose(1, 2).reshape(len(x), -1, H // self.patch, W // self.patch)
         if not isinstance(out, torch.Tensor) or out.ndim != 4 or len(out) != len(x):
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise TeacherError(f"teacher {self.name}: returned {got} for images {tuple(x.shape)}; a teacher must map "
-                             "images (B, 3, H, W) to feature maps (B, C, h, w)")
+            raise TeacherError(f"teacher {self.name}: returned {got} for images {tuple(x.shape)}; a teacher must "
+                               "map images (B, 3, H, W) to feature maps (B, C, h, w)")
         return out.float()
 
 
@@ -2247,11 +2247,11 @@ class NpyTeacher(nn.Module):
             fmap = np.load(path, allow_pickle=False)
             if fmap.ndim != 3 or fmap.dtype.kind != "f":
                 raise TeacherError(f"{path}: a feature map must be a float array (C, h, w), got {fmap.dtype} "
-                                 f"{fmap.shape}")
+                                   f"{fmap.shape}")
             maps.append(torch.from_numpy(fmap.astype(np.float32)))
         if len({m.shape for m in maps}) > 1:
             raise TeacherError(f"{self.folder}: the feature maps of one frame's images differ in shape "
-                             f"({sorted({tuple(m.shape) for m in maps})})")
+                               f"({sorted({tuple(m.shape) for m in maps})})")
         return torch.stack(maps).to(images.device)
 
 
@@ -2822,8 +2822,8 @@ def point_features(encoder: Encoder | None, cfg: ModelConfig, dataset, per_item:
     return {"features": torch.cat(feats), "labels": torch.cat(labels)}
 
 
-def point_probe(encoder: Encoder | None, cfg: ModelConfig, train_set, test_set, num_labels: int, *, train_points: int = 4,
-                test_points: int = 16, device: torch.device = torch.device("cpu"), seed: int = 0,
+def point_probe(encoder: Encoder | None, cfg: ModelConfig, train_set, test_set, num_labels: int, *,
+                train_points: int = 4, test_points: int = 16, device: torch.device = torch.device("cpu"), seed: int = 0,
                 names: list[str] | None = None) -> dict:
     """The per-point linear probe: logistic regression (ProbeConfig.logreg_C) on frozen
     per-point features (point_features) of `train_points` points per cloud or frame of the train

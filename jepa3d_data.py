@@ -1741,7 +1741,8 @@ def paired_tum(root: Path, split: str, num_points: int, intrinsics: tuple | None
         if rgb.shape[:2] != depth.shape:
             raise DataError(f"{rgb_path}: {rgb.shape[1]}x{rgb.shape[0]} does not match its depth image {depth_path} "
                             f"({depth.shape[1]}x{depth.shape[0]})")
-        _check_intrinsics(rgb, K, rgb_path, "--intrinsics" if intrinsics else "TUM freiburg1's default; set --intrinsics")
+        _check_intrinsics(rgb, K, rgb_path,
+                          "--intrinsics" if intrinsics else "TUM freiburg1's default; set --intrinsics")
         points = depth_to_points(depth, (fx, fy, cx, cy), TUM_DEPTH_SCALE)
         if not len(points):
             raise DataError(f"{depth_path}: no valid depth pixel")
@@ -1883,7 +1884,8 @@ def write_teacher_features(out: str | Path, splits: dict, teacher, made_by: dict
     if not fresh:
         old = json.loads(meta_path.read_text())
         if old.get("made_by") != made_by:
-            diff = sorted(k for k in {**made_by, **old.get("made_by", {})} if old.get("made_by", {}).get(k) != made_by.get(k))
+            before = old.get("made_by", {})
+            diff = sorted(k for k in {**made_by, **before} if before.get(k) != made_by.get(k))
             raise DataError(f"{meta_path}: this folder caches teacher features made another way (differs in "
                             f"{', '.join(diff)}); pass a new --out (nothing was overwritten)")
         if old.get("complete"):
