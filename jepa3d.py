@@ -2801,11 +2801,12 @@ def point_features(encoder: Encoder | None, cfg: ModelConfig, dataset, per_item:
     feats, labels = [], []
     for start in range(0, len(dataset), batch_size):
         idx = range(start, min(start + batch_size, len(dataset)))
-        points = torch.stack([dataset[i][0] for i in idx])[..., :3].to(device)        # (B, [T,] P, 3)
+        items = torch.stack([dataset[i][0] for i in idx])                              # (B, [T,] P, 3 [+ 1 + C])
+        points = items[..., :3].to(device)                                             # (B, [T,] P, 3)
         y = torch.stack([dataset.clip_point_labels(i) if hasattr(dataset, "clip_point_labels") else dataset[i][1]
                          for i in idx])                                                # (B, [T,] P)
         if encoder is None:
-            per_point = torch.stack([dataset[i][0] for i in idx])[..., 4:].float()     # (B, [T,] P, C)
+            per_point = items[..., 4:].float()                                         # (B, [T,] P, C)
             if not per_point.shape[-1]:
                 raise ValueError(f"{dataset.name}: no teacher features to probe (make them with "
                                  "`jepa3d teacher-features`)")

@@ -1896,7 +1896,7 @@ def write_teacher_features(out: str | Path, splits: dict, teacher, made_by: dict
                 "chunks": -(-len(d.videos) // CACHE_VIDEOS)} for split, d in splits.items()}}
     _atomic_json(meta_path, meta)
     try:
-        _write_chunks(out, splits, meta, teacher, occlusion, progress, device)
+        _write_chunks(out, splits, meta, teacher.to(device), occlusion, progress, device)
     except BaseException:
         if fresh and not any(out.glob("*/chunk_*.npz")):   # bad input before anything was cached: leave nothing
             meta_path.unlink(missing_ok=True)
@@ -1923,7 +1923,7 @@ def _write_chunks(out: Path, splits: dict, meta: dict, teacher, occlusion: str, 
                 rows = [(v, f) for v in range(first, min(first + CACHE_VIDEOS, len(data.videos)))
                         for f in data.videos[v]]
                 frames = [f() for _, f in rows]
-                feat, visible = _frame_features(frames, teacher.to(device), occlusion, device)
+                feat, visible = _frame_features(frames, teacher, occlusion, device)
                 arrays = {"xyz": np.stack([f.points for f in frames]).astype(np.float32), "feat": feat,
                           "visible": visible, "video": np.array([v for v, _ in rows], dtype=np.int32)}
                 if frames[0].parts is not None:
