@@ -98,6 +98,22 @@ def run(*args):
     return json.loads(result.stdout.strip().splitlines()[-1]), result
 
 
+def test_per_class_accuracy_counts_each_test_class_apart():
+    # class 0 stands apart (100%); class 2 trains on class 1's blob, so class 1's test points split between
+    # 1 and 2; classes 2 and 3 have no test points: None, not 0 (a class the split lacks is not a failure);
+    # the overall accuracy is the test-count-weighted mean of the per-class ones
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[-10.0, 0.0], [10.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    y_train = torch.arange(4).repeat_interleave(20)
+    train = {"features": centres[y_train] + 0.1 * torch.randn(80, 2, generator=g), "labels": y_train}
+    y_test = torch.tensor([0] * 5 + [1] * 5)
+    test = {"features": centres[y_test] + 0.1 * torch.randn(10, 2, generator=g), "labels": y_test}
+    result = jepa3d.fit_and_score("logreg", train, test, 4)
+    per_class = result["per_class_accuracy"]
+    assert per_class[0] == 100.0 and per_class[3] is None and per_class[2] is None
+    assert result["accuracy"] == pytest.approx((5 * per_class[0] + 5 * per_class[1]) / 10)
+
+
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     out = tmp_path_factory.mktemp("pre")
