@@ -93,7 +93,7 @@ def finish_table(args, lines: list[str], rows: list[dict], columns: tuple, first
         r = next(r for r in rows if r["variant"] == variant)
         lines += [f"- {variant}:"] + [f"  - `{c}`" for c in
                                       ([r["pretrain_command"]] if "pretrain_command" in r else []) + r["eval_commands"]]
-    out = Path(__file__).with_name(f"evidence_{args.name}")
+    out = Path(__file__).with_name(f"evidence_{getattr(args, 'table', None) or args.name}")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     out.with_suffix(".json").write_text(json.dumps({"meta": {"machine": platform.processor() or platform.machine(),
                                                              "args": vars(args)}, "rows": rows}, indent=2) + "\n")

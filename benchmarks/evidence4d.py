@@ -5,6 +5,7 @@ videos' frames and applied to every frame of a clip, its tokens pooled (the per-
 
     python benchmarks/evidence4d.py                        # tiny4d (8 frames), 30 epochs, seeds 0 1
     python benchmarks/evidence4d.py --epochs 30 --seeds 0 --name cpu4d_30
+    python benchmarks/evidence4d.py --seeds 0 --variants "4d-jepa tube" "4d-jepa tube, tube tokens" --table cpu4d_tokens
 
 Per-class accuracies tell where the clip encoder should win: actions whose single frames look
 alike (approach vs retreat differ only in time's direction). Every step is a `jepa3d` command,
@@ -41,6 +42,8 @@ def main():
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS)[:4], choices=list(VARIANTS))
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more pretrain options for every variant")
     ap.add_argument("--name", default="cpu4d")
+    ap.add_argument("--table", default=None, help="suffix of the result files if not --name (a subset of "
+                    "the variants or seeds without overwriting the main table)")
     args = ap.parse_args()
     os.chdir(ROOT)
     data = ["--dataset", "builtin4d"]
