@@ -1576,7 +1576,8 @@ def load_encoder(checkpoint: str, which: str = "target", preset: str = "paper",
     geometry = {k: v for k, v in geometry.items() if v is not None}
     if checkpoint == "none":
         cfg, _ = make_configs(preset, **geometry)
-        return random_encoder(cfg, seed), cfg, f"none (random init, preset {preset}, seed {seed})"
+        clip = f", clips of {cfg.frames} frames, {cfg.tokens} tokens" if cfg.frames > 1 else ""
+        return random_encoder(cfg, seed), cfg, f"none (random init, preset {preset}{clip}, seed {seed})"
     shapes, meta = read_header(checkpoint)
     cfg = checkpoint_config(ModelConfig, meta, checkpoint, **geometry)
     prefix = "target_encoder." if which == "target" and any(k.startswith("target_encoder.") for k in shapes) \
@@ -3118,7 +3119,7 @@ def _options(fn, options: list):
 
 
 _DATA_KEYS = ("data", "dataset", "variant", "trust_pickle", "skip_bad", "frame_stride", "intrinsics")
-_ENCODER_KEYS = ("checkpoint", "which", "preset", "num_points", "num_groups", "group_size", "frames")
+_ENCODER_KEYS = ("checkpoint", "which", "preset", "num_points", "num_groups", "group_size", "frames", "tokens")
 DEFAULT_FRAMES = 16  # frames per clip of sequence data when neither --frames nor the model says
 
 
@@ -3175,6 +3176,9 @@ def _encoder_options(fn):
         click.option("--frames", type=click.IntRange(1, 4096), default=None,
                      help=f"sequence data: frames per clip [default: a clip model's own, else {DEFAULT_FRAMES}]; with "
                           "--checkpoint none, > 1 makes a random clip encoder"),
+        click.option("--tokens", type=click.Choice(["frame", "tube"]), default=None,
+                     help="with --checkpoint none and --frames > 1: the random clip encoder's tokens, per-frame "
+                          "patches or point tubes [default: the preset's] (a checkpoint keeps its own)"),
     ])
 
 
@@ -3232,9 +3236,14 @@ def _load_data(opts: dict, split: str, cfg: ModelConfig, frames: int | None = No
 
 
 def _open_encoder(ctx, enc: dict, drop_path: float | None = None) -> tuple[Encoder, ModelConfig, str]:
+    import click
+
     geometry = {k: enc[k] for k in ("num_points", "num_groups", "group_size")}
     if enc["checkpoint"] == "none":  # a random clip encoder with --frames > 1 (a checkpoint keeps its own)
-        geometry["frames"] = enc["frames"]
+        geometry.update(frames=enc["frames"], tokens=enc["tokens"])
+    elif enc["tokens"] is not None:
+        raise click.UsageError("--tokens sets a random encoder's tokens (--checkpoint none); a checkpoint's "
+                               "encoder keeps the tokens it was trained with")
     return _usage(load_encoder, enc["checkpoint"], enc["which"], enc["preset"], seed=ctx.obj["seed"],
                   drop_path=drop_path, **geometry)
 

@@ -5,7 +5,8 @@ videos' frames and applied to every frame of a clip, its tokens pooled (the per-
 
     python benchmarks/evidence4d.py                        # tiny4d (8 frames), 30 epochs, seeds 0 1
     python benchmarks/evidence4d.py --epochs 30 --seeds 0 --name cpu4d_30
-    python benchmarks/evidence4d.py --seeds 0 --variants "4d-jepa tube" "4d-jepa tube, tube tokens" --table cpu4d_tokens
+    python benchmarks/evidence4d.py --seeds 0 --variants "4d-jepa tube" "4d-jepa tube, tube tokens" \
+        "random-init (clip encoder)" "random-init, tube tokens" --table cpu4d_tokens
 
 Per-class accuracies tell where the clip encoder should win: actions whose single frames look
 alike (approach vs retreat differ only in time's direction). Every step is a `jepa3d` command,
@@ -28,6 +29,7 @@ VARIANTS = {
     "per-frame 3d-jepa": ["--frames", "1", "--sampler", "context-block"],
     # P4Transformer's point tubes instead of per-frame patches (8 anchor frames x 16 tubes of 3 x 16 points)
     "4d-jepa tube, tube tokens": ["--tokens", "tube"],
+    "random-init, tube tokens": ("random", ["--tokens", "tube"]),  # the tube tokens' own baseline
     # tiny4d's former, faster teacher: the early near-collapse ends the run below random init
     # (benchmarks/evidence_cpu4d_ema099.md); tiny4d starts its EMA at 0.999 since
     "4d-jepa tube, ema 0.99": ["--ema-start", "0.99"],
@@ -55,8 +57,9 @@ def main():
             run.mkdir(parents=True, exist_ok=True)
             common = ["--seed", str(seed)]
             row = {"variant": variant, "seed": seed}
-            if VARIANTS[variant] is None:
-                encoder = ["--checkpoint", "none", "--preset", "tiny4d", "--frames", "8"]
+            if VARIANTS[variant] is None or isinstance(VARIANTS[variant], tuple):  # a random-init encoder
+                encoder = ["--checkpoint", "none", "--preset", "tiny4d", "--frames", "8",
+                           *(VARIANTS[variant] or ("", []))[1]]
             else:
                 cmd = common + ["pretrain", *data, *SMALL, "--epochs", str(args.epochs), "--out", str(run / "pretrain"),
                                 "--log-every", "20", *VARIANTS[variant], *args.extra]

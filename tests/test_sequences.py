@@ -330,6 +330,13 @@ def test_cli_4d_pretrain_resume_preview_probe_finetune(tmp_path):
     # a clip model refuses single clouds; a single-cloud task needs its own data
     r = run_cli("linear-probe", "--checkpoint", ckpt, "--dataset", "builtin", "--out", tmp_path / "bad")
     assert r.returncode == 2 and "takes clips of 4 frames" in r.stderr
+    # a random clip encoder with point tubes (the baseline of --tokens tube); a checkpoint keeps its own tokens
+    r = run_cli("linear-probe", "--checkpoint", "none", "--preset", "tiny4d", *small[:8], "--tokens", "tube",
+                "--classifier", "svc", "--out", tmp_path / "tubes")
+    assert r.returncode == 0, r.stderr
+    assert "clips of 4 frames, tube tokens" in json.loads(r.stdout)["encoder"]
+    r = run_cli("linear-probe", "--checkpoint", ckpt, "--tokens", "tube", "--out", tmp_path / "bad2")
+    assert r.returncode == 2 and "keeps the tokens it was trained with" in r.stderr
 
 
 def test_a_cloud_model_pretrains_on_one_frame_per_clip():
