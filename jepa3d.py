@@ -1572,7 +1572,8 @@ def load_encoder(checkpoint: str, which: str = "target", preset: str = "paper",
     """The encoder of a checkpoint ('target' = EMA teacher, 'context' = student; a fine-tuned
     checkpoint has one encoder), or with checkpoint 'none' a random-init encoder of `preset`.
     `geometry` overrides num_points / num_groups / group_size / drop_path (no weight depends on
-    them). -> (encoder, its config, a description for the JSON result)."""
+    them); with 'none' also frames and tokens (a random clip encoder). -> (encoder, its config, a
+    description for the JSON result)."""
     geometry = {k: v for k, v in geometry.items() if v is not None}
     if checkpoint == "none":
         cfg, _ = make_configs(preset, **geometry)
