@@ -1575,6 +1575,9 @@ def load_encoder(checkpoint: str, which: str = "target", preset: str = "paper",
     them); with 'none' also frames and tokens (a random clip encoder). -> (encoder, its config, a
     description for the JSON result)."""
     geometry = {k: v for k, v in geometry.items() if v is not None}
+    if checkpoint != "none" and "tokens" in geometry:  # the mini-PointNet's weights depend on them
+        raise ValueError("--tokens sets a random encoder's tokens (--checkpoint none); a checkpoint's "
+                         "encoder keeps the tokens it was trained with")
     if checkpoint == "none":
         cfg, _ = make_configs(preset, **geometry)
         clip = f", clips of {cfg.frames} frames, {cfg.tokens} tokens" if cfg.frames > 1 else ""
@@ -3237,14 +3240,9 @@ def _load_data(opts: dict, split: str, cfg: ModelConfig, frames: int | None = No
 
 
 def _open_encoder(ctx, enc: dict, drop_path: float | None = None) -> tuple[Encoder, ModelConfig, str]:
-    import click
-
-    geometry = {k: enc[k] for k in ("num_points", "num_groups", "group_size")}
+    geometry = {k: enc[k] for k in ("num_points", "num_groups", "group_size", "tokens")}
     if enc["checkpoint"] == "none":  # a random clip encoder with --frames > 1 (a checkpoint keeps its own)
-        geometry.update(frames=enc["frames"], tokens=enc["tokens"])
-    elif enc["tokens"] is not None:
-        raise click.UsageError("--tokens sets a random encoder's tokens (--checkpoint none); a checkpoint's "
-                               "encoder keeps the tokens it was trained with")
+        geometry["frames"] = enc["frames"]
     return _usage(load_encoder, enc["checkpoint"], enc["which"], enc["preset"], seed=ctx.obj["seed"],
                   drop_path=drop_path, **geometry)
 

@@ -23,7 +23,7 @@ from evidence import ROOT, cached, cached_pretrain, finish_table  # noqa: E402
 
 SMALL = ["--preset", "tiny4d"]
 VARIANTS = {
-    "random-init (clip encoder)": None,
+    "random-init (clip encoder)": ("random", []),  # no pretraining: ("random", options of the random encoder)
     "4d-jepa tube": [],
     "4d-jepa future": ["--sampler", "future"],
     "per-frame 3d-jepa": ["--frames", "1", "--sampler", "context-block"],
@@ -57,9 +57,8 @@ def main():
             run.mkdir(parents=True, exist_ok=True)
             common = ["--seed", str(seed)]
             row = {"variant": variant, "seed": seed}
-            if VARIANTS[variant] is None or isinstance(VARIANTS[variant], tuple):  # a random-init encoder
-                encoder = ["--checkpoint", "none", "--preset", "tiny4d", "--frames", "8",
-                           *(VARIANTS[variant] or ("", []))[1]]
+            if isinstance(VARIANTS[variant], tuple):  # a random-init encoder
+                encoder = ["--checkpoint", "none", "--preset", "tiny4d", "--frames", "8", *VARIANTS[variant][1]]
             else:
                 cmd = common + ["pretrain", *data, *SMALL, "--epochs", str(args.epochs), "--out", str(run / "pretrain"),
                                 "--log-every", "20", *VARIANTS[variant], *args.extra]
