@@ -40,6 +40,7 @@ if __name__ == "__main__":  # `python -m jepa3d`: run the importable module, so 
 import contextlib
 import copy
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -1794,10 +1795,9 @@ def pretrain(dataset, out_dir: str | Path, model_cfg: ModelConfig, train_cfg: Tr
                   f"{total}, encoder {nparams / 1e6:.2f}M params, {device}"
                   f"{f' x {world} ranks' if world > 1 else ''}, {precision_name}", file=sys.stderr)
         batches = _batches(dataset, batch_size, seed, run.step, num_workers, rank, world, pin=device.type == "cuda")
-        probe = None
+        probe = None  # the learning curve's point at a step: probe(step)
         if rank == 0 and eval_sets is not None and eval_every:
-            def probe(step: int) -> None:
-                _probe_step(run, eval_sets, step, out / "probe.jsonl", seed)
+            probe = functools.partial(_probe_step, run, eval_sets, path=out / "probe.jsonl", seed=seed)
             if run.step == 0:
                 probe(0)  # the curve starts at the random-init encoder
         last = _pretrain_steps(run, batches, train_cfg, end=end, total=total, per_epoch=per_epoch, seed=seed,

@@ -1,0 +1,180 @@
+"""Issue 13's long runs: each variant pretrains for about 2 h of this 2-core CPU on ModelNet40's
+train split, with the learning curve's SVC probe at every quarter of the run, then the frozen
+encoder gets the linear probes (the peers' SVC, LinearSVC, logreg) against a random-init encoder
+of the same configuration.
+
+    python benchmarks/long_runs.py                          # every variant, seeds 0 1 (hours each)
+    python benchmarks/long_runs.py --variants "3d-jepa (paper)" --seeds 1
+    python benchmarks/long_runs.py --speed-only             # the step-time ratios alone (minutes)
+
+The epochs of each variant are set for equal wall-clock: a reconstruction step runs no teacher
+and a 192-wide encoder is slower, so each gets the epochs that fill the `tiny` JEPA run's time
+(the ratios are measured here, in one process, by `--max-steps 40` runs: the speed table).
+Every step is a `jepa3d` command, printed and stored with its row; finished steps are skipped on
+a re-run and a pretraining stopped part-way (a session ended) is finished with jepa3d's own
+`--resume`. One thread per run (`--threads 1`), so two instances with different --variants or
+--seeds can share a 2-core machine. Writes benchmarks/long_<name>.{md,json}.
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+from pathlib import Path
+
+from evidence import ROOT, cached, mean_std
+
+# (pretrain options, epochs): each variant's epochs fill about the wall-clock of the first's
+VARIANTS = {
+    "3d-jepa (paper)": (["--preset", "tiny"], 60),
+    "reconstruction": (["--preset", "tiny", "--objective", "reconstruct"], 100),
+    "3d-jepa, 192 wide": (["--preset", "tiny", "--dim", "192", "--pred-dim", "192"], 40),
+}
+CURVE_POINTS = 4  # probes during the run (at every quarter), besides the one at step 0
+PEERS_FEATURES = 768  # concat(max, mean) of the peers' 384-wide encoders
+
+
+def jepa3d_cmd(args, seed: int) -> list[str]:
+    return ["--threads", str(args.threads), "--seed", str(seed)]
+
+
+def speed(args, variant: str) -> dict:
+    """Clouds per second of the variant's pretraining step: the median over steps 10-39 of a
+    40-step run (the first steps warm up)."""
+    options, _ = VARIANTS[variant]
+    run = Path(args.runs) / args.name / f"{tag(variant)}-speed"
+    run.mkdir(parents=True, exist_ok=True)
+    out = cached(run / "pretrain.json", jepa3d_cmd(args, 0) + [
+        "pretrain", "--data", args.data, *options, "--max-steps", "40", "--log-every", "10",
+        "--out", str(run / "pretrain")])
+    rows = [json.loads(line) for line in (run / "pretrain" / "metrics.jsonl").read_text().splitlines()]
+    return {"clouds_per_s": statistics.median(r["clouds_per_s"] for r in rows[10:40]),
+            "command": out["_command"]}
+
+
+def tag(variant: str) -> str:
+    return variant.split(" (")[0].replace(", ", "-").replace(" ", "-")
+
+
+def pretrain(args, variant: str, seed: int, run: Path) -> dict:
+    """The finished pretraining of one variant and seed (run or resumed now), with its probe curve."""
+    options, epochs = VARIANTS[variant]
+    per_epoch = 9843 // 32  # ModelNet40's train split at the presets' batch of 32
+    every = epochs * per_epoch // CURVE_POINTS
+    cmd = jepa3d_cmd(args, seed) + ["pretrain", "--data", args.data, *options, "--epochs", str(epochs),
+                                    "--out", str(run / "pretrain"), "--eval-every", str(every),
+                                    "--eval-data", args.data, "--log-every", "100"]
+    resume = (run / "pretrain" / "checkpoint.safetensors").exists() and not (run / "pretrain.json").exists()
+    pre = cached(run / "pretrain.json", cmd + ["--resume"] * resume)
+    if resume:
+        pre["_command"] = "jepa3d " + " ".join(cmd) + "  (resumed)"
+    # the wall-clock of every step of the run (a resumed run's cached seconds are its last part only)
+    info = json.loads((run / "pretrain" / "run.json").read_text())
+    steps = [json.loads(line) for line in (run / "pretrain" / "metrics.jsonl").read_text().splitlines() if line]
+    pre["_seconds"] = round(sum(info["batch_size"] / r["clouds_per_s"] for r in steps if r.get("clouds_per_s")), 1)
+    (run / "pretrain.json").write_text(json.dumps(pre, indent=2))
+    if not pre.get("finished"):
+        sys.exit(f"{run / 'pretrain'}: the run stopped at step {pre['step']} of {pre['total_steps']}; "
+                 "run this script again to resume it")
+    curve = [json.loads(line) for line in (run / "pretrain" / "probe.jsonl").read_text().splitlines() if line]
+    return {"steps": pre["step"], "epochs": epochs, "pretrain_seconds": pre["_seconds"],
+            "pretrain_command": pre["_command"],
+            "curve": [{"step": c["step"], "svc": c["probe_accuracy"], "svc_train": c["probe_train_accuracy"]}
+                      for c in curve]}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=None, help="[default: ../shared/data/modelnet40, next to the project root]")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per jepa3d command")
+    ap.add_argument("--speed-only", action="store_true", help="measure the step times, train nothing")
+    ap.add_argument("--name", default="cpu", help="names the run cache (runs/long/<name>) and the result files")
+    ap.add_argument("--runs", default=None, help="[default: runs/long in the project root]")
+    args = ap.parse_args()
+    for name, default in (("data", "../shared/data/modelnet40"), ("runs", "runs/long")):
+        given = getattr(args, name)
+        setattr(args, name, os.path.relpath(os.path.abspath(given), ROOT) if given else default)
+    os.chdir(ROOT)
+
+    speeds = {variant: speed(args, variant) for variant in VARIANTS}
+    base = speeds[next(iter(VARIANTS))]["clouds_per_s"]
+    lines = [f"# Long runs ({args.name}): ModelNet40 train split, about 2 h of CPU each", "",
+             "Step speed (one thread, batch 32, median of steps 10-39 of a 40-step run, measured one after the "
+             "other in one process), and the wall-clock the variant's epochs take at that speed:", "",
+             "| variant | clouds/s | relative | epochs | steps | wall at this speed (h) |", "|---|---|---|---|---|---|"]
+    for variant, s in speeds.items():
+        steps = VARIANTS[variant][1] * (9843 // 32)
+        lines.append(f"| {variant} | {s['clouds_per_s']:.1f} | {s['clouds_per_s'] / base:.2f}x | {VARIANTS[variant][1]} "
+                     f"| {steps} | {steps * 32 / s['clouds_per_s'] / 3600:.2f} |")
+    rows = []
+    if not args.speed_only:
+        for variant in args.variants:
+            for seed in args.seeds:
+                run = Path(args.runs) / args.name / f"{tag(variant)}-s{seed}"
+                run.mkdir(parents=True, exist_ok=True)
+                row = {"variant": variant, "seed": seed, **pretrain(args, variant, seed, run)}
+                ckpt = str(run / "pretrain" / "checkpoint.safetensors")
+                probe = cached(run / "probe.json", jepa3d_cmd(args, seed) + [
+                    "linear-probe", "--checkpoint", ckpt, "--data", args.data, "--classifier", "all",
+                    "--against-random", "--out", str(run / "probe")])
+                dim = json.loads((run / "pretrain" / "run.json").read_text())["model_config"]["dim"]
+                # the peers' C on the peers' feature size: scaling features by s is the SVM with C * s^2, so
+                # C=0.012 on 768 values is C=0.012 * 768 / (2 dim) on 2 dim values of the same per-value scale
+                c_scaled = round(0.012 * PEERS_FEATURES / (2 * dim), 4)
+                scaled = cached(run / "probe_scaled_c.json", jepa3d_cmd(args, seed) + [
+                    "linear-probe", "--checkpoint", ckpt, "--data", args.data, "--classifier", "svc",
+                    "--C", str(c_scaled), "--against-random", "--out", str(run / "probe_scaled_c")])
+                rand = probe["random_init"]
+                row.update(svc=probe["svc"]["accuracy"], svc_train=probe["svc"]["train_accuracy"],
+                           linear_svc=probe["linear_svc"]["accuracy"], logreg=probe["logreg"]["accuracy"],
+                           random_svc=rand["svc"]["accuracy"], random_linear_svc=rand["linear_svc"]["accuracy"],
+                           random_logreg=rand["logreg"]["accuracy"], c_scaled=c_scaled,
+                           svc_c_scaled=scaled["svc"]["accuracy"],
+                           random_svc_c_scaled=scaled["random_init"]["svc"]["accuracy"],
+                           eval_commands=[probe["_command"], scaled["_command"]])
+                rows.append(row)
+                print(json.dumps({k: v for k, v in row.items() if "command" not in k and k != "curve"}),
+                      file=sys.stderr, flush=True)
+        lines += ["", f"Frozen target encoder, ModelNet40 train -> test, seeds {args.seeds} (mean ± std). SVC: the "
+                  "peers' protocol (libsvm SVC, linear kernel, C=0.012, concat(max, mean) features); LinearSVC "
+                  "C=0.012; logreg C=1; 'random' is a random-init encoder of the same configuration and seed "
+                  "(`--against-random`). 'SVC, peers' scale': C=0.012 x 768 / (2 dim), the peers' C carried to "
+                  "this encoder's feature size (a diagnostic, not the protocol).", "",
+                  "| variant | SVC | SVC random | LinearSVC | LinearSVC random | logreg | logreg random | "
+                  "SVC, peers' scale (C) | the same, random | epochs | steps | pretrain wall (h) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {v} | " + " | ".join(mean_std([r[k] for r in rs]) for k in (
+            "svc", "random_svc", "linear_svc", "random_linear_svc", "logreg", "random_logreg")) +
+            f" | {mean_std([r['svc_c_scaled'] for r in rs])} ({rs[0]['c_scaled']}) | "
+            f"{mean_std([r['random_svc_c_scaled'] for r in rs])} | {rs[0]['epochs']} | {rs[0]['steps']} | "
+            f"{statistics.mean(r['pretrain_seconds'] for r in rs) / 3600:.2f} |"
+            for v in args.variants if (rs := [r for r in rows if r["variant"] == v])]
+        lines += ["", "The learning curve: the SVC probe (C=0.012, test) at each quarter of the run, so the columns "
+                  "are equal wall-clock across variants:", "",
+                  "| variant | start | 1/4 | 1/2 | 3/4 | end |", "|---|---|---|---|---|---|"]
+        for v in args.variants:
+            rs = [r for r in rows if r["variant"] == v]
+            if rs:
+                lines.append(f"| {v} | " + " | ".join(mean_std([r["curve"][i]["svc"] for r in rs])
+                                                      for i in range(CURVE_POINTS + 1)) + " |")
+        lines += ["", "The pretraining walls were taken with other jobs on the machine (and resumed across "
+                  "sessions); the speed table above is the like-for-like cost.", "",
+                  "Commands (seed 0; other seeds change `--seed`):", ""]
+        for v in args.variants:
+            r = next((r for r in rows if r["variant"] == v), None)
+            if r:
+                lines += [f"- {v}:"] + [f"  - `{c}`" for c in [r["pretrain_command"], *r["eval_commands"]]]
+    lines += ["", "Speed commands:", ""] + [f"- {v}: `{s['command']}`" for v, s in speeds.items()]
+    out = Path(__file__).with_name(f"long_{args.name}")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    out.with_suffix(".json").write_text(json.dumps({"meta": {"machine": platform.processor() or platform.machine(),
+                                                             "args": vars(args)}, "speed": speeds, "rows": rows},
+                                                   indent=2) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
