@@ -19,6 +19,8 @@ import argparse
 import json
 import os
 import platform
+import re
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -45,6 +47,8 @@ def speed(args, variant: str) -> dict:
     options, _ = VARIANTS[variant]
     run = Path(args.runs) / args.name / f"{tag(variant)}-speed"
     run.mkdir(parents=True, exist_ok=True)
+    if not (run / "pretrain.json").exists():
+        shutil.rmtree(run / "pretrain", ignore_errors=True)  # an interrupted measurement starts again
     out = cached(run / "pretrain.json", jepa3d_cmd(args, 0) + [
         "pretrain", "--data", args.data, *options, "--max-steps", "40", "--log-every", "10",
         "--out", str(run / "pretrain")])
@@ -62,11 +66,13 @@ def pretrain(args, variant: str, seed: int, run: Path) -> dict:
     options, epochs = VARIANTS[variant]
     per_epoch = 9843 // 32  # ModelNet40's train split at the presets' batch of 32
     every = epochs * per_epoch // CURVE_POINTS
-    cmd = jepa3d_cmd(args, seed) + ["pretrain", "--data", args.data, *options, "--epochs", str(epochs),
-                                    "--out", str(run / "pretrain"), "--eval-every", str(every),
-                                    "--eval-data", args.data, "--log-every", "100"]
+    run_options = ["--out", str(run / "pretrain"), "--eval-every", str(every), "--eval-data", args.data,
+                   "--log-every", "100"]
+    cmd = jepa3d_cmd(args, seed) + ["pretrain", "--data", args.data, *options, "--epochs", str(epochs), *run_options]
     resume = (run / "pretrain" / "checkpoint.safetensors").exists() and not (run / "pretrain.json").exists()
-    pre = cached(run / "pretrain.json", cmd + ["--resume"] * resume)
+    # a resumed run takes its configuration from its checkpoint (giving it again is a usage error)
+    pre = cached(run / "pretrain.json", jepa3d_cmd(args, seed) + ["pretrain", "--data", args.data, "--resume",
+                                                                  *run_options] if resume else cmd)
     if resume:
         pre["_command"] = "jepa3d " + " ".join(cmd) + "  (resumed)"
     # the wall-clock of every step of the run (a resumed run's cached seconds are its last part only)
@@ -82,6 +88,40 @@ def pretrain(args, variant: str, seed: int, run: Path) -> dict:
             "pretrain_command": pre["_command"],
             "curve": [{"step": c["step"], "svc": c["probe_accuracy"], "svc_train": c["probe_train_accuracy"]}
                       for c in curve]}
+
+
+def run_row(args, variant: str, seed: int) -> dict:
+    """One variant and seed: its pretraining (run, resumed or cached), the probes of its frozen
+    encoder against random init, at the peers' C and at the peers' C carried to its feature size."""
+    run = Path(args.runs) / args.name / f"{tag(variant)}-s{seed}"
+    run.mkdir(parents=True, exist_ok=True)
+    row = {"variant": variant, "seed": seed, **pretrain(args, variant, seed, run)}
+    ckpt = str(run / "pretrain" / "checkpoint.safetensors")
+    probe = cached(run / "probe.json", jepa3d_cmd(args, seed) + [
+        "linear-probe", "--checkpoint", ckpt, "--data", args.data, "--classifier", "all",
+        "--against-random", "--out", str(run / "probe")])
+    dim = json.loads((run / "pretrain" / "run.json").read_text())["model_config"]["dim"]
+    # the peers' C on the peers' feature size: scaling features by s is the SVM with C * s^2, so
+    # C=0.012 on 768 values is C=0.012 * 768 / (2 dim) on 2 dim values of the same per-value scale
+    c_scaled = round(0.012 * PEERS_FEATURES / (2 * dim), 4)
+    scaled = cached(run / "probe_scaled_c.json", jepa3d_cmd(args, seed) + [
+        "linear-probe", "--checkpoint", ckpt, "--data", args.data, "--classifier", "svc",
+        "--C", str(c_scaled), "--against-random", "--out", str(run / "probe_scaled_c")])
+    rand = probe["random_init"]
+    row.update(svc=probe["svc"]["accuracy"], svc_train=probe["svc"]["train_accuracy"],
+               linear_svc=probe["linear_svc"]["accuracy"], logreg=probe["logreg"]["accuracy"],
+               random_svc=rand["svc"]["accuracy"], random_linear_svc=rand["linear_svc"]["accuracy"],
+               random_logreg=rand["logreg"]["accuracy"], c_scaled=c_scaled,
+               svc_c_scaled=scaled["svc"]["accuracy"],
+               random_svc_c_scaled=scaled["random_init"]["svc"]["accuracy"],
+               eval_commands=[probe["_command"], scaled["_command"]])
+    return row
+
+
+def finished(run: Path) -> bool:
+    """Whether every step of a run is in the cache (the table shows every finished run)."""
+    return all((run / f).exists() for f in ("pretrain.json", "probe.json", "probe_scaled_c.json")) and \
+        json.loads((run / "pretrain.json").read_text()).get("finished", False)
 
 
 def main():
@@ -109,61 +149,43 @@ def main():
         steps = VARIANTS[variant][1] * (9843 // 32)
         lines.append(f"| {variant} | {s['clouds_per_s']:.1f} | {s['clouds_per_s'] / base:.2f}x | {VARIANTS[variant][1]} "
                      f"| {steps} | {steps * 32 / s['clouds_per_s'] / 3600:.2f} |")
-    rows = []
     if not args.speed_only:
         for variant in args.variants:
             for seed in args.seeds:
-                run = Path(args.runs) / args.name / f"{tag(variant)}-s{seed}"
-                run.mkdir(parents=True, exist_ok=True)
-                row = {"variant": variant, "seed": seed, **pretrain(args, variant, seed, run)}
-                ckpt = str(run / "pretrain" / "checkpoint.safetensors")
-                probe = cached(run / "probe.json", jepa3d_cmd(args, seed) + [
-                    "linear-probe", "--checkpoint", ckpt, "--data", args.data, "--classifier", "all",
-                    "--against-random", "--out", str(run / "probe")])
-                dim = json.loads((run / "pretrain" / "run.json").read_text())["model_config"]["dim"]
-                # the peers' C on the peers' feature size: scaling features by s is the SVM with C * s^2, so
-                # C=0.012 on 768 values is C=0.012 * 768 / (2 dim) on 2 dim values of the same per-value scale
-                c_scaled = round(0.012 * PEERS_FEATURES / (2 * dim), 4)
-                scaled = cached(run / "probe_scaled_c.json", jepa3d_cmd(args, seed) + [
-                    "linear-probe", "--checkpoint", ckpt, "--data", args.data, "--classifier", "svc",
-                    "--C", str(c_scaled), "--against-random", "--out", str(run / "probe_scaled_c")])
-                rand = probe["random_init"]
-                row.update(svc=probe["svc"]["accuracy"], svc_train=probe["svc"]["train_accuracy"],
-                           linear_svc=probe["linear_svc"]["accuracy"], logreg=probe["logreg"]["accuracy"],
-                           random_svc=rand["svc"]["accuracy"], random_linear_svc=rand["linear_svc"]["accuracy"],
-                           random_logreg=rand["logreg"]["accuracy"], c_scaled=c_scaled,
-                           svc_c_scaled=scaled["svc"]["accuracy"],
-                           random_svc_c_scaled=scaled["random_init"]["svc"]["accuracy"],
-                           eval_commands=[probe["_command"], scaled["_command"]])
-                rows.append(row)
+                row = run_row(args, variant, seed)
                 print(json.dumps({k: v for k, v in row.items() if "command" not in k and k != "curve"}),
                       file=sys.stderr, flush=True)
-        lines += ["", f"Frozen target encoder, ModelNet40 train -> test, seeds {args.seeds} (mean ± std). SVC: the "
+    # the table: every finished run in the cache, whichever invocation ran it
+    rows = [run_row(args, variant, int(m.group(1))) for variant in VARIANTS
+            for run in sorted(Path(args.runs, args.name).glob(f"{tag(variant)}-s*"))
+            if (m := re.fullmatch(re.escape(tag(variant)) + r"-s(\d+)", run.name)) and finished(run)]
+    if rows:
+        lines += ["", "Frozen target encoder, ModelNet40 train -> test, mean ± std over the seeds listed. SVC: the "
                   "peers' protocol (libsvm SVC, linear kernel, C=0.012, concat(max, mean) features); LinearSVC "
                   "C=0.012; logreg C=1; 'random' is a random-init encoder of the same configuration and seed "
                   "(`--against-random`). 'SVC, peers' scale': C=0.012 x 768 / (2 dim), the peers' C carried to "
                   "this encoder's feature size (a diagnostic, not the protocol).", "",
-                  "| variant | SVC | SVC random | LinearSVC | LinearSVC random | logreg | logreg random | "
+                  "| variant | seeds | SVC | SVC random | LinearSVC | LinearSVC random | logreg | logreg random | "
                   "SVC, peers' scale (C) | the same, random | epochs | steps | pretrain wall (h) |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {v} | " + " | ".join(mean_std([r[k] for r in rs]) for k in (
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {v} | {' '.join(str(r['seed']) for r in rs)} | " + " | ".join(mean_std([r[k] for r in rs]) for k in (
             "svc", "random_svc", "linear_svc", "random_linear_svc", "logreg", "random_logreg")) +
             f" | {mean_std([r['svc_c_scaled'] for r in rs])} ({rs[0]['c_scaled']}) | "
             f"{mean_std([r['random_svc_c_scaled'] for r in rs])} | {rs[0]['epochs']} | {rs[0]['steps']} | "
             f"{statistics.mean(r['pretrain_seconds'] for r in rs) / 3600:.2f} |"
-            for v in args.variants if (rs := [r for r in rows if r["variant"] == v])]
+            for v in VARIANTS if (rs := [r for r in rows if r["variant"] == v])]
         lines += ["", "The learning curve: the SVC probe (C=0.012, test) at each quarter of the run, so the columns "
                   "are equal wall-clock across variants:", "",
                   "| variant | start | 1/4 | 1/2 | 3/4 | end |", "|---|---|---|---|---|---|"]
-        for v in args.variants:
+        for v in VARIANTS:
             rs = [r for r in rows if r["variant"] == v]
             if rs:
                 lines.append(f"| {v} | " + " | ".join(mean_std([r["curve"][i]["svc"] for r in rs])
                                                       for i in range(CURVE_POINTS + 1)) + " |")
         lines += ["", "The pretraining walls were taken with other jobs on the machine (and resumed across "
                   "sessions); the speed table above is the like-for-like cost.", "",
-                  "Commands (seed 0; other seeds change `--seed`):", ""]
-        for v in args.variants:
+                  "Commands (each variant's first seed; the others change `--seed`):", ""]
+        for v in VARIANTS:
             r = next((r for r in rows if r["variant"] == v), None)
             if r:
                 lines += [f"- {v}:"] + [f"  - `{c}`" for c in [r["pretrain_command"], *r["eval_commands"]]]
