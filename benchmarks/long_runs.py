@@ -124,6 +124,34 @@ def finished(run: Path) -> bool:
         json.loads((run / "pretrain.json").read_text()).get("finished", False)
 
 
+def plot(rows: list[dict], speeds: dict, path: Path) -> bool:
+    """The SVC probe of every run against the hours its steps take at the variant's measured speed
+    (the speed table's), so the variants compare at equal wall-clock. Needs matplotlib."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("no picture: it needs matplotlib (pip install 'jepa3d[plot]')", file=sys.stderr)
+        return False
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, variant in enumerate(VARIANTS):
+        for r in (r for r in rows if r["variant"] == variant):
+            hours = [c["step"] * 32 / speeds[variant]["clouds_per_s"] / 3600 for c in r["curve"]]
+            ax.plot(hours, [c["svc"] for c in r["curve"]], "o" + ("-", "--", ":")[r["seed"] % 3], color=f"C{i}", alpha=0.8,
+                    label=f"{variant}, seed {r['seed']}")
+    ax.axhline(85, color="gray", ls="--", lw=1)
+    ax.set_xlabel("pretraining hours at the measured one-thread speed")
+    ax.set_ylabel("SVC test accuracy (C=0.012), %")
+    ax.set_title("ModelNet40, frozen features during pretraining")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=None, help="[default: ../shared/data/modelnet40, next to the project root]")
@@ -189,6 +217,9 @@ def main():
             r = next((r for r in rows if r["variant"] == v), None)
             if r:
                 lines += [f"- {v}:"] + [f"  - `{c}`" for c in [r["pretrain_command"], *r["eval_commands"]]]
+    picture = Path(__file__).with_name(f"curves_long_{args.name}.png")
+    if rows and plot(rows, speeds, picture):
+        lines += ["", f"![the probe curves at equal wall-clock]({picture.name})"]
     lines += ["", "Speed commands:", ""] + [f"- {v}: `{s['command']}`" for v, s in speeds.items()]
     out = Path(__file__).with_name(f"long_{args.name}")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
