@@ -62,21 +62,29 @@ def cached(path: Path, args: list[str]) -> dict:
     return result
 
 
-def cached_pretrain(run: Path, common: list[str], cmd: list[str], log_every: str) -> dict:
+def cached_pretrain(run: Path, common: list[str], cmd: list[str], log_every: str,
+                    resume_options: tuple = ()) -> dict:
     """The stored result of a variant's pretraining (`cmd`, writing into run/pretrain), or run it
-    now; a pretraining stopped part-way (a session ended) is finished with jepa3d's own --resume,
-    and the result keeps the full command, marked resumed."""
+    now; a pretraining stopped part-way (a session ended) is finished with jepa3d's own --resume
+    (plus `resume_options`: what the checkpoint does not keep, e.g. the probe's --eval-*), and
+    the result keeps the full command, marked resumed."""
     if (run / "pretrain" / "checkpoint.safetensors").exists() and not (run / "pretrain.json").exists():
         pre = cached(run / "pretrain.json", common + ["pretrain", "--out", str(run / "pretrain"), "--resume",
-                                                      "--log-every", log_every])
+                                                      "--log-every", log_every, *resume_options])
         pre["_command"] = "jepa3d " + " ".join(cmd) + "  (resumed)"
-        # the wall-clock of the whole run, not of its resumed part: every step's time, from metrics.jsonl
-        batch = json.loads((run / "pretrain" / "run.json").read_text())["batch_size"]
-        steps = [json.loads(line) for line in (run / "pretrain" / "metrics.jsonl").read_text().splitlines() if line]
-        pre["_seconds"] = round(sum(batch / r["clouds_per_s"] for r in steps if r.get("clouds_per_s")), 1)
+        # the wall-clock of the whole run, not of its resumed part
+        pre["_seconds"] = step_seconds(run / "pretrain")
         (run / "pretrain.json").write_text(json.dumps(pre, indent=2))
         return pre
     return cached(run / "pretrain.json", cmd)
+
+
+def step_seconds(folder: Path) -> float:
+    """The summed time of every training step of a run folder, from its metrics.jsonl (without
+    start-up, checkpoints or probes)."""
+    batch = json.loads((folder / "run.json").read_text())["batch_size"]
+    steps = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line]
+    return round(sum(batch / r["clouds_per_s"] for r in steps if r.get("clouds_per_s")), 1)
 
 
 def finish_table(args, lines: list[str], rows: list[dict], columns: tuple, first_commands: tuple = ()) -> None:

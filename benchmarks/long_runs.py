@@ -25,7 +25,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from evidence import ROOT, cached, mean_std
+from evidence import ROOT, cached, cached_pretrain, mean_std, step_seconds
 
 # (pretrain options, epochs): each variant's epochs fill about the wall-clock of the first's
 VARIANTS = {
@@ -35,6 +35,8 @@ VARIANTS = {
 }
 CURVE_POINTS = 4  # probes during the run (at every quarter), besides the one at step 0
 PEERS_FEATURES = 768  # concat(max, mean) of the peers' 384-wide encoders
+BATCH = 32  # the tiny preset's
+STEPS_PER_EPOCH = 9843 // BATCH  # ModelNet40's train split (drop_last)
 
 
 def jepa3d_cmd(args, seed: int) -> list[str]:
@@ -64,27 +66,17 @@ def tag(variant: str) -> str:
 def pretrain(args, variant: str, seed: int, run: Path) -> dict:
     """The finished pretraining of one variant and seed (run or resumed now), with its probe curve."""
     options, epochs = VARIANTS[variant]
-    per_epoch = 9843 // 32  # ModelNet40's train split at the presets' batch of 32
-    every = epochs * per_epoch // CURVE_POINTS
-    run_options = ["--out", str(run / "pretrain"), "--eval-every", str(every), "--eval-data", args.data,
-                   "--log-every", "100"]
-    cmd = jepa3d_cmd(args, seed) + ["pretrain", "--data", args.data, *options, "--epochs", str(epochs), *run_options]
-    resume = (run / "pretrain" / "checkpoint.safetensors").exists() and not (run / "pretrain.json").exists()
-    # a resumed run takes its configuration from its checkpoint (giving it again is a usage error)
-    pre = cached(run / "pretrain.json", jepa3d_cmd(args, seed) + ["pretrain", "--data", args.data, "--resume",
-                                                                  *run_options] if resume else cmd)
-    if resume:
-        pre["_command"] = "jepa3d " + " ".join(cmd) + "  (resumed)"
-    # the wall-clock of every step of the run (a resumed run's cached seconds are its last part only)
-    info = json.loads((run / "pretrain" / "run.json").read_text())
-    steps = [json.loads(line) for line in (run / "pretrain" / "metrics.jsonl").read_text().splitlines() if line]
-    pre["_seconds"] = round(sum(info["batch_size"] / r["clouds_per_s"] for r in steps if r.get("clouds_per_s")), 1)
-    (run / "pretrain.json").write_text(json.dumps(pre, indent=2))
+    eval_options = ["--eval-every", str(epochs * STEPS_PER_EPOCH // CURVE_POINTS), "--eval-data", args.data]
+    cmd = jepa3d_cmd(args, seed) + ["pretrain", "--data", args.data, *options, "--epochs", str(epochs),
+                                    "--out", str(run / "pretrain"), *eval_options, "--log-every", "100"]
+    # a resumed run takes its configuration from its checkpoint; the data and the probe are given again
+    pre = cached_pretrain(run, jepa3d_cmd(args, seed), cmd, "100", ("--data", args.data, *eval_options))
     if not pre.get("finished"):
         sys.exit(f"{run / 'pretrain'}: the run stopped at step {pre['step']} of {pre['total_steps']}; "
                  "run this script again to resume it")
     curve = [json.loads(line) for line in (run / "pretrain" / "probe.jsonl").read_text().splitlines() if line]
-    return {"steps": pre["step"], "epochs": epochs, "pretrain_seconds": pre["_seconds"],
+    # the steps' own time: a run resumed across sessions, its probes and start-ups left out
+    return {"steps": pre["step"], "epochs": epochs, "pretrain_seconds": step_seconds(run / "pretrain"),
             "pretrain_command": pre["_command"],
             "curve": [{"step": c["step"], "svc": c["probe_accuracy"], "svc_train": c["probe_train_accuracy"]}
                       for c in curve]}
@@ -137,7 +129,7 @@ def plot(rows: list[dict], speeds: dict, path: Path) -> bool:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, variant in enumerate(VARIANTS):
         for r in (r for r in rows if r["variant"] == variant):
-            hours = [c["step"] * 32 / speeds[variant]["clouds_per_s"] / 3600 for c in r["curve"]]
+            hours = [c["step"] * BATCH / speeds[variant]["clouds_per_s"] / 3600 for c in r["curve"]]
             ax.plot(hours, [c["svc"] for c in r["curve"]], "o" + ("-", "--", ":")[r["seed"] % 3], color=f"C{i}", alpha=0.8,
                     label=f"{variant}, seed {r['seed']}")
     ax.axhline(85, color="gray", ls="--", lw=1)
@@ -174,9 +166,9 @@ def main():
              "other in one process), and the wall-clock the variant's epochs take at that speed:", "",
              "| variant | clouds/s | relative | epochs | steps | wall at this speed (h) |", "|---|---|---|---|---|---|"]
     for variant, s in speeds.items():
-        steps = VARIANTS[variant][1] * (9843 // 32)
+        steps = VARIANTS[variant][1] * STEPS_PER_EPOCH
         lines.append(f"| {variant} | {s['clouds_per_s']:.1f} | {s['clouds_per_s'] / base:.2f}x | {VARIANTS[variant][1]} "
-                     f"| {steps} | {steps * 32 / s['clouds_per_s'] / 3600:.2f} |")
+                     f"| {steps} | {steps * BATCH / s['clouds_per_s'] / 3600:.2f} |")
     if not args.speed_only:
         for variant in args.variants:
             for seed in args.seeds:
