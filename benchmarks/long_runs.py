@@ -12,7 +12,8 @@ and a 192-wide encoder is slower, so each gets the epochs that fill the `tiny` J
 (the ratios are measured here, in one process, by `--max-steps 40` runs: the speed table).
 Every step is a `jepa3d` command, printed and stored with its row; finished steps are skipped on
 a re-run and a pretraining stopped part-way (a session ended) is finished with jepa3d's own
-`--resume`. One thread per run (`--threads 1`), so two instances with different --variants or
+`--resume`. The result file keeps its rows: a run whose cache is gone (an earlier machine) stays in
+the table, and a later invocation adds its own. One thread per run (`--threads 1`), so two instances with different --variants or
 --seeds can share a 2-core machine. Writes benchmarks/long_<name>.{md,json}.
 """
 import argparse
@@ -175,10 +176,16 @@ def main():
                 row = run_row(args, variant, seed)
                 print(json.dumps({k: v for k, v in row.items() if "command" not in k and k != "curve"}),
                       file=sys.stderr, flush=True)
-    # the table: every finished run in the cache, whichever invocation ran it
-    rows = [run_row(args, variant, int(m.group(1))) for variant in VARIANTS
-            for run in sorted(Path(args.runs, args.name).glob(f"{tag(variant)}-s*"))
-            if (m := re.fullmatch(re.escape(tag(variant)) + r"-s(\d+)", run.name)) and finished(run)]
+    # the table: every finished run in the cache, whichever invocation ran it, and the rows the
+    # result file already holds for runs whose cache is gone (a run on an earlier machine)
+    out = Path(__file__).with_name(f"long_{args.name}")
+    cached_rows = [run_row(args, variant, int(m.group(1))) for variant in VARIANTS
+                   for run in sorted(Path(args.runs, args.name).glob(f"{tag(variant)}-s*"))
+                   if (m := re.fullmatch(re.escape(tag(variant)) + r"-s(\d+)", run.name)) and finished(run)]
+    ran = {(r["variant"], r["seed"]) for r in cached_rows}
+    recorded = json.loads(out.with_suffix(".json").read_text())["rows"] if out.with_suffix(".json").exists() else []
+    rows = sorted(cached_rows + [r for r in recorded if (r["variant"], r["seed"]) not in ran and r["variant"] in VARIANTS],
+                  key=lambda r: (list(VARIANTS).index(r["variant"]), r["seed"]))
     if rows:
         lines += ["", "Frozen target encoder, ModelNet40 train -> test, mean ± std over the seeds listed. SVC: the "
                   "peers' protocol (libsvm SVC, linear kernel, C=0.012, concat(max, mean) features); LinearSVC "
@@ -202,8 +209,9 @@ def main():
             if rs:
                 lines.append(f"| {v} | " + " | ".join(mean_std([r["curve"][i]["svc"] for r in rs])
                                                       for i in range(CURVE_POINTS + 1)) + " |")
-        lines += ["", "The pretraining walls were taken with other jobs on the machine (and resumed across "
-                  "sessions); the speed table above is the like-for-like cost.", "",
+        lines += ["", "The pretraining walls were taken with other jobs on the machine, resumed across sessions, "
+                  "on more than one machine and thread count (the commands say which); the speed table above, "
+                  "measured in one process on the machine of the latest invocation, is the like-for-like cost.", "",
                   "Commands (each variant's first seed; the others change `--seed`):", ""]
         for v in VARIANTS:
             r = next((r for r in rows if r["variant"] == v), None)
@@ -213,7 +221,6 @@ def main():
     if rows and plot(rows, speeds, picture):
         lines += ["", f"![the probe curves at equal wall-clock]({picture.name})"]
     lines += ["", "Speed commands:", ""] + [f"- {v}: `{s['command']}`" for v, s in speeds.items()]
-    out = Path(__file__).with_name(f"long_{args.name}")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     out.with_suffix(".json").write_text(json.dumps({"meta": {"machine": platform.processor() or platform.machine(),
                                                              "args": vars(args)}, "speed": speeds, "rows": rows},
