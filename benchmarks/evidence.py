@@ -108,6 +108,16 @@ def finish_table(args, lines: list[str], rows: list[dict], columns: tuple, first
     print("\n".join(lines))
 
 
+def in_root(args, **defaults: str) -> None:
+    """Move to the project root: every command runs there and is recorded with paths relative to
+    it, so a reader can paste it. The path options named in `defaults` that were given relative to
+    the caller's folder are rebased first; those not given take their default."""
+    for name, default in defaults.items():
+        given = getattr(args, name)
+        setattr(args, name, os.path.relpath(os.path.abspath(given), ROOT) if given else default)
+    os.chdir(ROOT)
+
+
 def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 \
         else f"{values[0]:.2f}"
@@ -127,12 +137,7 @@ def main():
     ap.add_argument("--table", default=None, help="suffix of the result files if not --name")
     ap.add_argument("--runs", default=None, help="[default: runs/evidence in the project root]")
     args = ap.parse_args()
-    # every command runs in the project root and is recorded with paths relative to it, so a
-    # reader can paste it; paths given relative to the caller's folder are rebased first
-    for name, default in (("data", "../shared/data/modelnet40"), ("runs", "runs/evidence")):
-        given = getattr(args, name)
-        setattr(args, name, os.path.relpath(os.path.abspath(given), ROOT) if given else default)
-    os.chdir(ROOT)
+    in_root(args, data="../shared/data/modelnet40", runs="runs/evidence")
 
     rows = []
     for variant in args.variants:

@@ -18,7 +18,6 @@ the table, and a later invocation adds its own. One thread per run (`--threads 1
 """
 import argparse
 import json
-import os
 import platform
 import re
 import shutil
@@ -26,7 +25,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from evidence import ROOT, cached, cached_pretrain, mean_std, step_seconds
+from evidence import cached, in_root, cached_pretrain, mean_std, step_seconds
 
 # (pretrain options, epochs): each variant's epochs fill about the wall-clock of the first's
 VARIANTS = {
@@ -155,10 +154,7 @@ def main():
     ap.add_argument("--name", default="cpu", help="names the run cache (runs/long/<name>) and the result files")
     ap.add_argument("--runs", default=None, help="[default: runs/long in the project root]")
     args = ap.parse_args()
-    for name, default in (("data", "../shared/data/modelnet40"), ("runs", "runs/long")):
-        given = getattr(args, name)
-        setattr(args, name, os.path.relpath(os.path.abspath(given), ROOT) if given else default)
-    os.chdir(ROOT)
+    in_root(args, data="../shared/data/modelnet40", runs="runs/long")
 
     speeds = {variant: speed(args, variant) for variant in VARIANTS}
     base = speeds[next(iter(VARIANTS))]["clouds_per_s"]

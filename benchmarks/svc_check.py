@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 import jepa3d  # noqa: E402
 import jepa3d_data  # noqa: E402
+from evidence import in_root  # noqa: E402
 
 
 def main():
@@ -32,9 +32,7 @@ def main():
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--C", type=float, default=jepa3d.ProbeConfig.C)
     args = ap.parse_args()
-    # recorded relative to the project root; a path given on the command line is the caller's
-    args.data = os.path.relpath(os.path.abspath(args.data), ROOT) if args.data else "../shared/data/modelnet40"
-    os.chdir(ROOT)
+    in_root(args, data="../shared/data/modelnet40")
     from sklearn.svm import SVC
 
     encoder, cfg, source = jepa3d.load_encoder(args.checkpoint, preset=args.preset)
