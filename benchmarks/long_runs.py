@@ -25,7 +25,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from evidence import cached, in_root, cached_pretrain, mean_std, step_seconds
+from evidence import cached, cached_pretrain, in_root, mean_std, step_seconds
 
 # (pretrain options, epochs): each variant's epochs fill about the wall-clock of the first's
 VARIANTS = {
@@ -175,11 +175,12 @@ def main():
     # the table: every finished run in the cache, whichever invocation ran it, and the rows the
     # result file already holds for runs whose cache is gone (a run on an earlier machine)
     out = Path(__file__).with_name(f"long_{args.name}")
+    result = out.with_suffix(".json")
     cached_rows = [run_row(args, variant, int(m.group(1))) for variant in VARIANTS
                    for run in sorted(Path(args.runs, args.name).glob(f"{tag(variant)}-s*"))
                    if (m := re.fullmatch(re.escape(tag(variant)) + r"-s(\d+)", run.name)) and finished(run)]
     ran = {(r["variant"], r["seed"]) for r in cached_rows}
-    recorded = json.loads(out.with_suffix(".json").read_text())["rows"] if out.with_suffix(".json").exists() else []
+    recorded = json.loads(result.read_text())["rows"] if result.exists() else []
     rows = sorted(cached_rows + [r for r in recorded if (r["variant"], r["seed"]) not in ran and r["variant"] in VARIANTS],
                   key=lambda r: (list(VARIANTS).index(r["variant"]), r["seed"]))
     if rows:
@@ -218,9 +219,8 @@ def main():
         lines += ["", f"![the probe curves at equal wall-clock]({picture.name})"]
     lines += ["", "Speed commands:", ""] + [f"- {v}: `{s['command']}`" for v, s in speeds.items()]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"meta": {"machine": platform.processor() or platform.machine(),
-                                                             "args": vars(args)}, "speed": speeds, "rows": rows},
-                                                   indent=2) + "\n")
+    result.write_text(json.dumps({"meta": {"machine": platform.processor() or platform.machine(), "args": vars(args)},
+                                  "speed": speeds, "rows": rows}, indent=2) + "\n")
     print("\n".join(lines))
 
 
