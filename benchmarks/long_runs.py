@@ -5,11 +5,12 @@ of the same configuration.
 
     python benchmarks/long_runs.py                          # every variant, seeds 0 1 (hours each)
     python benchmarks/long_runs.py --variants "3d-jepa (paper)" --seeds 1
-    python benchmarks/long_runs.py --speed-only             # the step-time ratios alone (minutes)
+    python benchmarks/long_runs.py --speed-only             # measure the step-time ratios again (minutes)
 
 The epochs of each variant are set for equal wall-clock: a reconstruction step runs no teacher
 and a 192-wide encoder is slower, so each gets the epochs that fill the `tiny` JEPA run's time
-(the ratios are measured here, in one process, by `--max-steps 40` runs: the speed table).
+(the ratios are measured in one process, on one thread, by `--max-steps 40` runs: the speed table;
+a later invocation keeps the recorded table unless `--speed-only` asks for a new one).
 Every step is a `jepa3d` command, printed and stored with its row; finished steps are skipped on
 a re-run and a pretraining stopped part-way (a session ended) is finished with jepa3d's own
 `--resume`. The result file keeps its rows: a run whose cache is gone (an earlier machine) stays in
@@ -43,15 +44,19 @@ def jepa3d_cmd(args, seed: int) -> list[str]:
     return ["--threads", str(args.threads), "--seed", str(seed)]
 
 
-def speed(args, variant: str) -> dict:
-    """Clouds per second of the variant's pretraining step: the median over steps 10-39 of a
-    40-step run (the first steps warm up)."""
+def speed(args, variant: str, recorded: dict) -> dict:
+    """Clouds per second of the variant's pretraining step on one thread: the median over steps
+    10-39 of a 40-step run (the first steps warm up). The result file's figure when this machine
+    has no measurement of its own and none is asked for (`--speed-only`), so the ratios stay ones
+    measured together, in one process."""
     options, _ = VARIANTS[variant]
     run = Path(args.runs) / args.name / f"{tag(variant)}-speed"
+    if not args.speed_only and not (run / "pretrain.json").exists() and variant in recorded:
+        return recorded[variant]
     run.mkdir(parents=True, exist_ok=True)
     if not (run / "pretrain.json").exists():
         shutil.rmtree(run / "pretrain", ignore_errors=True)  # an interrupted measurement starts again
-    out = cached(run / "pretrain.json", jepa3d_cmd(args, 0) + [
+    out = cached(run / "pretrain.json", ["--threads", "1", "--seed", "0",
         "pretrain", "--data", args.data, *options, "--max-steps", "40", "--log-every", "10",
         "--out", str(run / "pretrain")])
     rows = [json.loads(line) for line in (run / "pretrain" / "metrics.jsonl").read_text().splitlines()]
@@ -150,13 +155,16 @@ def main():
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--threads", type=int, default=1, help="torch threads per jepa3d command")
-    ap.add_argument("--speed-only", action="store_true", help="measure the step times, train nothing")
+    ap.add_argument("--speed-only", action="store_true", help="measure the step times again, train nothing")
     ap.add_argument("--name", default="cpu", help="names the run cache (runs/long/<name>) and the result files")
     ap.add_argument("--runs", default=None, help="[default: runs/long in the project root]")
     args = ap.parse_args()
     in_root(args, data="../shared/data/modelnet40", runs="runs/long")
 
-    speeds = {variant: speed(args, variant) for variant in VARIANTS}
+    out = Path(__file__).with_name(f"long_{args.name}")
+    result = out.with_suffix(".json")
+    recorded = json.loads(result.read_text()) if result.exists() else {"speed": {}, "rows": []}
+    speeds = {variant: speed(args, variant, recorded["speed"]) for variant in VARIANTS}
     base = speeds[next(iter(VARIANTS))]["clouds_per_s"]
     lines = [f"# Long runs ({args.name}): ModelNet40 train split, about 2 h of CPU each", "",
              "Step speed (one thread, batch 32, median of steps 10-39 of a 40-step run, measured one after the "
@@ -174,14 +182,11 @@ def main():
                       file=sys.stderr, flush=True)
     # the table: every finished run in the cache, whichever invocation ran it, and the rows the
     # result file already holds for runs whose cache is gone (a run on an earlier machine)
-    out = Path(__file__).with_name(f"long_{args.name}")
-    result = out.with_suffix(".json")
     cached_rows = [run_row(args, variant, int(m.group(1))) for variant in VARIANTS
                    for run in sorted(Path(args.runs, args.name).glob(f"{tag(variant)}-s*"))
                    if (m := re.fullmatch(re.escape(tag(variant)) + r"-s(\d+)", run.name)) and finished(run)]
     ran = {(r["variant"], r["seed"]) for r in cached_rows}
-    recorded = json.loads(result.read_text())["rows"] if result.exists() else []
-    rows = sorted(cached_rows + [r for r in recorded if (r["variant"], r["seed"]) not in ran and r["variant"] in VARIANTS],
+    rows = sorted(cached_rows + [r for r in recorded["rows"] if (r["variant"], r["seed"]) not in ran and r["variant"] in VARIANTS],
                   key=lambda r: (list(VARIANTS).index(r["variant"]), r["seed"]))
     if rows:
         lines += ["", "Frozen target encoder, ModelNet40 train -> test, mean ± std over the seeds listed. SVC: the "
