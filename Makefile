@@ -18,7 +18,9 @@ install:
 install-test: install
 	$(PYTHON) -m pip install -q -e ".[test]"
 
+# the demo draws curves.png: it installs the plot extra (matplotlib)
 demo: install
+	$(PYTHON) -m pip install -q -e ".[plot]"
 	rm -rf $(RUN)
 	# 30 epochs over the 1200 built-in clouds (1110 steps; 8 warm-up epochs: with the preset's 1, i.e. 37 steps,
 	# this small set collapses), the linear probe every 370 steps (the learning curve in curves.png);
