@@ -58,37 +58,44 @@ import torch.nn.functional as F
 __version__ = "0.1.0"
 FORMAT_VERSION = 2  # checkpoint format; bump when tensor names or metadata change meaning
 # ModelConfig fields a checkpoint of an older format lacks, with the value that reproduces its model
-LEGACY_MODEL_FIELDS = {1: {"position": "input", "pos_init": "trunc-normal", "min_context": 1}}
+_LEGACY_MODEL_FIELDS = {1: {"position": "input", "pos_init": "trunc-normal", "min_context": 1}}
 # TrainConfig fields added after runs had been saved, with the value those runs trained with (a
 # resumed run keeps its own behaviour when a default changes)
-LEGACY_TRAIN_FIELDS = {"subsample": "fps"}
+_LEGACY_TRAIN_FIELDS = {"subsample": "fps"}
 
 __all__ = [
     # configs
-    "ModelConfig", "TrainConfig", "FinetuneConfig", "ProbeConfig", "FewShotConfig", "PRESETS", "TASK_GEOMETRY",
-    "make_configs", "config_from_json",
+    "ModelConfig", "TrainConfig", "FinetuneConfig", "ProbeConfig", "FewShotConfig", "PointProbeConfig", "EmbedConfig",
+    "PRESETS",
+    "TASK_GEOMETRY", "FORMAT_VERSION", "make_configs", "config_from_json", "choices_of",
     # runtime
-    "resolve_device", "resolve_precision", "autocast", "grad_scaler", "auto_threads", "cpu_threads",
+    "RuntimeConfig", "set_threads", "auto_threads", "cpu_threads", "resolve_device", "resolve_precision", "autocast",
+    "grad_scaler", "Progress", "progress_callback",
     # geometry
-    "gather", "farthest_point_sample", "knn", "group_points", "fit_points", "tokenize", "tube_tokens",
-    # cross-modal correspondence (points -> pixels)
-    "project_points", "zbuffer_visible", "bilinear_lookup", "pixel_features", "BuiltinTeacher", "ModuleTeacher",
-    "NpyTeacher", "load_teacher",
+    "gather", "farthest_point_sample", "knn", "group_points", "fit_index", "take_points", "fit_points", "interpolate",
+    "tokenize", "tube_tokens",
     # model
-    "MiniPointNet", "Block", "Encoder", "Predictor", "Masks", "SAMPLERS", "Objective", "OBJECTIVES", "JEPA",
-    "split_teacher", "tokens_to_points",
+    "MiniPointNet", "coords", "Attention", "Block", "Encoder", "Predictor",
+    "Masks", "host_generator", "sample_context_block", "sample_tube", "sample_future", "sample_knn_blocks", "SAMPLERS",
+    "Batch", "predict_targets", "mask_stats", "jepa_loss", "chamfer_l2", "spread", "cosine_distance", "tokens_to_points", "Objective", "OBJECTIVES",
+    "JEPA", "ema_update",
     # training
-    "make_optimizer", "train_step", "ema_update", "lr_at", "momentum_at", "step_flops", "pretrain",
+    "lr_at", "momentum_at", "make_optimizer", "train_step",
     # checkpoints
-    "CheckpointError", "save_checkpoint", "read_header", "read_tensors", "read_checkpoint", "check_fit",
-    "checkpoint_config", "load_jepa", "load_encoder", "random_encoder",
+    "CheckpointError", "save_checkpoint", "read_header", "read_tensors", "read_checkpoint", "check_fit", "load_state",
+    "load_optimizer", "checkpoint_config", "load_jepa", "random_encoder", "EncoderSpec", "load_encoder",
+    # datasets
+    "PointDataset", "optional",
+    # pretraining
+    "RunConfig", "pretrain", "check_run_folder", "resume_settings", "RunFolderError", "DivergedError",
+    "epoch_batches", "shard", "distributed_env", "params_digest",
     # downstream
-    "pool", "encode", "extract_features", "video_accuracy", "fit_svc", "OneVsOne", "fit_linear", "fit_classifier", "fit_and_score", "accuracy",
-    "sample_episode", "draw_episodes",
-    "Classifier", "Segmenter", "make_head", "evaluate", "embed", "linear_probe", "few_shot", "finetune",
-    "point_features", "point_probe",
+    "pool", "encode", "extract_features", "OneVsOne", "fit_svc", "fit_linear", "fit_classifier", "fit_and_score",
+    "accuracy", "video_accuracy", "sample_episode", "Relabelled", "draw_episodes",
+    "ClassificationHead", "Classifier", "seg_layers", "part_miou", "restrict_to_category", "Segmenter", "make_head",
+    "evaluate", "embed", "linear_probe", "point_features", "point_probe", "few_shot", "finetune",
     # tools
-    "mask_preview", "write_ply", "plot_run", "make_cli", "main",
+    "mask_preview", "write_mask_preview", "write_ply", "write_result", "plot_run", "make_cli", "main",
 ]
 
 
@@ -119,6 +126,8 @@ def _check_fields(cfg) -> None:
         if kind is tuple and not (isinstance(value, tuple) and len(value) == len(f.default)):
             raise ValueError(f"{name} must be {len(f.default)} numbers, got {value!r}")
         for v in items:
+            if v is None and f.default is None:  # an optional field left unset
+                continue
             number = isinstance(v, (int, float)) and not isinstance(v, bool)
             if kind is str and not isinstance(v, str) or kind is int and not (number and isinstance(v, int)) \
                     or kind in (float, tuple) and not (number and math.isfinite(v)):
@@ -132,7 +141,7 @@ def _check_fields(cfg) -> None:
 
 
 # jepa3d_data.AUGMENTATIONS applies them; a test checks every choice here is one it knows
-AUGMENT_CHOICES = ("scale-translate", "rotate", "jitter", "scale-translate+rotate", "scale-translate+jitter",
+_AUGMENT_CHOICES = ("scale-translate", "rotate", "jitter", "scale-translate+rotate", "scale-translate+jitter",
                    "scale-translate+rotate+jitter", "none")
 
 
@@ -275,7 +284,7 @@ class TrainConfig:
     ema_end: float = _opt(1.0, "EMA momentum at the last step (cosine schedule)", min=0.0, max=1.0)
     augment: str = _opt("scale-translate", "train-time augmentation on the device: scale-translate (Point-MAE), "
                         "rotate (about the up axis), jitter (Gaussian per point), joined by '+', or none",
-                        choices=AUGMENT_CHOICES)
+                        choices=_AUGMENT_CHOICES)
     subsample: str = _opt("random", "how clouds larger than --num-points are cut down each step: random "
                           "(Point-MAE's ShapeNet-55 pretraining, a density augmentation; measured: the same probe "
                           "accuracy as fps, a 1.25x faster tiny step on ModelNet40) or fps (evenly spread, as the "
@@ -320,7 +329,7 @@ class FinetuneConfig:
     drop_path: float = _opt(0.1, "stochastic depth of the encoder while fine-tuning", min=0.0, max=0.9)
     dropout: float = _opt(0.5, "dropout in the head (Point-MAE)", min=0.0, max=0.9)
     augment: str = _opt("scale-translate", "train-time augmentation (see pretrain --augment)",
-                        choices=AUGMENT_CHOICES)
+                        choices=_AUGMENT_CHOICES)
     __post_init__ = _check_fields  # types and bounds, also for configs read from files
 
 
@@ -335,6 +344,8 @@ class ProbeConfig:
     logreg_C: float = _opt(1.0, "logistic-regression regularisation (scikit-learn's default)", min=0.0, min_open=True)
     batch_size: int = _opt(64, "clouds per forward pass of the frozen encoder (FPS starts are seeded per batch: "
                            "keep it to reproduce a result)", min=1)
+    against_random: bool = _opt(False, "also probe a random-init encoder of the same configuration and seed, and "
+                                "report the gain: did pretraining help?")
     __post_init__ = _check_fields  # types and bounds, also for configs read from files
 
 
@@ -349,6 +360,26 @@ class FewShotConfig:
     episode_epochs: int = _opt(150, "--protocol finetune: epochs per episode (peers: 150)", min=1)
     C: float = _opt(ProbeConfig.C, "SVM regularisation (the linear probe's)", min=0.0, min_open=True)
     batch_size: int = _opt(ProbeConfig.batch_size, "clouds per forward pass", min=1)
+    fold_files: str | None = _opt(None, "the peers' ModelNetFewshot folder: use its pickled folds (needs "
+                                  "--trust-pickle) instead of drawing episodes", kind="folder")
+    __post_init__ = _check_fields  # types and bounds, also for configs read from files
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    split: str = _opt("train", "which split to embed", choices=("train", "test"))
+    per_patch: bool = _opt(False, "also store per-patch tokens (N, G, D) and centres (N, G, 3)")
+    batch_size: int = _opt(ProbeConfig.batch_size, "clouds per forward pass (FPS starts are drawn per batch)", min=1)
+    __post_init__ = _check_fields  # types and bounds, also for configs read from files
+
+
+@dataclass(frozen=True)
+class PointProbeConfig:
+    train_points: int = _opt(4, "points drawn per cloud or frame of the train split to fit the probe", min=1)
+    test_points: int = _opt(16, "points drawn per cloud or frame of the test split to score it", min=1)
+    features: str = _opt("encoder", "probe the encoder's per-point features, or the teacher's own features in a "
+                         "teacher-features cache (the most that distilling that teacher can pass on; the encoder "
+                         "options are ignored)", choices=("encoder", "teacher"))
     __post_init__ = _check_fields  # types and bounds, also for configs read from files
 
 
@@ -359,13 +390,6 @@ TASK_GEOMETRY = {
     "scanobjectnn": dict(num_points=2048, num_groups=128, group_size=32),
     "shapenetpart": dict(num_points=2048, num_groups=128, group_size=32),
 }
-
-
-# The on-disk layouts (jepa3d_data.LAYOUTS) each named fine-tuning task reads; another is refused,
-# so a result is never reported as ScanObjectNN's when it came from other data.
-TASK_LAYOUTS = {"modelnet40": ("modelnet40-h5", "modelnet40-resampled", "modelnet40-pickle", "npz"),
-                "scanobjectnn": ("scanobjectnn",), "shapenetpart": ("shapenetpart",),
-                "msr-action3d": ("msr-action3d",)}
 
 
 def make_configs(preset: str = "paper", **overrides) -> tuple[ModelConfig, TrainConfig]:
@@ -395,6 +419,30 @@ def config_from_json(cls, text: str):
 
 
 # ----------------------------------------------------------------------------- runtime
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Where and how every command runs: the command line's shared options, given first."""
+    device: str = _opt("auto", "where to run; auto = cuda, then mps, then cpu", choices=("auto", "cpu", "cuda", "mps"))
+    seed: int = _opt(0, "seed for initialisation, data order, masks, augmentation")
+    precision: str = _opt("auto", "autocast precision; auto = bf16 on GPUs that have it, fp16+GradScaler on older "
+                          "GPUs, fp32 on CPU", choices=("auto", "fp32", "bf16", "fp16"))
+    threads: str = _opt("auto", "torch CPU threads (N or auto); auto: OMP_NUM_THREADS if set, else the CPUs this "
+                        "process may use less those other processes keep busy at start (a thread on a busy core "
+                        "stalls every op)")
+    debug: bool = _opt(False, "show the Python traceback of an error (also: JEPA3D_DEBUG=1)")
+
+
+def set_threads(threads: str) -> None:
+    """torch's CPU threads from --threads: a count, or 'auto' (OMP_NUM_THREADS when the user set
+    it, else auto_threads()). ValueError for anything else."""
+    if threads != "auto" and not (threads.isdigit() and int(threads) >= 1):
+        raise ValueError(f"--threads {threads!r} is not a thread count >= 1 or auto")
+    if threads != "auto":
+        torch.set_num_threads(int(threads))
+    elif not os.environ.get("OMP_NUM_THREADS"):  # the user's own setting stands
+        torch.set_num_threads(auto_threads())
+
+
 def auto_threads() -> int:
     """torch's CPU threads for this machine as it is now: the CPUs this process may use, less
     those other processes keep busy (sampled from /proc/stat over 0.2 s, Linux), at least one.
@@ -467,10 +515,43 @@ def grad_scaler(device: torch.device, amp_dtype: torch.dtype | None) -> torch.am
     return torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Set the learning rate of every parameter group (schedules are pure functions of the step)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
+
+class Progress:
+    """A dependency-free progress line on stderr: redrawn in place on a terminal, one plain
+    line per update otherwise (log files stay readable). The caller decides the cadence."""
+
+    def __init__(self, total: int, start: int = 0):
+        self.total, self.start, self.t0 = total, start, time.time()
+        self.tty = sys.stderr.isatty()
+
+    def update(self, done: int, text: str = "") -> None:
+        rate = (done - self.start) / max(1e-9, time.time() - self.t0)
+        eta = (self.total - done) / rate if rate > 0 else float("inf")
+        bar = "#" * int(20 * done / max(1, self.total))
+        line = f"[{bar:<20}] {done}/{self.total} {text} eta {eta / 60:.1f} min"
+        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.tty:
+            print(file=sys.stderr)
+
+
+def progress_callback(unit: str) -> Callable[[int, int], None]:
+    """A progress(done, total) callback that draws a Progress line on stderr (closed at the end)."""
+    bar: list[Progress] = []
+
+    def update(done: int, total: int) -> None:
+        if not bar:
+            bar.append(Progress(total))
+        bar[0].update(done, unit)
+        if done == total:
+            bar[0].close()
+    return update
+
 
 # ----------------------------------------------------------------------------- geometry
 # Pure torch, batched, always float32 (autocast is switched off: fp16 distances lose the
@@ -485,7 +566,7 @@ def gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 
 def farthest_point_sample(xyz: torch.Tensor, n: int, generator: torch.Generator | None = None, *,
-                          flat: bool | None = None) -> torch.Tensor:
+                          flat: bool | None = None, threads: int | None = None) -> torch.Tensor:
     """Farthest point sampling. xyz (B, P, 3) -> indices (B, n); the first point is drawn from
     `generator` (index 0 without one). Loops over n (inherent), vectorised over B; both forms
     below return the textbook loop's indices (first maximum on ties).
@@ -495,7 +576,8 @@ def farthest_point_sample(xyz: torch.Tensor, n: int, generator: torch.Generator 
     because a flat argmax over P is a scalar loop in torch's CPU kernels. flat=True (the default
     elsewhere): the six kernels the algorithm needs per iteration (gather, difference, square,
     sum, minimum, argmax), since on a GPU every kernel is a launch. Measurements behind both
-    choices: benchmarks/README.md."""
+    choices: benchmarks/README.md. `threads` caps the CPU loop's threads; None: one for small
+    batches (B * P <= 2^17), where a second thread only adds barriers, else torch's."""
     B, P, _ = xyz.shape
     dev = xyz.device
     flat = dev.type != "cpu" if flat is None else flat
@@ -518,7 +600,7 @@ def farthest_point_sample(xyz: torch.Tensor, n: int, generator: torch.Generator 
             return torch.cat(chosen, 1)
         # ~15 small ops per iteration: on B*P <= 2^17 distances a second thread gains ~10% on a quiet
         # CPU and, at every barrier, waits for a core another process holds (measured: benchmarks/README.md)
-        with cpu_threads(1 if B * P <= 1 << 17 else torch.get_num_threads()):
+        with cpu_threads(threads or (1 if B * P <= 1 << 17 else torch.get_num_threads())):
             return _fps_blocks(cols, far, n)
 
 
@@ -579,36 +661,53 @@ def knn(query: torch.Tensor, xyz: torch.Tensor, k: int, sorted: bool = True) -> 
         return torch.cat(out) if len(out) > 1 else out[0]
 
 
-def group_points(points: torch.Tensor, num_groups: int, group_size: int,
-                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def group_points(points: torch.Tensor, num_groups: int, group_size: int, generator: torch.Generator | None = None,
+                 *, threads: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Cut clouds into patches. points (B, P, 3) -> patches (B, G, K, 3) relative to their
     centre, centres (B, G, 3). A patch's K points are its centre's K nearest, in no set order
-    (the mini-PointNet max-pools them). Float32 whatever the autocast state."""
+    (the mini-PointNet max-pools them). Float32 whatever the autocast state. `threads`: FPS's."""
     with torch.autocast(points.device.type, enabled=False):
         points = points.float()
-        centres = gather(points, farthest_point_sample(points, num_groups, generator))  # (B, G, 3)
+        centres = gather(points, farthest_point_sample(points, num_groups, generator, threads=threads))  # (B, G, 3)
         patches = gather(points, knn(centres, points, group_size, sorted=False))        # (B, G, K, 3)
         return patches - centres[:, :, None], centres
 
 
-def fit_points(points: torch.Tensor, n: int, generator: torch.Generator | None = None,
-               subsample: str = "fps") -> torch.Tensor:
-    """Bring clouds (B, P, 3) to exactly n points: when P > n, FPS (Point-MAE's protocol: evenly
-    spread) or with subsample='random' n points drawn without replacement per cloud (Point-MAE's
-    pretraining on ShapeNet-55 does this: cheaper, and a density augmentation); random repeats
-    when P < n. -> (B, n, 3). Clips (B, T, P, 3) are fitted frame by frame -> (B, T, n, 3)."""
+def fit_index(points: torch.Tensor, n: int, generator: torch.Generator | None = None,
+              subsample: str = "fps") -> torch.Tensor | None:
+    """Which points bring clouds (B, P, 3) to exactly n: when P > n, FPS (Point-MAE's protocol:
+    evenly spread) or with subsample='random' n points drawn without replacement per cloud
+    (Point-MAE's pretraining on ShapeNet-55 does this: cheaper, and a density augmentation);
+    all of them plus random repeats when P < n. -> indices (B, n), or None when P == n. Clips
+    (B, T, P, 3) are fitted frame by frame -> (B, T, n)."""
     if points.ndim == 4:
-        return fit_points(points.flatten(0, 1), n, generator, subsample).unflatten(0, points.shape[:2])
+        idx = fit_index(points.flatten(0, 1), n, generator, subsample)
+        return None if idx is None else idx.unflatten(0, points.shape[:2])
     B, P, _ = points.shape
     if P > n and subsample == "random":
         keys = torch.rand(B, P, generator=generator, device=points.device)  # (B, P)
-        return gather(points, keys.argsort(dim=1)[:, :n])
-    if P > n:  # FPS on x, y, z; any further channels (teacher features) follow their points
-        return gather(points, farthest_point_sample(points[..., :3].contiguous(), n, generator))
+        return keys.argsort(dim=1)[:, :n]
+    if P > n:
+        return farthest_point_sample(points, n, generator)
     if P < n:
         extra = torch.randint(P, (B, n - P), generator=generator, device=points.device)
-        return torch.cat([points, gather(points, extra)], dim=1)
-    return points
+        return torch.cat([torch.arange(P, device=points.device).expand(B, P), extra], dim=1)
+    return None
+
+
+def take_points(x: torch.Tensor | None, idx: torch.Tensor | None) -> torch.Tensor | None:
+    """The rows fit_index chose of per-point data: x (B, [T,] P, E), idx (B, [T,] n) -> (B, [T,] n, E).
+    Anything that follows the points (a 2D teacher's targets) is taken with the same indices."""
+    if x is None or idx is None:
+        return x
+    return gather(x.flatten(0, -3), idx.flatten(0, -2)).view(*idx.shape, x.shape[-1])
+
+
+def fit_points(points: torch.Tensor, n: int, generator: torch.Generator | None = None,
+               subsample: str = "fps") -> torch.Tensor:
+    """Clouds (B, P, 3) brought to exactly n points (fit_index) -> (B, n, 3); clips frame by
+    frame (B, T, P, 3) -> (B, T, n, 3)."""
+    return take_points(points, fit_index(points, n, generator, subsample))
 
 
 def interpolate(points: torch.Tensor, centres: torch.Tensor, features: torch.Tensor, k: int = 3) -> torch.Tensor:
@@ -630,7 +729,6 @@ def tokenize(points: torch.Tensor, cfg: "ModelConfig",
     the same step per frame at any other length); a single-cloud model (cfg.frames == 1) gets
     each frame as its own cloud -> (B*T, G, K, 3), (B*T, G, 3) (the per-frame baseline)."""
     G, K = cfg.num_groups, cfg.group_size
-    points = points[..., :3]  # a teacher-features cache's clouds carry more channels (split_teacher)
     if points.ndim == 3:
         return group_points(points, G, K, generator)
     if cfg.uses_tubes():
@@ -639,12 +737,12 @@ def tokenize(points: torch.Tensor, cfg: "ModelConfig",
     patches, centres = group_points(points.flatten(0, 1), G, K, generator)   # (B*T, G, K, 3), (B*T, G, 3)
     if cfg.frames == 1:
         return patches, centres
-    t = clip_time(torch.arange(T, device=points.device), T, cfg).to(centres.dtype)[None, :, None, None]
+    t = _clip_time(torch.arange(T, device=points.device), T, cfg).to(centres.dtype)[None, :, None, None]
     t = t.expand(B, T, G, 1)
     return patches.view(B, T * G, K, 3), torch.cat([centres.view(B, T, G, 3), t], dim=-1).view(B, T * G, 4)
 
 
-def clip_time(frame: torch.Tensor, T: int, cfg: "ModelConfig") -> torch.Tensor:
+def _clip_time(frame: torch.Tensor, T: int, cfg: "ModelConfig") -> torch.Tensor:
     """The time coordinate of frame indices in a clip of T frames: (2 i - (T - 1)) / cfg.frames,
     about [-1, 1] at the trained length and the same step per frame at any other."""
     return (2 * frame - (T - 1)) / cfg.frames
@@ -670,10 +768,10 @@ def tube_tokens(points: torch.Tensor, cfg: "ModelConfig",
         query = centres[:, :, None].expand(B, Ta, 2 * r + 1, G, 3).flatten(0, 2)  # (B*T'*(2r+1), G, 3)
         group = gather(frames, knn(query, frames, K, sorted=False))           # (.., G, K, 3)
         group = group.view(B, Ta, 2 * r + 1, G, K, 3) - centres[:, :, None, :, None]
-        dt = (clip_time(near, T, cfg) - clip_time(frame, T, cfg)[:, None]).to(points.dtype)  # (T', 2r+1)
+        dt = (_clip_time(near, T, cfg) - _clip_time(frame, T, cfg)[:, None]).to(points.dtype)  # (T', 2r+1)
         dt = dt[None, :, :, None, None, None].expand(B, Ta, 2 * r + 1, G, K, 1)
         patches = torch.cat([group, dt], dim=-1).permute(0, 1, 3, 2, 4, 5)    # (B, T', G, 2r+1, K, 4)
-        t = clip_time(frame, T, cfg).to(points.dtype)                         # (T',)
+        t = _clip_time(frame, T, cfg).to(points.dtype)                         # (T',)
         centres = torch.cat([centres, t[None, :, None, None].expand(B, Ta, G, 1)], dim=-1)
         return patches.reshape(B, Ta * G, (2 * r + 1) * K, 4), centres.view(B, Ta * G, 4)
 
@@ -700,7 +798,7 @@ class MiniPointNet(nn.Module):
         return rest(h).amax(dim=-2)                                           # (..., D)
 
 
-def position_mlp(dim: int, coords: int = 3) -> nn.Module:
+def _position_mlp(dim: int, coords: int = 3) -> nn.Module:
     """Position embedding of patch centres: MLP(coords -> 128 -> dim); coords 3 (x, y, z) for
     clouds, 4 (x, y, z, t) for clips. (..., coords) -> (..., dim)."""
     return nn.Sequential(nn.Linear(coords, 128), nn.GELU(), nn.Linear(128, dim))
@@ -712,7 +810,7 @@ def coords(cfg: "ModelConfig") -> int:
 
 
 # ----------------------------------------------------------------------------- blocks
-def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+def _drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """Stochastic depth: drop the residual branch for a whole sample with probability p."""
     if p == 0.0 or not training:
         return x
@@ -773,13 +871,13 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, keep: torch.Tensor | None = None,
                 context_keep: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, N, D); keep (B, N) marks x's real tokens, context_keep (B / r, Nc) the context's."""
-        x = x + drop_path(self.attn(self.norm1(x), keep=keep), self.drop, self.training)
+        x = x + _drop_path(self.attn(self.norm1(x), keep=keep), self.drop, self.training)
         if self.cross:
-            x = x + drop_path(self.cross_attn(self.norm_cross(x), context, context_keep), self.drop, self.training)
-        return x + drop_path(self.mlp(self.norm2(x)), self.drop, self.training)
+            x = x + _drop_path(self.cross_attn(self.norm_cross(x), context, context_keep), self.drop, self.training)
+        return x + _drop_path(self.mlp(self.norm2(x)), self.drop, self.training)
 
 
-def init_weights(module: nn.Module, pos_init: str = "trunc-normal") -> None:
+def _init_weights(module: nn.Module, pos_init: str = "trunc-normal") -> None:
     """ViT initialisation: truncated normal(0.02) linears, zero biases, unit norms; with
     pos_init 'torch' the position MLPs (attribute pos_embed) keep PyTorch's default instead,
     so at init the position signal is as large as the tokens' (0.02 makes it ~200x smaller)."""
@@ -804,12 +902,12 @@ class Encoder(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.patch_embed = MiniPointNet(cfg.dim, 4 if cfg.uses_tubes() else 3)  # tube points carry dt
-        self.pos_embed = position_mlp(cfg.dim, coords(cfg))
+        self.pos_embed = _position_mlp(cfg.dim, coords(cfg))
         rates = torch.linspace(0, cfg.drop_path, cfg.depth, device="cpu").tolist()  # a plain list, even on "meta"
         self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.mlp_ratio, r) for r in rates)
         self.norm = nn.LayerNorm(cfg.dim)
         self.every_block = cfg.position == "every-block"
-        init_weights(self, cfg.pos_init)
+        _init_weights(self, cfg.pos_init)
 
     def forward(self, patches: torch.Tensor, centres: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         """patches (B, N, K, 3), centres (B, N, C) -> tokens (B, N, D) (C = 3, or 4 for clips: see
@@ -850,7 +948,7 @@ class Predictor(nn.Module):
         super().__init__()
         self.kind = cfg.predictor
         self.embed = nn.Linear(cfg.dim, cfg.pred_dim)
-        self.pos_embed = position_mlp(cfg.pred_dim, coords(cfg))
+        self.pos_embed = _position_mlp(cfg.pred_dim, coords(cfg))
         self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.pred_dim))
         cross = cfg.predictor == "cross"
         self.blocks = nn.ModuleList(Block(cfg.pred_dim, cfg.pred_heads, cfg.mlp_ratio, cross=cross)
@@ -858,7 +956,7 @@ class Predictor(nn.Module):
         self.norm = nn.LayerNorm(cfg.pred_dim)
         self.out = nn.Linear(cfg.pred_dim, cfg.dim)
         self.every_block = cfg.position == "every-block"
-        init_weights(self, cfg.pos_init)
+        _init_weights(self, cfg.pos_init)
         nn.init.trunc_normal_(self.mask_token, std=0.02)
 
     def forward(self, context: torch.Tensor, context_centres: torch.Tensor, target_centres: torch.Tensor,
@@ -1044,18 +1142,50 @@ def chamfer_l2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return d.amin(dim=2).mean() + d.amin(dim=1).mean()
 
 
+@dataclass
+class Batch:
+    """One step's inputs, tokenised once; each objective reads what it needs (the masked ones
+    draw the step's masks from `generator`)."""
+    points: torch.Tensor                  # (B, P, 3) clouds or (B, T, P, 3) clips
+    patches: torch.Tensor                 # (B, N, K, 3 or 4) the tokenizer's patches
+    centres: torch.Tensor                 # (B, N, C) their centres
+    generator: torch.Generator            # the step's draws
+    teacher: torch.Tensor | None = None   # (B, [T,] P, 1 + C): visible (0/1), the 2D teacher's feature per point
+
+
 def _add_teacher(model: JEPA) -> None:
     """The EMA target encoder: a frozen copy of the encoder, updated by ema_update."""
     model.target_encoder = copy.deepcopy(model.encoder).requires_grad_(False)
 
 
-def _jepa_objective(model: JEPA, patches: torch.Tensor, centres: torch.Tensor, masks: Masks,
-                    context: torch.Tensor, pred: torch.Tensor) -> tuple[torch.Tensor, dict]:
+def predict_targets(model: JEPA, batch: Batch) -> tuple[Masks, torch.Tensor, torch.Tensor]:
+    """The masked objectives' shared work: the step's masks, the context encoder on the context
+    patches, the predictor at the target places -> masks, context (B, Nc, D), pred (M*B, T, D)."""
+    patches, centres = batch.patches, batch.centres
+    masks = SAMPLERS[model.cfg.sampler](centres, model.cfg, batch.generator)
+    keep = masks.context_keep                                                 # (B, Nc) or None
+    context = model.encoder(gather(patches, masks.context), gather(centres, masks.context), keep)  # (B, Nc, D)
+    pred = model.predictor(context, gather(centres, masks.context), gather(centres, masks.targets), keep)
+    return masks, context, pred                                               # pred (M*B, T, D)
+
+
+def mask_stats(masks: Masks) -> dict:
+    """How much of a cloud the step's masks used: context patches (real and padded), target patches."""
+    B, M, T = masks.targets.shape
+    padded = torch.tensor(float(masks.context.shape[1]))  # the context length computed on
+    keep = masks.context_keep
+    return {"context_patches": keep.float().sum(1).mean() if keep is not None else padded,
+            "context_padded": padded, "target_patches": torch.tensor(float(M * T))}
+
+
+def _jepa_objective(model: JEPA, batch: Batch) -> tuple[torch.Tensor, dict]:
     """Predict the teacher's layer-normed features of the target patches. The teacher sees
-    the whole cloud. patches (B, G, K, 3), centres (B, G, 3), pred (M*B, T, D)."""
+    the whole cloud."""
+    masks, _, pred = predict_targets(model, batch)
     B, M, T = masks.targets.shape
     with torch.no_grad():
-        teacher = _teacher_targets(model.target_encoder, patches, centres, model.cfg.target_layers)  # (B, G, D)
+        teacher = _teacher_targets(model.target_encoder, batch.patches, batch.centres,
+                                   model.cfg.target_layers)                   # (B, G, D)
         target = gather(teacher, masks.targets).transpose(0, 1).reshape(M * B, T, -1)  # (M*B, T, D)
     loss = jepa_loss(pred, target, model.cfg.loss)
     with torch.no_grad():
@@ -1069,7 +1199,7 @@ def _jepa_objective(model: JEPA, patches: torch.Tensor, centres: torch.Tensor, m
             # spreads of the L2-normalised tokens (the cosine loss sees only directions), scaled
             # so that isotropic unit vectors give about 1 and identical ones 0
             "target_spread": spread(tokens), "pred_spread": spread(pred.detach().float().flatten(0, 1))}
-    return loss, stats
+    return loss, {**stats, **mask_stats(masks)}
 
 
 def _teacher_targets(teacher: Encoder, patches: torch.Tensor, centres: torch.Tensor, layers: int) -> torch.Tensor:
@@ -1094,29 +1224,24 @@ def _add_point_head(model: JEPA) -> None:
     model.point_head = nn.Linear(model.cfg.dim, model.cfg.group_size * 3)
 
 
-def _reconstruct_objective(model: JEPA, patches: torch.Tensor, centres: torch.Tensor, masks: Masks,
-                           context: torch.Tensor, pred: torch.Tensor) -> tuple[torch.Tensor, dict]:
+def _reconstruct_objective(model: JEPA, batch: Batch) -> tuple[torch.Tensor, dict]:
     """Predict the target patches' points (Chamfer-L2): the Point-MAE-style baseline of the
     paper's ablation, with the same masking and predictor and no teacher."""
+    masks, context, pred = predict_targets(model, batch)
     B, M, T = masks.targets.shape
     K = model.cfg.group_size
     points_pred = model.point_head(pred).view(M * B, T, K, 3)                 # (M*B, T, K, 3)
-    truth = gather(patches, masks.targets).transpose(0, 1).reshape(M * B, T, K, 3)
+    truth = gather(batch.patches, masks.targets).transpose(0, 1).reshape(M * B, T, K, 3)
     loss = chamfer_l2(points_pred.flatten(0, 1), truth.flatten(0, 1))
     with torch.no_grad():  # collapse monitor on the (real) context features instead
         real = context.float().flatten(0, 1) if masks.context_keep is None else context.float()[masks.context_keep]
         stats = {"feature_std": real.std(0).mean()}
-    return loss, stats
+    return loss, {**stats, **mask_stats(masks)}
 
 
 # Cross-modal distillation (Cross4D-JEPA): a frozen 2D teacher's features, looked up for every
-# point by `jepa3d teacher-features` (see the correspondence section), travel with the points as
-# extra channels: points (..., 3 + 1 + C) = x, y, z, visible (0/1), the teacher's feature (C).
-
-def split_teacher(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """points (..., 3) or (..., 4 + C) -> xyz (..., 3), and the teacher channels (..., 1 + C) or None."""
-    return points[..., :3], (points[..., 3:] if points.shape[-1] > 3 else None)
-
+# point by `jepa3d teacher-features` (jepa3d_data's correspondence), come with the points as
+# their own tensor: teacher (..., 1 + C) = visible (0/1), the teacher's feature (C).
 
 def tokens_to_points(tokens: torch.Tensor, centres: torch.Tensor, points: torch.Tensor,
                      num_groups: int) -> torch.Tensor:
@@ -1150,22 +1275,26 @@ def cosine_distance(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 1.0 - F.cosine_similarity(pred.float(), target.float(), dim=-1).mean()
 
 
-def _distill_objective(model: JEPA, points: torch.Tensor, teacher: torch.Tensor, patches: torch.Tensor,
-                       centres: torch.Tensor) -> tuple[torch.Tensor, dict]:
+def _distill_objective(model: JEPA, batch: Batch) -> tuple[torch.Tensor, dict]:
     """Match the 2D teacher's features (cosine, on L2-normalised features: ScaLR's loss). The
     student encoder sees the whole cloud or clip. dense: every visible point's prediction, from
     the tokens carried back to it, against the feature at its pixel; global: the pooled tokens
     against the mean of the visible points' normalised features (one embedding per cloud or
-    clip). points (B, [T,] P, 3), teacher (B, [T,] P, 1 + C)."""
-    tokens = model.encoder(patches, centres)                                  # (B, N, D)
+    clip). batch.teacher (B, [T,] P, 1 + C)."""
+    cfg, teacher = model.cfg, batch.teacher
+    if teacher is None or teacher.shape[-1] != cfg.teacher_dim + 1:
+        have = "no teacher features" if teacher is None else f"{teacher.shape[-1] - 1}-wide teacher features"
+        raise ValueError(f"--objective {cfg.objective} needs {cfg.teacher_dim}-wide teacher features with "
+                         f"every point, got {have}: pretrain on a `jepa3d teacher-features` cache")
+    tokens = model.encoder(batch.patches, batch.centres)                      # (B, N, D)
     visible, target = teacher[..., 0] > 0.5, F.normalize(teacher[..., 1:].float(), dim=-1)
-    if model.cfg.distill == "global":
+    if cfg.distill == "global":
         w = visible.flatten(1).float()                                        # (B, [T*]P)
         target = (target.flatten(1, -2) * w[..., None]).sum(1) / w.sum(1, keepdim=True).clamp_min(1)  # (B, C)
         seen = w.sum(1) > 0
         pred, target = model.distill_head(tokens.mean(1))[seen], target[seen]  # (B', C)
     else:
-        per_point = tokens_to_points(tokens, centres, points, model.cfg.num_groups)  # (B, [T,] P, D)
+        per_point = tokens_to_points(tokens, batch.centres, batch.points, cfg.num_groups)  # (B, [T,] P, D)
         pred, target = model.distill_head(per_point[visible]), target[visible]  # (V, C)
     loss = cosine_distance(pred, target)
     with torch.no_grad():
@@ -1178,17 +1307,22 @@ def _distill_objective(model: JEPA, points: torch.Tensor, teacher: torch.Tensor,
     return loss, stats
 
 
+def _jepa_distill_objective(model: JEPA, batch: Batch) -> tuple[torch.Tensor, dict]:
+    """The latent prediction of 3D/4D-JEPA plus the distillation term (weight cfg.distill_weight)."""
+    loss, stats = _jepa_objective(model, batch)
+    term, more = _distill_objective(model, batch)
+    return loss + model.cfg.distill_weight * term, {**stats, **more}
+
+
 @dataclass(frozen=True)
 class Objective:
-    """build(model) adds the objective's modules; loss(model, patches, centres, masks, context,
-    pred) -> (loss, detached stats) for the objectives that mask (`masked`: the context encoder
-    and predictor run); `distills` adds the 2D teacher's term (_distill_objective); `monitor`
-    names the stat that shows collapse."""
+    """build(model) adds the objective's modules (at stable checkpoint names); loss(model,
+    batch) -> (loss, detached stats); `monitor` names the stat that shows collapse; `masked`:
+    the objective draws masks, so the model has a predictor."""
     build: Callable[[JEPA], None]
-    loss: Callable[..., tuple[torch.Tensor, dict]] | None
+    loss: Callable[[JEPA, Batch], tuple[torch.Tensor, dict]]
     monitor: str
     masked: bool = True
-    distills: bool = False
 
 
 def _add_teacher_and_head(model: JEPA) -> None:
@@ -1199,15 +1333,16 @@ def _add_teacher_and_head(model: JEPA) -> None:
 OBJECTIVES: dict[str, Objective] = {
     "jepa": Objective(_add_teacher, _jepa_objective, "target_std"),
     "reconstruct": Objective(_add_point_head, _reconstruct_objective, "feature_std"),
-    "distill": Objective(_add_distill_head, None, "feature_std", masked=False, distills=True),
-    "jepa+distill": Objective(_add_teacher_and_head, _jepa_objective, "target_std", distills=True),
+    "distill": Objective(_add_distill_head, _distill_objective, "feature_std", masked=False),
+    "jepa+distill": Objective(_add_teacher_and_head, _jepa_distill_objective, "target_std"),
 }
 
 
 # ----------------------------------------------------------------------------- JEPA
 class JEPA(nn.Module):
     """Context encoder + predictor + the objective's parts (the EMA target encoder for 'jepa',
-    a point head for 'reconstruct'). forward(points) -> (loss, stats)."""
+    a point head for 'reconstruct', a distillation head for 'distill').
+    forward(points, generator, teacher=None) -> (loss, stats)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -1224,40 +1359,12 @@ class JEPA(nn.Module):
             self.target_encoder.eval()  # the teacher never drops paths
         return self
 
-    def forward(self, points: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
-        """points (B, P=num_points, 3), or clips (B, T, P, 3), with the teacher's channels
-        (..., 4 + C) for the distill objectives -> scalar loss and detached monitoring stats."""
-        cfg, objective = self.cfg, OBJECTIVES[self.cfg.objective]
-        points, teacher = split_teacher(points)
-        patches, centres = tokenize(points, cfg, generator)                   # (B, N, K, 3), (B, N, C)
-        loss, stats = points.new_zeros(()), {}
-        if objective.masked:
-            loss, stats = self._masked(patches, centres, generator)
-        if objective.distills:
-            if teacher is None or teacher.shape[-1] != cfg.teacher_dim + 1:
-                have = "no teacher features" if teacher is None else f"{teacher.shape[-1] - 1}-wide teacher features"
-                raise ValueError(f"--objective {cfg.objective} needs {cfg.teacher_dim}-wide teacher features with "
-                                 f"every point, got {have}: pretrain on a `jepa3d teacher-features` cache")
-            term, more = _distill_objective(self, points, teacher, patches, centres)
-            loss = loss + (cfg.distill_weight if objective.masked else 1.0) * term
-            stats.update(more)
-        return loss, stats
-
-    def _masked(self, patches: torch.Tensor, centres: torch.Tensor,
-                generator: torch.Generator) -> tuple[torch.Tensor, dict]:
-        """The masked objectives: the context encoder, the predictor and the objective's loss."""
-        cfg = self.cfg
-        masks = SAMPLERS[cfg.sampler](centres, cfg, generator)
-        B, M, T = masks.targets.shape
-        keep = masks.context_keep                                             # (B, Nc) or None
-        context = self.encoder(gather(patches, masks.context), gather(centres, masks.context), keep)  # (B, Nc, D)
-        pred = self.predictor(context, gather(centres, masks.context), gather(centres, masks.targets),
-                              keep)                                           # (M*B, T, D)
-        loss, stats = OBJECTIVES[cfg.objective].loss(self, patches, centres, masks, context, pred)
-        padded = torch.tensor(float(masks.context.shape[1]))  # the context length computed on
-        stats.update(context_patches=keep.float().sum(1).mean() if keep is not None else padded,
-                     context_padded=padded, target_patches=torch.tensor(float(M * T)))
-        return loss, stats
+    def forward(self, points: torch.Tensor, generator: torch.Generator,
+                teacher: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+        """points (B, P=num_points, 3), or clips (B, T, P, 3); teacher (B, [T,] P, 1 + C), the
+        distill objectives' targets -> scalar loss and detached monitoring stats."""
+        patches, centres = tokenize(points, self.cfg, generator)             # (B, N, K, 3), (B, N, C)
+        return OBJECTIVES[self.cfg.objective].loss(self, Batch(points, patches, centres, generator, teacher))
 
 
 @torch.no_grad()
@@ -1285,7 +1392,7 @@ def momentum_at(step: int, total: int, cfg: TrainConfig) -> float:
     return cfg.ema_end - (cfg.ema_end - cfg.ema_start) * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def step_seed(seed: int, step: int) -> int:
+def _step_seed(seed: int, step: int) -> int:
     """Every random draw of a step (masks, FPS start, augmentation, drop path) comes from
     this seed, so a step is reproducible without saving RNG states."""
     return (seed * 1_000_003 + step * 7_919 + 12_345) % (2**63 - 1)
@@ -1303,7 +1410,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig | FinetuneConfig) -> torch
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
-def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
+def _optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
                    grad_clip: float) -> torch.Tensor:
     """Backward (scaled for fp16), clip the gradient norm (0 = no clip), step. -> the norm before clipping."""
     optimizer.zero_grad(set_to_none=True)
@@ -1324,63 +1431,19 @@ def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler:
 
 def train_step(model: JEPA, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
                points: torch.Tensor, generator: torch.Generator, *, lr: float, momentum: float,
-               grad_clip: float, amp_dtype: torch.dtype | None, ddp: nn.Module | None = None) -> dict:
-    """One optimisation step on points (B, num_points, 3): forward, backward, clip, AdamW,
-    EMA update. `ddp`, the model wrapped in DistributedDataParallel, averages the gradients
+               grad_clip: float, amp_dtype: torch.dtype | None, ddp: nn.Module | None = None,
+               teacher: torch.Tensor | None = None) -> dict:
+    """One optimisation step on points (B, num_points, 3) (and the distill objectives' teacher
+    targets (B, [T,] P, 1 + C)): forward, backward, clip, AdamW, EMA update. `ddp`, the model wrapped in DistributedDataParallel, averages the gradients
     over ranks during backward; every rank then takes the same step and the same EMA update.
     Returns detached tensors (no host sync)."""
-    set_lr(optimizer, lr)
+    _set_lr(optimizer, lr)
     with autocast(points.device, amp_dtype):
-        loss, stats = (ddp or model)(points, generator)
-    grad_norm = optimizer_step(loss, optimizer, scaler, grad_clip)
+        loss, stats = (ddp or model)(points, generator, teacher)
+    grad_norm = _optimizer_step(loss, optimizer, scaler, grad_clip)
     if model.target_encoder is not None:
         ema_update(model.target_encoder, model.encoder, momentum)
     return {"loss": loss.detach(), "grad_norm": grad_norm.detach(), **stats}
-
-
-def step_flops(cfg: ModelConfig, batch: int, context: float, targets: int) -> float:
-    """Matmul FLOPs of one pretraining step, counted analytically (2 per multiply-add; norms,
-    activations and the optimizer left out, as MFU figures do). `context` is the context
-    length computed on (the padded Nc, stat `context_padded`), `targets` the patches per target
-    block T. Trainable parts count 3x (forward + backward), the EMA teacher 1x. Checked against
-    torch's FlopCounterMode in the tests."""
-    G, K, D, Dp, M = cfg.num_groups * cfg.token_frames(), cfg.group_size, cfg.dim, cfg.pred_dim, cfg.num_targets
-    c = coords(cfg)  # position MLP inputs: 3, or 4 for clips (a clip has token_frames * num_groups patches)
-    cin = 3  # mini-PointNet inputs; a tube token holds (2r+1) * K points of (dx, dy, dz, dt)
-    if cfg.uses_tubes():
-        K, cin = K * (2 * cfg.tube_radius + 1), 4
-
-    def block(rows: float, length: float, width: int, kv_length: float = 0) -> float:
-        """A Transformer block over `rows` sequences of `length` tokens (+ cross-attention to
-        kv_length context tokens, whose keys/values are computed once per cloud)."""
-        hidden = int(width * cfg.mlp_ratio)
-        f = rows * length * (2 * width * 3 * width + 2 * width * width + 4 * width * hidden)  # qkv, proj, MLP
-        f += rows * 4 * length * length * width                                             # QK^T, AV
-        if kv_length:
-            f += rows * length * 4 * width * width + batch * kv_length * 4 * width * width  # q + proj, kv
-            f += rows * 4 * length * kv_length * width
-        return f
-
-    def encoder(n: float) -> float:  # B clouds of n patches
-        embed = batch * n * (K * 2 * (cin * 128 + 128 * 256 + 256 * 512 + 512 * D) + 2 * 256 * 512)
-        return embed + batch * n * 2 * (c * 128 + 128 * D) + cfg.depth * block(batch, n, D)
-
-    rows = M * batch
-    pred = batch * context * 2 * (D * Dp + c * 128 + 128 * Dp) + rows * targets * 2 * (c * 128 + 128 * Dp)
-    if cfg.predictor == "cross":
-        pred += cfg.pred_depth * block(rows, targets, Dp, kv_length=context)
-    else:
-        pred += cfg.pred_depth * block(rows, context + targets, Dp)
-    pred += rows * targets * 2 * Dp * D                                                      # out
-    objective = OBJECTIVES[cfg.objective]
-    # distill: the student also encodes the whole cloud; its head runs on (at most) every point
-    distill = 3 * (encoder(G) + batch * cfg.num_points * cfg.frames * 2 * D * (D + cfg.teacher_dim)) \
-        if objective.distills else 0.0
-    if not objective.masked:
-        return distill
-    if cfg.objective == "reconstruct":
-        return 3 * (encoder(context) + pred + rows * targets * 2 * D * K * 3)
-    return 3 * (encoder(context) + pred) + encoder(G) + distill
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -1489,7 +1552,7 @@ def check_fit(want: dict[str, tuple[int, ...]], have: dict[str, tuple[int, ...]]
                               f"{list(have[k])}, the model needs {list(want[k])} ({len(wrong)} such tensor(s))")
 
 
-def build_checked(build: Callable[[], nn.Module], shapes: dict[str, tuple[int, ...]], prefix: str,
+def _build_checked(build: Callable[[], nn.Module], shapes: dict[str, tuple[int, ...]], prefix: str,
                   path: str | Path) -> nn.Module:
     """build() once on the meta device (no memory) to check its tensor shapes against the
     checkpoint header's, then for real: a config that does not match its file never allocates."""
@@ -1534,10 +1597,10 @@ def checkpoint_config(cls, meta: dict[str, str], path: str | Path, **overrides):
     try:
         text = meta[key]
         if cls is ModelConfig:  # fields an older format lacks take the values its model was built with
-            legacy = LEGACY_MODEL_FIELDS.get(int(meta.get("format_version", 1)), {})
+            legacy = _LEGACY_MODEL_FIELDS.get(int(meta.get("format_version", 1)), {})
             text = json.dumps({**legacy, **json.loads(text)})
         else:
-            text = json.dumps({**LEGACY_TRAIN_FIELDS, **json.loads(text)})
+            text = json.dumps({**_LEGACY_TRAIN_FIELDS, **json.loads(text)})
         return dataclasses.replace(config_from_json(cls, text), **overrides)
     except KeyError:
         raise CheckpointError(f"{path}: has no {key} in its metadata (not a pretraining checkpoint?)") from None
@@ -1550,14 +1613,14 @@ def load_jepa(path: str | Path) -> tuple[JEPA, dict[str, str], dict[str, torch.T
     shapes, metadata = read_header(path)
     model = _checked_jepa(checkpoint_config(ModelConfig, metadata, path), shapes, path)
     tensors = read_tensors(path)
-    load_model(model, tensors, path)
+    _load_model(model, tensors, path)
     return model, metadata, tensors
 
 
 def _checked_jepa(cfg: ModelConfig, shapes: dict[str, tuple[int, ...]], path: str | Path) -> JEPA:
     """JEPA(cfg), built only once its tensor shapes match the checkpoint header's model tensors
-    (all but optimizer.*, as load_model loads them)."""
-    return build_checked(lambda: JEPA(cfg), {k: v for k, v in shapes.items() if not k.startswith("optimizer.")},
+    (all but optimizer.*, as _load_model loads them)."""
+    return _build_checked(lambda: JEPA(cfg), {k: v for k, v in shapes.items() if not k.startswith("optimizer.")},
                          "", path)
 
 
@@ -1567,9 +1630,31 @@ def random_encoder(cfg: ModelConfig, seed: int) -> Encoder:
     return Encoder(cfg)
 
 
-def load_model(model: JEPA, tensors: dict[str, torch.Tensor], path: str | Path) -> None:
+def _load_model(model: JEPA, tensors: dict[str, torch.Tensor], path: str | Path) -> None:
     """Strictly load every model tensor of a pretraining checkpoint (all but optimizer.*)."""
     load_state(model, {k: v for k, v in tensors.items() if not k.startswith("optimizer.")}, "", path)
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """Which encoder a downstream command uses: a checkpoint's, or a random-init one of a preset
+    (the baseline every table needs), and the geometry it runs at (no weight depends on it)."""
+    checkpoint: str = _opt("none", "a jepa3d checkpoint, or 'none' for a random-init encoder of --preset (the "
+                           "baseline)", required=True)
+    which: str = _opt("target", "which encoder of a pretraining checkpoint: the EMA target (I-JEPA evaluates it) or "
+                      "the context encoder", choices=("target", "context"), flag="--encoder")
+    preset: str = _opt("paper", "configuration of the random-init encoder with --checkpoint none",
+                       choices=lambda: tuple(PRESETS))
+    num_points: int | None = _opt(None, "points per cloud  [default: the task's protocol, else the checkpoint's]",
+                                  min=16, kind=int)
+    num_groups: int | None = _opt(None, "patches per cloud  [default: as --num-points]", min=4, kind=int)
+    group_size: int | None = _opt(None, "points per patch  [default: as --num-points]", min=2, kind=int)
+    frames: int | None = _opt(None, "sequence data: frames per clip  [default: a clip model's own, else the data "
+                              "options' clip length]; with --checkpoint none, > 1 makes a random clip encoder",
+                              min=1, max=4096, kind=int)
+    tokens: str | None = _opt(None, "with --checkpoint none and --frames > 1: the random clip encoder's tokens, "
+                              "per-frame patches or point tubes  [default: the preset's] (a checkpoint keeps its own)",
+                              choices=("frame", "tube"))
 
 
 def load_encoder(checkpoint: str, which: str = "target", preset: str = "paper",
@@ -1591,32 +1676,49 @@ def load_encoder(checkpoint: str, which: str = "target", preset: str = "paper",
     cfg = checkpoint_config(ModelConfig, meta, checkpoint, **geometry)
     prefix = "target_encoder." if which == "target" and any(k.startswith("target_encoder.") for k in shapes) \
         else "encoder."
-    encoder = build_checked(lambda: Encoder(cfg), shapes, prefix, checkpoint)
+    encoder = _build_checked(lambda: Encoder(cfg), shapes, prefix, checkpoint)
     load_state(encoder, read_tensors(checkpoint), prefix, checkpoint)
     return encoder, cfg, f"{checkpoint} ({prefix[:-1]}, step {meta.get('step', '?')})"
 
 
+# ----------------------------------------------------------------------------- the dataset contract
+class PointDataset(torch.utils.data.Dataset):
+    """What jepa3d reads of a dataset. Required: len() and items (points, label): points float32
+    (P, 3), or clips (T, P, 3); label int64, or per-point labels (P,) for part datasets. Any torch
+    dataset of such items serves (a TensorDataset will do). Everything else is optional, declared
+    here once with the value a dataset without it has, and read through `optional`; jepa3d_data's
+    datasets inherit this class."""
+    name: str = ""                              # shown in logs and results
+    classes: tuple = ()                         # class names: label i is classes[i]
+    labels: torch.Tensor | None = None          # (N,) every item's class, known without reading the items
+    videos_of: torch.Tensor | None = None       # clips: (N,) the video each clip is cut from (video accuracy)
+    video_labels: torch.Tensor | None = None    # clips: (videos,) each video's class
+    category: torch.Tensor | None = None        # part datasets: (N,) each cloud's object category
+    parts_of: list | None = None                # part datasets: the part ids each category uses
+    num_parts: int | None = None                # part datasets: part ids lie in 0..num_parts - 1
+    point_labels: torch.Tensor | None = None    # clips with per-point labels: see clip_point_labels
+    part_names: list | None = None              # names of the per-point labels
+    teacher: torch.Tensor | None = None         # a teacher-features cache's targets: see teacher_targets
+    skipped: tuple = ()                         # files a folder dataset left out (--skip-bad)
+    files_read: int | None = None               # files a folder dataset looked at
+
+    def clip_point_labels(self, i: int) -> torch.Tensor:
+        """Item i's per-point labels, (T, P), aligned with its points (datasets with point_labels)."""
+        raise NotImplementedError(f"{self.name}: no per-point labels")
+
+    def teacher_targets(self, i: int) -> torch.Tensor:
+        """Item i's 2D teacher targets (T, P, 1 + C) float32: visible (0/1), the teacher's feature
+        at each point's pixel (datasets with a teacher)."""
+        raise NotImplementedError(f"{self.name}: no teacher targets")
+
+
+def optional(dataset, name: str):
+    """A declared optional attribute of any dataset: its own value, or PointDataset's default
+    (an undeclared name is an AttributeError)."""
+    return getattr(dataset, name, getattr(PointDataset, name))
+
+
 # ----------------------------------------------------------------------------- pretraining loop
-class Progress:
-    """A dependency-free progress line on stderr: redrawn in place on a terminal, one plain
-    line per update otherwise (log files stay readable). The caller decides the cadence."""
-
-    def __init__(self, total: int, start: int = 0):
-        self.total, self.start, self.t0 = total, start, time.time()
-        self.tty = sys.stderr.isatty()
-
-    def update(self, done: int, text: str = "") -> None:
-        rate = (done - self.start) / max(1e-9, time.time() - self.t0)
-        eta = (self.total - done) / rate if rate > 0 else float("inf")
-        bar = "#" * int(20 * done / max(1, self.total))
-        line = f"[{bar:<20}] {done}/{self.total} {text} eta {eta / 60:.1f} min"
-        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.tty:
-            print(file=sys.stderr)
-
-
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
     """The epoch's shuffled batches (drop_last); a pure function of (seed, epoch) so a resumed
     run reads the same data in the same order."""
@@ -1625,9 +1727,25 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[i
     return [order[i:i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
 
 
-def _stack_points(items: list) -> torch.Tensor:
-    """Collate (points, label) items into points (B, P, 3); module level so spawned workers can pickle it."""
-    return torch.stack([points for points, _ in items])
+class _StepItems(torch.utils.data.Dataset):
+    """What pretraining reads of a dataset: (points, teacher targets or None) per item; the
+    targets come from a dataset that has them (PointDataset.teacher_targets)."""
+
+    def __init__(self, dataset):
+        self.dataset, self.targets = dataset, optional(dataset, "teacher") is not None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.dataset[i][0], self.dataset.teacher_targets(i) if self.targets else None
+
+
+def _stack_points(items: list) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Collate (points, teacher or None) items into points (B, [T,] P, 3) and teacher (B, [T,] P,
+    1 + C) or None; module level so spawned workers can pickle it."""
+    teacher = None if items[0][1] is None else torch.stack([t for _, t in items])
+    return torch.stack([points for points, _ in items]), teacher
 
 
 def shard(batch: list[int], rank: int, world: int) -> list[int]:
@@ -1637,14 +1755,15 @@ def shard(batch: list[int], rank: int, world: int) -> list[int]:
 
 
 def _batches(dataset, batch_size: int, seed: int, first_step: int, num_workers: int,
-             rank: int = 0, world: int = 1, pin: bool = False) -> Iterator[torch.Tensor]:
-    """Yield this rank's point batches (batch_size / world, P, 3) forever, starting at global
-    step first_step. Every rank draws the same global order; each reads its own shard."""
+             rank: int = 0, world: int = 1, pin: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Yield this rank's batches forever, starting at global step first_step: points
+    (batch_size / world, [T,] P, 3) and the teacher's targets or None. Every rank draws the same
+    global order; each reads its own shard."""
     per_epoch = max(1, len(dataset) // batch_size)
     epoch, skip = divmod(first_step, per_epoch)
     while True:
         batches = [shard(b, rank, world) for b in epoch_batches(len(dataset), batch_size, seed, epoch)[skip:]]
-        loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
+        loader = torch.utils.data.DataLoader(_StepItems(dataset), batch_sampler=batches, num_workers=num_workers,
                                              collate_fn=_stack_points, pin_memory=pin)
         yield from loader
         epoch, skip = epoch + 1, 0
@@ -1672,7 +1791,7 @@ def _init_distributed(device: torch.device) -> tuple[int, int, torch.device]:
 def _rank_seed(seed: int, step: int, rank: int) -> int:
     """The step's seed, different on each rank (their masks, FPS starts and drop paths differ
     like the samples do); rank 0's equals a single-process run's."""
-    return (step_seed(seed, step) + rank * 104_729) % (2**63 - 1)
+    return (_step_seed(seed, step) + rank * 104_729) % (2**63 - 1)
 
 
 def params_digest(model: nn.Module) -> torch.Tensor:
@@ -1718,7 +1837,7 @@ def _start_run(model_cfg: ModelConfig, train_cfg: TrainConfig, ckpt_path: Path, 
     step = 0
     if resume:
         tensors = read_tensors(ckpt_path)
-        load_model(model, tensors, ckpt_path)
+        _load_model(model, tensors, ckpt_path)
         load_optimizer(optimizer, tensors, ckpt_path)
         if scaler is not None and "grad_scaler" in meta:
             try:
@@ -1744,12 +1863,31 @@ def _wrap(run: _Run, compile: bool, world: int) -> None:
                                                       else None)
 
 
+@dataclass(frozen=True)
+class RunConfig:
+    """How a pretraining run goes (not what it trains): where it stops, how often it saves,
+    logs and probes, whether it resumes. `pretrain`'s keyword defaults and its options."""
+    resume: bool = _opt(False, "continue the run in --out from its last checkpoint, exactly")
+    new_data: bool = _opt(False, "with --resume: continue on other data than the run started with (on purpose)")
+    max_steps: int | None = _opt(None, "stop after this many steps in total (the schedule still spans --epochs; "
+                                 "--resume goes on)", min=1, kind=int)
+    save_every: int = _opt(0, "checkpoint every N steps (0 = every epoch; --resume keeps the run's)", min=0)
+    num_workers: int = _opt(0, "data-loading worker processes", min=0, flag="--workers")
+    compile: bool = _opt(False, "torch.compile the model (GPU; slow to start)")
+    log_every: int = _opt(10, "steps between progress lines", min=1)
+    eval_every: int = _opt(0, "fit the linear probe on frozen features every N steps and at the end (probe.jsonl, "
+                           "curves.png): the learning curve; 0 = off", min=0)
+    __post_init__ = _check_fields  # types and bounds, also for configs read from files
+
+
 def pretrain(dataset, out_dir: str | Path, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
-             device: torch.device, seed: int = 0, precision: str = "auto", resume: bool = False,
-             max_steps: int | None = None, save_every: int = 0, num_workers: int = 0,
+             device: torch.device, seed: int = 0, precision: str = "auto", resume: bool = RunConfig.resume,
+             max_steps: int | None = RunConfig.max_steps, save_every: int = RunConfig.save_every,
+             num_workers: int = RunConfig.num_workers,
              augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
-             compile: bool = False, log_every: int = 10, eval_sets: tuple | None = None,
-             eval_every: int = 0, data_options: dict | None = None, new_data: bool = False) -> dict:
+             compile: bool = RunConfig.compile, log_every: int = RunConfig.log_every, eval_sets: tuple | None = None,
+             eval_every: int = RunConfig.eval_every, data_options: dict | None = None,
+             new_data: bool = RunConfig.new_data) -> dict:
     """Pretrain 3D-JEPA on `dataset` (items (points (P, 3), label)) into out_dir:
     checkpoint.safetensors (atomic, resumable), metrics.jsonl (one line per step) and
     run.json. `max_steps` stops early (resume continues); `save_every` (steps, 0 = once per
@@ -1776,7 +1914,8 @@ def pretrain(dataset, out_dir: str | Path, model_cfg: ModelConfig, train_cfg: Tr
                          "(it is the global batch; each rank takes an equal share)")
     per_epoch = max(1, len(dataset) // batch_size)
     total = train_cfg.epochs * per_epoch
-    identity = {"dataset": getattr(dataset, "name", type(dataset).__name__), "clouds": len(dataset)}
+    identity = {"dataset": optional(dataset, "name") or type(dataset).__name__, "clouds": len(dataset)}
+    check_run_folder(out, resume)
     lock = _lock_folder(out) if rank == 0 else None
     try:
         if resume and not new_data:
@@ -1845,6 +1984,27 @@ def _lock_folder(out: Path):
     return fh
 
 
+def check_run_folder(out_dir: str | Path, resume: bool) -> None:
+    """A new run never overwrites a run folder's checkpoint: RunFolderError unless `resume`."""
+    ckpt = Path(out_dir) / "checkpoint.safetensors"
+    if not resume and ckpt.exists():
+        raise RunFolderError(f"{ckpt} already exists; pass --resume to continue that run or --out NEW_FOLDER to "
+                             "start another (nothing was overwritten)")
+
+
+def resume_settings(out_dir: str | Path, overrides: dict | None = None) -> tuple[ModelConfig, TrainConfig, int, dict]:
+    """What `pretrain --resume` continues with: its checkpoint's configs and seed, and its
+    run.json (the data options and --save-every it started with) -> (model config, train config,
+    seed, run info). A resumed run takes no configuration: `overrides` given are a ValueError."""
+    ckpt = Path(out_dir) / "checkpoint.safetensors"
+    if overrides:
+        raise ValueError(f"--resume takes the configuration from {ckpt}; drop "
+                         + ", ".join("--" + g.replace("_", "-") for g in sorted(overrides)))
+    _, meta = read_header(ckpt)
+    return (checkpoint_config(ModelConfig, meta, ckpt), checkpoint_config(TrainConfig, meta, ckpt),
+            json.loads(meta.get("seed", "0")), _run_info(Path(out_dir)))
+
+
 def _run_info(out: Path) -> dict:
     """A run folder's run.json, or {} when it has none (or an unreadable one)."""
     try:
@@ -1911,20 +2071,15 @@ def _pretrain_steps(run: _Run, batches: Iterator[torch.Tensor], cfg: TrainConfig
         while run.step < end:
             step = run.step
             # the step's draws (drop path, masks, FPS starts, augmentation) come from its seed
-            points = next(batches).to(run.device, non_blocking=True)         # (B / world, P, 3)
+            points, teacher = (x if x is None else x.to(run.device, non_blocking=True) for x in next(batches))
             s = _rank_seed(seed, step, rank)
             torch.manual_seed(s)
             generator.manual_seed(s)
-            points = _one_frame(points, model.cfg, generator)                 # clips for a cloud model: a frame each
-            points = fit_points(points, model.cfg.num_points, generator, cfg.subsample)  # (B / world, [T,] n, 3)
-            if augment is not None:  # a clip moves as a whole: one draw per clip, for all its frames
-                xyz, teacher = split_teacher(points)                          # teacher features stay with their points
-                xyz = augment(xyz.flatten(1, -2), generator).view_as(xyz)
-                points = xyz if teacher is None else torch.cat([xyz, teacher], dim=-1)
+            points, teacher = _step_inputs(points, teacher, model.cfg, cfg, generator, augment)  # (B / world, [T,] n, 3)
             # forward, backward, update, EMA
             lr, momentum = lr_at(step, total, warmup, cfg), momentum_at(step, total, cfg)
             stats = train_step(model, run.optimizer, run.scaler, points, generator, lr=lr, momentum=momentum,
-                               grad_clip=cfg.grad_clip, amp_dtype=run.amp_dtype, ddp=run.ddp)
+                               grad_clip=cfg.grad_clip, amp_dtype=run.amp_dtype, ddp=run.ddp, teacher=teacher)
             pending.append({"step": step, "epoch": step // per_epoch, "lr": lr, "momentum": momentum, **stats})
             run.step = step = step + 1
             # log and checkpoint
@@ -1967,14 +2122,23 @@ class DivergedError(RuntimeError):
     """Pretraining produced a non-finite loss or gradient; the run stopped before saving it."""
 
 
-def _one_frame(points: torch.Tensor, cfg: ModelConfig, generator: torch.Generator) -> torch.Tensor:
-    """What a model pretrains on: clouds (B, P, 3) and a clip model's clips (B, T, P, 3) as they
-    are; a single-cloud model (cfg.frames == 1) given clips takes one random frame of each
-    (the per-frame baseline pretrains on the frames of the same videos). -> (B, P, 3) or clips."""
-    if points.ndim == 3 or cfg.frames > 1:
-        return points
-    pick = torch.randint(points.shape[1], (points.shape[0],), generator=generator, device=points.device)
-    return points[torch.arange(points.shape[0], device=points.device), pick]
+def _step_inputs(points: torch.Tensor, teacher: torch.Tensor | None, cfg: ModelConfig, train_cfg: TrainConfig,
+                 generator: torch.Generator, augment: Callable | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """What the model sees at a step, drawn from the step's generator:
+    1. clouds (B, P, 3) and a clip model's clips (B, T, P, 3) as they are; a single-cloud model
+       (cfg.frames == 1) given clips takes one random frame of each (the per-frame baseline);
+    2. num_points per cloud or frame (fit_index, by --subsample);
+    3. augmented: a clip moves as a whole (one draw per clip, for all its frames).
+    The teacher's targets (B, [T,] P, 1 + C) follow their points through 1 and 2."""
+    if points.ndim == 4 and cfg.frames == 1:
+        pick = torch.randint(points.shape[1], (points.shape[0],), generator=generator, device=points.device)
+        rows = torch.arange(points.shape[0], device=points.device)
+        points, teacher = points[rows, pick], (None if teacher is None else teacher[rows, pick])
+    idx = fit_index(points, cfg.num_points, generator, train_cfg.subsample)
+    points, teacher = take_points(points, idx), take_points(teacher, idx)
+    if augment is not None:
+        points = augment(points.flatten(1, -2), generator).view_as(points)
+    return points, teacher
 
 
 def _check_finite(records: list[dict], scaled: bool, ckpt_path: Path, saved: int) -> None:
@@ -1998,8 +2162,8 @@ def _probe_step(run: _Run, eval_sets: tuple, step: int, path: Path, seed: int) -
     model.train()  # extract_features put the encoder in eval mode
     score = fit_and_score("svc", train, test, len(eval_sets[0].classes))
     record = {"step": step, "probe_accuracy": score["accuracy"], "probe_train_accuracy": score["train_accuracy"],
-              "probe": PROBE_PROTOCOLS["svc"].format(C=ProbeConfig.C) + f" on {getattr(eval_sets[0], 'name', '')} -> "
-                       f"{getattr(eval_sets[1], 'name', '')}", "seconds": round(time.time() - t, 1)}
+              "probe": _PROBE_PROTOCOLS["svc"].format(C=ProbeConfig.C) + f" on {optional(eval_sets[0], 'name')} -> "
+                       f"{optional(eval_sets[1], 'name')}", "seconds": round(time.time() - t, 1)}
     with open(path, "a") as fh:
         fh.write(json.dumps(record) + "\n")
     print(f"probe at step {step}: test accuracy {record['probe_accuracy']:.2f} ({record['seconds']} s)",
@@ -2055,251 +2219,6 @@ def _line_step(line: str) -> float:
         return math.inf
 
 
-# ----------------------------------------------------------------------------- cross-modal correspondence
-# Every 3D point mapped to the pixel of a calibrated camera it projects to, with an occlusion test,
-# so a frozen 2D model's per-pixel features can be looked up for it (the Cross4D-JEPA objective).
-# Conventions: OpenCV cameras (x right, y down, z forward); K the 3x3 pinhole intrinsics; pixel
-# (u, v) = (column, row) with integer values at pixel centres, as K maps them.
-
-def project_points(points: torch.Tensor, K: torch.Tensor, to_camera: torch.Tensor, image_size: tuple[int, int],
-                   min_depth: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """points (B, N, 3) in their own frame, K (B, 3, 3), to_camera (B, 4, 4) the points' frame ->
-    camera transform, image_size (H, W) -> uv (B, N, 2) pixel coordinates, depth (B, N) along the
-    optical axis, inside (B, N) bool: in front of the camera (depth > min_depth) and inside the
-    image (-0.5 <= u < W - 0.5, the same for v: the pixel grid's outer edges)."""
-    H, W = image_size
-    cam = points @ to_camera[:, :3, :3].transpose(1, 2) + to_camera[:, None, :3, 3]  # (B, N, 3)
-    depth = cam[..., 2]
-    pix = cam @ K.transpose(1, 2)                                             # (B, N, 3) = (z u, z v, z)
-    uv = pix[..., :2] / depth.clamp_min(min_depth)[..., None]
-    inside = (depth > min_depth) & (uv[..., 0] >= -0.5) & (uv[..., 0] < W - 0.5) & \
-        (uv[..., 1] >= -0.5) & (uv[..., 1] < H - 0.5)
-    return uv, depth, inside
-
-
-def zbuffer_visible(uv: torch.Tensor, depth: torch.Tensor, inside: torch.Tensor, image_size: tuple[int, int],
-                    tol: float = 0.1, radius: int = 1) -> torch.Tensor:
-    """The occlusion test: a projected point is visible when its depth is within `tol` (relative:
-    tol * depth, so far points get a proportionate slack) of the nearest depth any point reaches
-    in its pixel's (2 radius + 1)^2 neighbourhood (a sparse cloud leaves holes a one-pixel test
-    would see through). uv (B, N, 2), depth (B, N), inside (B, N) -> visible (B, N) bool, a
-    subset of inside. One scatter-min and one min-pool, batched."""
-    B, N = depth.shape
-    H, W = image_size
-    col = uv[..., 0].round().long().clamp(0, W - 1)
-    row = uv[..., 1].round().long().clamp(0, H - 1)
-    pixel = row * W + col                                                     # (B, N)
-    far = torch.finfo(depth.dtype).max
-    zbuf = torch.full((B, H * W), far, dtype=depth.dtype, device=depth.device)
-    zbuf.scatter_reduce_(1, pixel, torch.where(inside, depth, far), reduce="amin")
-    if radius:
-        zbuf = -F.max_pool2d(-zbuf.view(B, 1, H, W), 2 * radius + 1, stride=1, padding=radius).view(B, H * W)
-    nearest = zbuf.gather(1, pixel)                                           # (B, N)
-    return inside & (depth <= nearest * (1 + tol))
-
-
-def bilinear_lookup(features: torch.Tensor, uv: torch.Tensor, stride: float | tuple[float, float] = 1.0,
-                    mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-point features from a feature map (B, C, h, w) whose cell (i, j) covers image pixels
-    [j s, (j + 1) s) x [i s, (i + 1) s) (a ViT's patch grid: s = patch size; s = 1 for per-pixel
-    maps): the cell centres sit at pixel (j s + (s - 1) / 2, i s + (s - 1) / 2), points in between
-    are interpolated bilinearly between the four nearest centres, points beyond the outer centres
-    take the border's (grid_sample's align_corners=True with border padding). uv (B, N, 2) pixel
-    coordinates -> (B, N, C), exact at cell centres. Only the points where `mask` (B, N) is True
-    are looked up (the rest are zeros): a camera sees a few thousand of a sweep's points.
-    `stride` may be (sx, sy), not whole numbers: a W x H image resized for a teacher whose map is
-    w x h has cells of W / w by H / h pixels (the same formula places their centres)."""
-    B, C, h, w = features.shape
-    N = uv.shape[1]
-    sx, sy = stride if isinstance(stride, tuple) else (stride, stride)
-    x = ((uv[..., 0] - (sx - 1) / 2) / sx).clamp(0, w - 1)                   # (B, N) in cells
-    y = ((uv[..., 1] - (sy - 1) / 2) / sy).clamp(0, h - 1)
-    b, n = (mask if mask is not None else torch.ones_like(x, dtype=torch.bool)).nonzero(as_tuple=True)
-    x, y = x[b, n], y[b, n]                                                   # (M,)
-    x0, y0 = x.floor().clamp(max=max(w - 2, 0)), y.floor().clamp(max=max(h - 2, 0))
-    fx, fy = (x - x0)[:, None], (y - y0)[:, None]                             # (M, 1) weights
-    x0, y0 = x0.long(), y0.long()
-    x1, y1 = (x0 + 1).clamp(max=w - 1), (y0 + 1).clamp(max=h - 1)
-    flat = features.permute(0, 2, 3, 1).reshape(B * h * w, C)               # (B*h*w, C) one row per cell
-    base = b * (h * w)
-
-    def cell(row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
-        return flat[base + row * w + col]                                     # (M, C)
-
-    value = (cell(y0, x0) * (1 - fx) + cell(y0, x1) * fx) * (1 - fy) + (cell(y1, x0) * (1 - fx) + cell(y1, x1) * fx) * fy
-    out = features.new_zeros(B, N, C)
-    out[b, n] = value
-    return out
-
-
-def pixel_features(points: torch.Tensor, cameras: list[dict], features: list[torch.Tensor],
-                   tol: float = 0.1, radius: int = 1,
-                   occlusion: str = "pixel") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Each point's teacher feature from the first camera that sees it. points (B, N, 3);
-    cameras: per camera {'K' (B, 3, 3), 'to_camera' (B, 4, 4), 'image_size' (H, W), 'stride'
-    (s or (sx, sy))}; features: per camera its feature map (B, C, h, w) -> feats (B, N, C) (zeros
-    where unseen), visible (B, N) bool, camera (B, N) long (the camera used, -1 where none sees it).
-    occlusion: 'pixel' runs the z-buffer on the image's pixels ((2 radius + 1)^2 neighbourhood);
-    'feature' on the feature map's cells, radius 0: a point behind the nearest point of its cell
-    would read the occluder's feature, and a sparse LiDAR sweep leaves most pixels empty, so on
-    the pixel grid almost no occluded point has an occluder in its own pixel."""
-    B, N, _ = points.shape
-    C = features[0].shape[1]
-    which = torch.full((B, N), -1, dtype=torch.long, device=points.device)
-    uvs = []
-    for i, cam in enumerate(cameras):  # a handful of cameras; each call is batched over the clouds
-        uv, depth, inside = project_points(points, cam["K"], cam["to_camera"], cam["image_size"])
-        if occlusion == "feature":
-            sx, sy = cam.get("stride", 1.0) if isinstance(cam.get("stride", 1.0), tuple) else (cam.get("stride", 1.0),) * 2
-            h, w = features[i].shape[-2:]
-            cells = torch.stack([(uv[..., 0] + 0.5) / sx - 0.5, (uv[..., 1] + 0.5) / sy - 0.5], dim=-1)
-            seen = zbuffer_visible(cells, depth, inside, (h, w), tol, 0) & (which < 0)
-        else:
-            seen = zbuffer_visible(uv, depth, inside, cam["image_size"], tol, radius) & (which < 0)
-        which = torch.where(seen, torch.full_like(which, i), which)
-        uvs.append(uv)
-    feats = points.new_zeros(B, N, C)
-    for i, (cam, fmap) in enumerate(zip(cameras, features)):  # one lookup per camera, of its own points only
-        feats += bilinear_lookup(fmap, uvs[i], cam.get("stride", 1.0), which == i).to(feats.dtype)
-    return feats, which >= 0, which
-
-
-# Teachers: frozen 2D models behind one interface, images (B, 3, H, W) in [0, 1] (and their
-# file names, for precomputed maps) -> feature maps (B, C, h, w). All offline: a TorchScript
-# file, a local clone of a torch.hub repository with its weights, precomputed .npy maps, or the
-# built-in teacher. The stride of a map is read off its size: W / w by H / h pixels per cell.
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-class TeacherError(ValueError):
-    """A teacher that does not do what the interface says (bad input, not a bug of jepa3d)."""
-
-
-class BuiltinTeacher(nn.Module):
-    """The demo's teacher: a fixed conv net with seeded random weights (3 convolutions, stride
-    4, `dim` channels). Not a foundation model and not trained: what it gives each pixel is a
-    nonlinear code of the colour and texture around it, which the points do not have; on the
-    built-in RGB-D data the colours follow the parts, so distilling it teaches the point encoder
-    something only the images hold. A real teacher (DINOv2) comes in by --teacher."""
-
-    def __init__(self, dim: int = 32, seed: int = 0):
-        super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, 2, padding=1),
-                                 nn.ReLU(), nn.Conv2d(32, dim, 3, 2, padding=1))
-        g = torch.Generator().manual_seed(seed)
-        for m in self.net:
-            if isinstance(m, nn.Conv2d):
-                with torch.no_grad():
-                    m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2 / m.weight[0].numel()) ** 0.5)
-                    m.bias.zero_()
-        self.requires_grad_(False).eval()
-
-    def forward(self, images: torch.Tensor, names: list[str] | None = None) -> torch.Tensor:
-        return self.net((images - 0.5) / 0.25)                                # (B, dim, H/4, W/4)
-
-
-class ModuleTeacher(nn.Module):
-    """A user's frozen 2D model: a TorchScript module or a torch.hub model (loaded from a local
-    clone). Images are resized to `size` (H, W) if given, else to their size rounded down to
-    the model's patch size (a ViT's `patch_size`), and ImageNet-normalised when `normalize`.
-    A model returning a dict with 'x_norm_patchtokens' (DINOv2's forward_features) has its
-    patch tokens laid out as the patch grid; otherwise the model must return (B, C, h, w)."""
-
-    def __init__(self, model: nn.Module, name: str, size: tuple[int, int] | None = None, normalize: bool = True):
-        super().__init__()
-        self.model, self.name, self.size, self.normalize = model.eval(), name, size, normalize
-        patch = getattr(model, "patch_size", 1)
-        self.patch = patch[0] if isinstance(patch, (tuple, list)) else int(patch)
-
-    @torch.no_grad()
-    def forward(self, images: torch.Tensor, names: list[str] | None = None) -> torch.Tensor:
-        H, W = self.size or images.shape[-2:]
-        H, W = max(self.patch, H // self.patch * self.patch), max(self.patch, W // self.patch * self.patch)
-        x = F.interpolate(images, size=(H, W), mode="bilinear", align_corners=False, antialias=True) \
-            if (H, W) != tuple(images.shape[-2:]) else images
-        if self.normalize:
-            mean, std = (torch.tensor(v, device=x.device).view(1, 3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
-            x = (x - mean) / std
-        forward_features = getattr(self.model, "forward_features", None)
-        try:
-            out = forward_features(x) if forward_features is not None else self.model(x)
-        except RuntimeError as err:  # the user's model refused these images (size, channels, dtype)
-            raise TeacherError(f"teacher {self.name} failed on images {tuple(x.shape)}: "
-                               f"{' '.join(str(err).split())[:300]}") from None
-        if isinstance(out, dict) and "x_norm_patchtokens" in out:  # DINOv2: (B, h*w, C) patch tokens
-            tokens = out["x_norm_patchtokens"]
-            out = tokens.transpose(1, 2).reshape(len(x), -1, H // self.patch, W // self.patch)
-        if not isinstance(out, torch.Tensor) or out.ndim != 4 or len(out) != len(x):
-            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise TeacherError(f"teacher {self.name}: returned {got} for images {tuple(x.shape)}; a teacher must "
-                               "map images (B, 3, H, W) to feature maps (B, C, h, w)")
-        return out.float()
-
-
-class NpyTeacher(nn.Module):
-    """Feature maps computed elsewhere (DINOv2 on a GPU node): one `<image stem>.npy` per image
-    in `folder`, (C, h, w), any float type; the images themselves are not looked at."""
-
-    def __init__(self, folder: str | Path):
-        super().__init__()
-        self.folder = Path(folder)
-        if not self.folder.is_dir():
-            raise FileNotFoundError(f"{self.folder}: no such folder of precomputed feature maps (npy:DIR)")
-
-    def forward(self, images: torch.Tensor, names: list[str] | None = None) -> torch.Tensor:
-        import numpy as np
-
-        maps = []
-        for name in names or []:
-            path = self.folder / (Path(name).stem + ".npy")
-            if not path.is_file():
-                raise FileNotFoundError(f"{path}: no precomputed feature map for image {name}")
-            fmap = np.load(path, allow_pickle=False)
-            if fmap.ndim != 3 or fmap.dtype.kind != "f":
-                raise TeacherError(f"{path}: a feature map must be a float array (C, h, w), got {fmap.dtype} "
-                                   f"{fmap.shape}")
-            maps.append(torch.from_numpy(fmap.astype(np.float32)))
-        if len({m.shape for m in maps}) > 1:
-            raise TeacherError(f"{self.folder}: the feature maps of one frame's images differ in shape "
-                               f"({sorted({tuple(m.shape) for m in maps})})")
-        return torch.stack(maps).to(images.device)
-
-
-TEACHER_HELP = ("builtin (a fixed random conv net, for the demo: see README), torchscript:FILE (a TorchScript "
-                "module, images (B, 3, H, W) in [0, 1] -> (B, C, h, w); it normalises its own input), "
-                "hub:REPO_DIR:ENTRY (torch.hub.load(REPO_DIR, ENTRY, source='local', pretrained=False) on a local "
-                "clone, e.g. of facebookresearch/dinov2 with ENTRY dinov2_vits14; weights from --teacher-weights), "
-                "npy:DIR (precomputed maps, one <image stem>.npy (C, h, w) per image)")
-
-
-def load_teacher(spec: str, weights: str | None = None, size: tuple[int, int] | None = None) -> nn.Module:
-    """The teacher named by `spec` (TEACHER_HELP), frozen, on the CPU. Never downloads."""
-    kind, _, rest = spec.partition(":")
-    if kind == "builtin":
-        return BuiltinTeacher()
-    if kind == "npy":
-        return NpyTeacher(rest)
-    if kind == "torchscript":
-        if not Path(rest).is_file():
-            raise FileNotFoundError(f"{rest}: no such TorchScript file (--teacher torchscript:FILE)")
-        try:
-            model = torch.jit.load(rest, map_location="cpu")
-        except RuntimeError as err:
-            raise ValueError(f"{rest}: not a TorchScript module ({str(err).splitlines()[0]}); save one with "
-                             "torch.jit.script(model).save(FILE)") from None
-        return ModuleTeacher(model, spec, size, normalize=False)
-    if kind == "hub":
-        repo, _, entry = rest.rpartition(":")
-        if not repo or not (Path(repo) / "hubconf.py").is_file():
-            raise FileNotFoundError(f"{repo or rest}: not a local torch.hub repository (no hubconf.py); "
-                                    "--teacher hub:REPO_DIR:ENTRY needs a local clone")
-        model = torch.hub.load(repo, entry, source="local", pretrained=False, trust_repo=True)
-        if weights:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-            model.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
-        return ModuleTeacher(model.requires_grad_(False), spec, size)
-    raise ValueError(f"--teacher {spec!r}: use {TEACHER_HELP}")
-
 
 # ----------------------------------------------------------------------------- downstream
 # One encoder serves every task: features for the linear probe, few-shot and embed come from
@@ -2335,7 +2254,7 @@ def extract_features(encoder: Encoder, cfg: ModelConfig, dataset, device: torch.
     g = torch.Generator(device=device)
     out: dict[str, list] = {"features": [], "labels": [], "tokens": [], "centres": []}
     for i, (points, labels) in enumerate(loader):
-        g.manual_seed(step_seed(seed, i))
+        g.manual_seed(_step_seed(seed, i))
         points = fit_points(points.to(device), cfg.num_points, g)          # (B, [T,] num_points, 3)
         with autocast(device, amp_dtype):
             tokens, centres = encode(encoder, cfg, points, g)               # (B, N, D), (B, N, C)
@@ -2345,9 +2264,9 @@ def extract_features(encoder: Encoder, cfg: ModelConfig, dataset, device: torch.
         if per_patch:
             out["tokens"].append(tokens.cpu())
             out["centres"].append(centres.cpu())
-    if hasattr(dataset, "labels"):  # per-cloud labels; a part dataset's items carry per-point parts instead
+    if optional(dataset, "labels") is not None:  # per-cloud labels; a part dataset's items carry parts instead
         out["labels"] = [torch.as_tensor(dataset.labels)]
-    if hasattr(dataset, "videos_of"):  # clips: which video each came from, for the video vote
+    if optional(dataset, "videos_of") is not None:  # clips: which video each came from, for the video vote
         out["videos"], out["video_labels"] = [dataset.videos_of], [dataset.video_labels]
     return {k: torch.cat(v) for k, v in out.items() if v}
 
@@ -2487,7 +2406,7 @@ def fit_and_score(kind: str, train: dict, test: dict, num_classes: int, probe: P
     return {**result, "fit_seconds": round(time.time() - t, 2)}
 
 
-PROBE_PROTOCOLS = {  # what each classifier of the probe is, as the results record it
+_PROBE_PROTOCOLS = {  # what each classifier of the probe is, as the results record it
     "svc": "libsvm SVC(kernel='linear', C={C}): hinge loss, one-vs-one voting, unpenalised intercept, tol 1e-3",
     "linear-svc": "LinearSVC's objective (C={C}): squared hinge, one-vs-rest, penalised intercept",
     "logreg": "multinomial logistic regression (C={logreg_C})",
@@ -2564,7 +2483,7 @@ def draw_episodes(train_set, test_set, cfg: FewShotConfig, seed: int = 0) -> lis
 
 
 # ----------------------------------------------------------------------------- heads
-def vote_views(points: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def _vote_views(points: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """A test-time voting view: isotropic scale in [0.85, 1.15] (Point-MAE's voting), one per
     cloud or clip. (B, [T,] P, 3)."""
     shape = (points.shape[0],) + (1,) * (points.ndim - 1)
@@ -2614,7 +2533,7 @@ class Classifier(nn.Module):
         probs = self(points, generator).float().softmax(-1)                   # (B, classes)
         out = {"pred": probs.argmax(-1), "probs": probs}
         if votes:
-            probs = sum(self(vote_views(points, generator), generator).float().softmax(-1) for _ in range(votes))
+            probs = sum(self(_vote_views(points, generator), generator).float().softmax(-1) for _ in range(votes))
             out["voted"] = probs.argmax(-1)
         return out
 
@@ -2625,7 +2544,7 @@ class Classifier(nn.Module):
         result = {"accuracy": oa, "class_mean_accuracy": macc}
         if "voted" in outputs:
             result["voted_accuracy"], result["voted_class_mean_accuracy"] = accuracy(outputs["voted"], target, n)
-        if hasattr(dataset, "videos_of"):  # clips: the MSR protocol's video accuracy (summed clip softmax)
+        if optional(dataset, "videos_of") is not None:  # clips: the MSR protocol's video accuracy (summed softmax)
             result["video_accuracy"], result["video_class_mean_accuracy"] = video_accuracy(
                 outputs["probs"], dataset.videos_of, dataset.video_labels, n)
         return result
@@ -2724,7 +2643,7 @@ def _batch(dataset, indices: list[int], device: torch.device) -> dict:
     (B, P), and for part datasets the object category (B,)."""
     points, labels = _stack_items([dataset[i] for i in indices])
     batch = {"points": points.to(device), "labels": labels.to(device)}
-    if hasattr(dataset, "category"):
+    if optional(dataset, "category") is not None:
         batch["category"] = torch.as_tensor(dataset.category)[indices].to(device)
     return batch
 
@@ -2732,7 +2651,7 @@ def _batch(dataset, indices: list[int], device: torch.device) -> dict:
 def make_head(encoder: Encoder, cfg: ModelConfig, train_set, dropout: float = 0.5) -> Classifier | Segmenter:
     """The head a dataset calls for: a Segmenter for part datasets (they have `parts_of`), else
     a Classifier over the dataset's classes."""
-    if hasattr(train_set, "parts_of"):
+    if optional(train_set, "parts_of") is not None:
         return Segmenter(encoder, cfg, train_set.num_parts, len(train_set.classes), dropout, train_set.parts_of)
     return Classifier(encoder, cfg, len(train_set.classes), dropout)
 
@@ -2747,7 +2666,7 @@ def evaluate(model: Classifier | Segmenter, dataset, device: torch.device, batch
     outputs: dict[str, list] = {}
     targets = []
     for i, start in enumerate(range(0, len(dataset), batch_size)):
-        g.manual_seed(step_seed(seed, i))
+        g.manual_seed(_step_seed(seed, i))
         batch = _batch(dataset, list(range(start, min(start + batch_size, len(dataset)))), device)
         with autocast(device, amp_dtype):
             for key, value in model.predict(batch, g, votes).items():
@@ -2770,15 +2689,17 @@ def linear_probe(encoder: Encoder, cfg: ModelConfig, train_set, test_set, probe:
                  device: torch.device = torch.device("cpu"), seed: int = 0, precision: str = "auto") -> dict:
     """Frozen encoder, concat(max, mean) features of both splits, a linear classifier fit on
     the train split (probe.classifier: svc, linear-svc, logreg or both) -> the result `jepa3d
-    linear-probe` prints: test accuracy and class-mean accuracy per classifier, and the protocol."""
+    linear-probe` prints: test accuracy and class-mean accuracy per classifier, and the protocol.
+    probe.against_random: also the same probe of a random-init encoder of the same configuration
+    and seed, and the gain (did pretraining help?)."""
     feats = {}
     for split, ds in (("train", train_set), ("test", test_set)):
-        print(f"features of {len(ds)} {split} clouds ({getattr(ds, 'name', '')})", file=sys.stderr)
+        print(f"features of {len(ds)} {split} clouds ({optional(ds, 'name')})", file=sys.stderr)
         feats[split] = embed(encoder, cfg, ds, device=device, seed=seed, precision=precision,
                              batch_size=probe.batch_size)
     train, test = feats["train"], feats["test"]
     n = len(train_set.classes)
-    result = {"data": getattr(train_set, "name", ""), "train_clouds": len(train["labels"]),
+    result = {"data": optional(train_set, "name"), "train_clouds": len(train["labels"]),
               "test_clouds": len(test["labels"]),
               "protocol": {"features": "concat(max, mean) of the last-layer tokens, frozen",
                            "num_points": cfg.num_points, "num_groups": cfg.num_groups,
@@ -2787,13 +2708,25 @@ def linear_probe(encoder: Encoder, cfg: ModelConfig, train_set, test_set, probe:
                                                                                    (probe.classifier,))
     for kind in kinds:
         score = result[kind.replace("-", "_")] = fit_and_score(kind, train, test, n, probe)
-        result["protocol"][kind] = PROBE_PROTOCOLS[kind].format(C=probe.C, logreg_C=probe.logreg_C)
+        result["protocol"][kind] = _PROBE_PROTOCOLS[kind].format(C=probe.C, logreg_C=probe.logreg_C)
         print(f"{kind}: test accuracy {score['accuracy']:.2f} (class mean {score['class_mean_accuracy']:.2f}), "
               f"train {score['train_accuracy']:.2f}", file=sys.stderr)
+    result["classes"] = list(optional(train_set, "classes"))
+    if probe.against_random:
+        print(f"random-init encoder (seed {seed}), same configuration:", file=sys.stderr)
+        baseline = linear_probe(random_encoder(cfg, seed), cfg, train_set, test_set,
+                                dataclasses.replace(probe, against_random=False), device=device, seed=seed,
+                                precision=precision)
+        kinds = [k for k in ("svc", "linear_svc", "logreg") if k in result]
+        result["random_init"] = {k: baseline[k] for k in kinds}
+        result["gain_over_random_init"] = {k: result[k]["accuracy"] - baseline[k]["accuracy"] for k in kinds}
+        print("pretrained vs random init: " + ", ".join(
+            f"{k} {result[k]['accuracy']:.2f} vs {baseline[k]['accuracy']:.2f} "
+            f"({result['gain_over_random_init'][k]:+.2f})" for k in kinds), file=sys.stderr)
     return result
 
 
-POINT_PROBE_ITERATIONS = 300  # tens of thousands of points: the probe's accuracy settles long before 1e-9
+_POINT_PROBE_ITERATIONS = 300  # tens of thousands of points: the probe's accuracy settles long before 1e-9
 
 
 @torch.no_grad()
@@ -2811,17 +2744,16 @@ def point_features(encoder: Encoder | None, cfg: ModelConfig, dataset, per_item:
     feats, labels = [], []
     for start in range(0, len(dataset), batch_size):
         idx = range(start, min(start + batch_size, len(dataset)))
-        items = torch.stack([dataset[i][0] for i in idx])                              # (B, [T,] P, 3 [+ 1 + C])
-        points = items[..., :3].to(device)                                             # (B, [T,] P, 3)
-        y = torch.stack([dataset.clip_point_labels(i) if hasattr(dataset, "clip_point_labels") else dataset[i][1]
-                         for i in idx])                                                # (B, [T,] P)
+        points = torch.stack([dataset[i][0] for i in idx]).to(device)                 # (B, [T,] P, 3)
+        y = torch.stack([dataset.clip_point_labels(i) if optional(dataset, "point_labels") is not None
+                         else dataset[i][1] for i in idx])                             # (B, [T,] P)
         if encoder is None:
-            per_point = items[..., 4:].float()                                         # (B, [T,] P, C)
-            if not per_point.shape[-1]:
-                raise ValueError(f"{dataset.name}: no teacher features to probe (make them with "
+            if optional(dataset, "teacher") is None:
+                raise ValueError(f"{optional(dataset, 'name')}: no teacher features to probe (make them with "
                                  "`jepa3d teacher-features`)")
+            per_point = torch.stack([dataset.teacher_targets(i)[..., 1:] for i in idx])  # (B, [T,] P, C)
         else:
-            g.manual_seed(step_seed(seed, start))
+            g.manual_seed(_step_seed(seed, start))
             tokens, centres = encode(encoder, cfg, points, g)
             per_point = tokens_to_points(tokens.float(), centres, points, cfg.num_groups).cpu()  # (B, [T,] P, D)
         per_point, y = per_point.flatten(0, -3), y.flatten(0, -2)                      # (items, P, D), (items, P)
@@ -2834,7 +2766,8 @@ def point_features(encoder: Encoder | None, cfg: ModelConfig, dataset, per_item:
 
 
 def point_probe(encoder: Encoder | None, cfg: ModelConfig, train_set, test_set, num_labels: int, *,
-                train_points: int = 4, test_points: int = 16, device: torch.device = torch.device("cpu"), seed: int = 0,
+                train_points: int = PointProbeConfig.train_points, test_points: int = PointProbeConfig.test_points,
+                device: torch.device = torch.device("cpu"), seed: int = 0,
                 names: list[str] | None = None) -> dict:
     """The per-point linear probe: logistic regression (ProbeConfig.logreg_C) on frozen
     per-point features (point_features) of `train_points` points per cloud or frame of the train
@@ -2844,7 +2777,7 @@ def point_probe(encoder: Encoder | None, cfg: ModelConfig, train_set, test_set, 
     test = point_features(encoder, cfg, test_set, test_points, device=device, seed=seed + 1)
     t = time.time()
     W, b = fit_linear(train["features"], train["labels"], num_labels, C=ProbeConfig.logreg_C, kind="logreg",
-                      max_iter=POINT_PROBE_ITERATIONS)
+                      max_iter=_POINT_PROBE_ITERATIONS)
 
     def predict(x: torch.Tensor) -> torch.Tensor:
         return (x @ W + b).argmax(-1)
@@ -2859,7 +2792,7 @@ def point_probe(encoder: Encoder | None, cfg: ModelConfig, train_set, test_set, 
             "iou": ious, "train_points": len(train["labels"]), "test_points": len(y),
             "train_accuracy": 100 * (predict(train["features"]) == train["labels"]).float().mean().item(),
             "fit_seconds": round(time.time() - t, 2),
-            "protocol": f"logistic regression (C=1, {POINT_PROBE_ITERATIONS} L-BFGS iterations) on " + (
+            "protocol": f"logistic regression (C=1, {_POINT_PROBE_ITERATIONS} L-BFGS iterations) on " + (
                 "the frozen last-layer tokens interpolated to each point (3 nearest patch centres, inverse distance)"
                 if encoder is not None else "the teacher's own feature of each point (the cache's)")}
 
@@ -2978,14 +2911,14 @@ class _HeadTraining:
         for indices in batches:
             if self.step >= self.end:
                 break
-            s = step_seed(seed, self.step)  # drop path, dropout, FPS, augmentation
+            s = _step_seed(seed, self.step)  # drop path, dropout, FPS, augmentation
             torch.manual_seed(s)
             g.manual_seed(s)
             batch = _batch(dataset, indices, self.device)
-            set_lr(self.optimizer, lr_at(self.step, self.total, self.warmup, cfg))
+            _set_lr(self.optimizer, lr_at(self.step, self.total, self.warmup, cfg))
             with autocast(self.device, self.amp_dtype):
                 loss = self.model.loss(batch, g, augment, cfg.label_smoothing)
-            optimizer_step(loss, self.optimizer, self.scaler, cfg.grad_clip)
+            _optimizer_step(loss, self.optimizer, self.scaler, cfg.grad_clip)
             losses.append(loss.detach())
             self.step += 1
         return losses
@@ -3023,7 +2956,16 @@ def mask_preview(points: torch.Tensor, cfg: ModelConfig, seed: int = 0) -> tuple
     return (frames + shift).flatten(0, 1), roles.flatten()
 
 
-ROLE_COLOURS = [(200, 200, 200), (70, 110, 220), (230, 60, 50), (60, 180, 75), (245, 160, 30), (150, 60, 200),
+def write_mask_preview(path: str | Path, points: torch.Tensor, cfg: ModelConfig, seed: int = 0) -> dict:
+    """mask_preview of one cloud written as a coloured PLY -> what `jepa3d mask-preview` prints:
+    the file, the points and how many of them are unused, context, target."""
+    pts, roles = mask_preview(points, cfg, seed=seed)
+    write_ply(path, pts, roles)
+    return {"out": str(path), "points": len(pts), "sampler": cfg.sampler, "unused": int((roles == 0).sum()),
+            "context": int((roles == 1).sum()), "target": int((roles >= 2).sum())}
+
+
+_ROLE_COLOURS = [(200, 200, 200), (70, 110, 220), (230, 60, 50), (60, 180, 75), (245, 160, 30), (150, 60, 200),
                 (30, 190, 200), (240, 50, 230), (150, 110, 40), (0, 0, 0)]
 
 
@@ -3033,9 +2975,21 @@ def write_ply(path: str | Path, points: torch.Tensor, roles: torch.Tensor) -> No
              f"target blocks\nelement vertex {len(points)}\nproperty float x\nproperty float y\nproperty float z\n"
              "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header"]
     for (x, y, z), r in zip(points.tolist(), roles.tolist()):
-        c = ROLE_COLOURS[min(r, len(ROLE_COLOURS) - 1)]
+        c = _ROLE_COLOURS[min(r, len(_ROLE_COLOURS) - 1)]
         lines.append(f"{x:.6f} {y:.6f} {z:.6f} {c[0]} {c[1]} {c[2]}")
     Path(path).write_text("\n".join(lines) + "\n")
+
+
+def write_result(result: dict, path: str | Path) -> Path:
+    """A command's JSON result into `path` (a folder gets metrics.json), written atomically -> the file."""
+    path = Path(path)
+    if path.suffix != ".json":
+        path.mkdir(parents=True, exist_ok=True)
+        path = path / "metrics.json"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -3093,109 +3047,82 @@ def plot_run(run_dir: str | Path) -> Path:
 # ----------------------------------------------------------------------------- command line
 # A thin layer: each command parses its options, opens the data and the encoder, calls the
 # library function of the same name and reports (progress on stderr, one JSON result on
-# stdout). click and jepa3d_data are imported only in here, so `import jepa3d` needs torch alone.
+# stdout). Options are generated from the config dataclasses, their only home. click and
+# jepa3d_data are imported only in here, so `import jepa3d` needs torch alone.
 
-def _config_options(cls, with_presets: bool = True):
-    """Click options generated from a config dataclass: one --flag per field, default None
-    (= the preset's or the dataclass's value), with the default and each preset's value in the help."""
+def _config_options(cls, with_presets: bool = False, only: tuple | None = None) -> list:
+    """Click options generated from a config dataclass: one --flag per field (of `only`), default
+    None (= the preset's or the dataclass's value), with the default (and each preset's value) in
+    the help; the field's metadata gives its help, bounds, choices, and for a None default its kind."""
     import click
 
+    options = []
+    for f in fields(cls):
+        if only is not None and f.name not in only:
+            continue
+        meta, per_preset = dict(f.metadata), {p: PRESETS[p][f.name] for p in PRESETS if with_presets and f.name in PRESETS[p]}
+        shown = f"{'paper' if with_presets else 'default'}: {f.default}" + "".join(f", {p}: {v}" for p, v in per_preset.items())
+        kw = {"default": None, "show_default": False, "required": meta.get("required", False),
+              "help": meta["help"] + (f"  [{shown}]" if f.default is not None and not meta.get("required") else "")}
+        kind = meta.get("kind", type(f.default[0] if isinstance(f.default, tuple) else f.default))
+        if kind is bool:
+            kw.update(is_flag=True, default=False, help=meta["help"])
+        elif "choices" in meta:
+            kw["type"] = click.Choice(choices_of(f))
+        elif kind in ("file", "folder"):
+            kw["type"] = click.Path(exists=kind == "folder", dir_okay=kind == "folder", file_okay=kind == "file")
+        elif kind in (int, float) and ("min" in meta or "max" in meta):
+            kw["type"] = (click.IntRange if kind is int else click.FloatRange)(
+                meta.get("min"), meta.get("max"), **({"min_open": meta.get("min_open", False)} if kind is float else {}))
+        elif kind in (int, float):
+            kw["type"] = kind
+        if isinstance(f.default, tuple) or "nargs" in meta:
+            kw["nargs"] = meta.get("nargs", len(f.default or ()))
+        options.append(click.option(meta.get("flag", "--" + f.name.replace("_", "-")), f.name, **kw))
+    return options
+
+
+_READ_KEYS = ("variant", "trust_pickle", "skip_bad", "frame_stride", "intrinsics")  # jepa3d_data.ReadOptions'
+
+
+def _data_options(click) -> list:
+    """The options every command that reads data shares: --data, --dataset and jepa3d_data.ReadOptions'."""
+    import jepa3d_data
+
+    return [click.option("--data", type=click.Path(), default=None,
+                         help="dataset folder or .npz file; the built-in procedural shapes when not given"),
+            click.option("--dataset", type=click.Choice(jepa3d_data.LAYOUTS), default=None,
+                         help="force a layout instead of detecting it (`jepa3d inspect PATH` shows the detected one)"),
+            *_config_options(jepa3d_data.ReadOptions, only=_READ_KEYS)]
+
+
+def _command(click, name: str, *groups, out: str | None = None, options: tuple = ()):
+    """A command of the group: --out (a folder for metrics.json, default `out`), `options`, then
+    per group a config dataclass, whose fields become options and whose instance the command
+    gets, or "data", the data options as a dict: the command takes (ctx, *one value per group, **the others)."""
+    if out is not None:
+        options = (click.option("--out", type=click.Path(file_okay=False), default=out, help="folder for "
+                                "metrics.json"), *options)
+
     def decorate(fn):
-        for f in reversed(fields(cls)):
-            meta = dict(f.metadata)
-            per_preset = {p: PRESETS[p][f.name] for p in PRESETS if with_presets and f.name in PRESETS[p]}
-            shown = f"{'paper' if with_presets else 'default'}: {f.default}" + \
-                "".join(f", {p}: {v}" for p, v in per_preset.items())
-            kw = {"default": None, "show_default": False, "help": f"{meta['help']}  [{shown}]"}
-            if "choices" in meta:
-                kw["type"] = click.Choice(choices_of(f))
-            elif isinstance(f.default, tuple):
-                kw.update(type=click.FloatRange(meta.get("min"), meta.get("max")), nargs=2)
-            elif isinstance(f.default, int):
-                kw["type"] = click.IntRange(meta.get("min"), meta.get("max"))
-            else:
-                kw["type"] = click.FloatRange(meta.get("min"), meta.get("max"), min_open=meta.get("min_open", False))
-            fn = click.option("--" + f.name.replace("_", "-"), f.name, **kw)(fn)
-        return fn
+        @functools.wraps(fn)
+        def run(ctx, **kw):
+            values = [{k: kw.pop(k) for k in ("data", "dataset", *_READ_KEYS)} if group == "data" else
+                      _usage(group, **_given({f.name: kw.pop(f.name) for f in fields(group)})) for group in groups]
+            return fn(ctx, *values, **kw)
+
+        made = click.pass_context(_fail_cleanly(run))
+        for group in reversed(groups):
+            for option in reversed(_data_options(click) if group == "data" else _config_options(group)):
+                made = option(made)
+        for option in reversed(options):
+            made = option(made)
+        return click.command(name)(made)
     return decorate
 
 
-def _options(fn, options: list):
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
-
-
-_DATA_KEYS = ("data", "dataset", "variant", "trust_pickle", "skip_bad", "frame_stride", "intrinsics")
-_ENCODER_KEYS = ("checkpoint", "which", "preset", "num_points", "num_groups", "group_size", "frames", "tokens")
-DEFAULT_FRAMES = 16  # frames per clip of sequence data when neither --frames nor the model says
-
-
-def _data_options(fn):
-    """The options every command that reads data shares (jepa3d_data.ReadOptions)."""
-    import click
-
-    import jepa3d_data
-
-    return _options(fn, [
-        click.option("--data", type=click.Path(), default=None,
-                     help="dataset folder or .npz file; the built-in procedural shapes when not given"),
-        click.option("--dataset", type=click.Choice(jepa3d_data.LAYOUTS), default=None,
-                     help="force a layout instead of detecting it (`jepa3d inspect PATH` shows the detected one)"),
-        click.option("--variant", type=click.Choice(list(jepa3d_data.SCANOBJECTNN_FILES)), default=None,
-                     help=f"ScanObjectNN variant (ScanObjectNN data only)  [default: {jepa3d_data.DEFAULT_VARIANT}]"),
-        click.option("--trust-pickle", is_flag=True,
-                     help="allow reading the peers' pickled caches (.dat/.pkl); unpickling can run arbitrary code"),
-        click.option("--skip-bad", is_flag=True,
-                     help="skip unreadable files of a folder dataset (the count is reported) instead of stopping"),
-        *_sequence_options(click),
-    ])
-
-
-def _sequence_options(click) -> list:
-    """How the 4D layouts (jepa3d_data.SEQUENCE_LAYOUTS) are read, besides the clip length
-    (--frames: the model's in pretrain, the encoder options' downstream, inspect's own)."""
-    return [
-        click.option("--frame-stride", type=click.IntRange(1, 4096), default=1,
-                     help="sequence data: take every n-th frame of a video"),
-        click.option("--intrinsics", type=float, nargs=4, default=None, metavar="FX FY CX CY",
-                     help="depth data: pinhole intrinsics in pixels, replacing the layout's own (cam_intr.txt) or "
-                          "default (MSR-Action3D: the field's guess 280 280 W/2 H/2; TUM: freiburg1's)"),
-    ]
-
-
-def _encoder_options(fn):
-    """--checkpoint / --encoder / --preset / geometry, shared by every downstream command."""
-    import click
-
-    return _options(fn, [
-        click.option("--checkpoint", required=True,
-                     help="a jepa3d checkpoint, or 'none' for a random-init encoder of --preset (the baseline)"),
-        click.option("--encoder", "which", type=click.Choice(["target", "context"]), default="target",
-                     help="which encoder of a pretraining checkpoint: the EMA target (I-JEPA evaluates it) "
-                          "or the context encoder"),
-        click.option("--preset", type=click.Choice(list(PRESETS)), default="paper",
-                     help="configuration of the random-init encoder with --checkpoint none"),
-        click.option("--num-points", type=click.IntRange(16), default=None,
-                     help="points per cloud [default: the task's protocol, else the checkpoint's]"),
-        click.option("--num-groups", type=click.IntRange(4), default=None,
-                     help="patches per cloud [default: as above]"),
-        click.option("--group-size", type=click.IntRange(2), default=None, help="points per patch [default: as above]"),
-        click.option("--frames", type=click.IntRange(1, 4096), default=None,
-                     help=f"sequence data: frames per clip [default: a clip model's own, else {DEFAULT_FRAMES}]; with "
-                          "--checkpoint none, > 1 makes a random clip encoder"),
-        click.option("--tokens", type=click.Choice(["frame", "tube"]), default=None,
-                     help="with --checkpoint none and --frames > 1: the random clip encoder's tokens, per-frame "
-                          "patches or point tubes [default: the preset's] (a checkpoint keeps its own)"),
-    ])
-
-
-def _pop(kwargs: dict, keys: tuple) -> dict:
-    return {k: kwargs.pop(k) for k in keys}
-
-
 def _given(kwargs: dict) -> dict:
-    return {k: v for k, v in kwargs.items() if v is not None}
+    return {k: v for k, v in kwargs.items() if v is not None and v is not False}
 
 
 def _usage(build: Callable, *args, **kwargs):
@@ -3213,55 +3140,29 @@ def _usage(build: Callable, *args, **kwargs):
         raise click.UsageError(str(err)) from None
 
 
-def _runtime(ctx) -> dict:
-    """The group's shared options as the library functions take them."""
-    return {"device": ctx.obj["device"], "seed": ctx.obj["seed"], "precision": ctx.obj["precision"]}
+def _load_data(data: dict, split: str, cfg: ModelConfig, frames: int | None = None):
+    """jepa3d_data.open_split for a model of config `cfg` (clips of `frames`, default its own)."""
+    from jepa3d_data import ReadOptions, open_split
+
+    frames = frames or (cfg.frames if cfg.frames > 1 else ReadOptions.frames)
+    return _usage(open_split, data, split, cfg.num_points, frames, cfg.frames > 1)
 
 
-def _load_data(opts: dict, split: str, cfg: ModelConfig, frames: int | None = None):
-    """Open the dataset the data options name for a model of config `cfg`; say on stderr what
-    --skip-bad skipped. Sequence data is cut into clips of `frames` frames (default: the clip
-    model's own, else DEFAULT_FRAMES); a clip model (cfg.frames > 1) reads the built-in 4D data
-    when no --data is given, and refuses single clouds."""
-    import click
-
-    import jepa3d_data
-
-    frames = frames or (cfg.frames if cfg.frames > 1 else DEFAULT_FRAMES)
-    dataset = opts["dataset"] or ("builtin4d" if opts["data"] is None and cfg.frames > 1 else None)
-    ds = jepa3d_data.open_dataset(opts["data"], split=split, dataset=dataset, num_points=cfg.num_points,
-                                  variant=opts["variant"], trust_pickle=opts["trust_pickle"],
-                                  skip_bad=opts["skip_bad"], frames=frames, frame_stride=opts["frame_stride"],
-                                  intrinsics=opts["intrinsics"])
-    if cfg.frames > 1 and not isinstance(ds, jepa3d_data.SequenceDataset):
-        raise click.UsageError(f"the model takes clips of {cfg.frames} frames, but {getattr(ds, 'name', 'the data')} "
-                               "holds single clouds; give sequence data (jepa3d inspect shows what a folder is)")
-    skipped = getattr(ds, "skipped", [])
-    if skipped:
-        print(f"jepa3d: skipped {len(skipped)} bad file(s) of {getattr(ds, 'files_read', '?')}; first: {skipped[0]}",
-              file=sys.stderr)
-    return ds
+def _open(ctx, spec: EncoderSpec, data: dict, splits: tuple = ("train", "test"), drop_path: float | None = None):
+    """The downstream commands' one preamble: the encoder `spec` names (a random clip encoder
+    takes --frames; a checkpoint keeps its own) and the splits of `data` -> (encoder, cfg, source,
+    *datasets)."""
+    shape = {k: getattr(spec, k) for k in ("num_points", "num_groups", "group_size", "tokens")}
+    encoder, cfg, source = _usage(load_encoder, spec.checkpoint, spec.which, spec.preset, seed=ctx.obj["seed"],
+                                  drop_path=drop_path, **shape, **({"frames": spec.frames} if spec.checkpoint == "none"
+                                                                    else {}))
+    return (encoder, cfg, source, *(_load_data(data, s, cfg, spec.frames) for s in splits))
 
 
-def _open_encoder(ctx, enc: dict, drop_path: float | None = None) -> tuple[Encoder, ModelConfig, str]:
-    geometry = {k: enc[k] for k in ("num_points", "num_groups", "group_size", "tokens")}
-    if enc["checkpoint"] == "none":  # a random clip encoder with --frames > 1 (a checkpoint keeps its own)
-        geometry["frames"] = enc["frames"]
-    return _usage(load_encoder, enc["checkpoint"], enc["which"], enc["preset"], seed=ctx.obj["seed"],
-                  drop_path=drop_path, **geometry)
-
-
-def _report(result: dict, path: Path) -> None:
-    """The JSON result: on stdout and in `path` (a folder gets metrics.json), written atomically."""
-    import click
-
-    if path.suffix != ".json":
-        path.mkdir(parents=True, exist_ok=True)
-        path = path / "metrics.json"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, path)
-    click.echo(json.dumps(result))
+def _report(result: dict, path: str | Path) -> None:
+    """The JSON result: on stdout, and into `path` (write_result)."""
+    write_result(result, path)
+    print(json.dumps(result))
 
 
 def _one_line(err: BaseException) -> str:
@@ -3281,11 +3182,9 @@ def _fail_cleanly(fn):
     and exit 1, never a traceback; `jepa3d --debug` (or JEPA3D_DEBUG=1) re-raises instead, for
     bug reports. Bad input (data, checkpoints, files, a diverged run) is named as such; any
     other exception is an internal error to report."""
-    import functools
-
     import click
 
-    from jepa3d_data import DataError
+    from jepa3d_data import DataError, TeacherError
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -3307,447 +3206,212 @@ def _fail_cleanly(fn):
     return wrapper
 
 
+def _pretrain_configs(ctx, out: str, preset: str, data: dict, run: RunConfig,
+                      overrides: dict) -> tuple[ModelConfig, TrainConfig, dict, RunConfig]:
+    """pretrain's configs: a resumed run's own (resume_settings: its checkpoint's, and its data
+    and --save-every unless given), or the preset's with the overrides and what the data says
+    (jepa3d_data.model_fields); the distill objectives' built-in cache is made first without --data."""
+    import jepa3d_data
+
+    if run.resume:
+        model_cfg, train_cfg, ctx.obj["seed"], info = _usage(resume_settings, out, _given(overrides))
+        if data["data"] is None and data["dataset"] is None and info.get("data_options"):
+            data = {**data, **info["data_options"]}  # the run's own data, unless --data says otherwise
+        return model_cfg, train_cfg, data, run if run.save_every else dataclasses.replace(
+            run, save_every=info.get("save_every", 0))
+    check_run_folder(out, resume=False)
+    objective = overrides.get("objective") or PRESETS[preset].get("objective", "jepa")
+    if "distill" in objective and data["data"] is None and data["dataset"] is None:
+        data["data"] = jepa3d_data.builtin_distill_data(out, objective, progress_callback("chunks"), ctx.obj["device"])
+    says = jepa3d_data.model_fields(data["data"], data["dataset"], objective,
+                                    PRESETS[preset].get("frames", jepa3d_data.ReadOptions.frames))
+    model_cfg, train_cfg = _usage(make_configs, preset, **{**says, **_given(overrides)})
+    if train_cfg.batch_size % distributed_env()[1]:
+        raise ValueError(f"--batch-size {train_cfg.batch_size} is the global batch and must divide by the "
+                         f"{distributed_env()[1]} torchrun processes")
+    return model_cfg, train_cfg, data, run
+
+
 def _pretrain_command(click):
-    @click.command("pretrain")
-    @_data_options
-    @click.option("--out", type=click.Path(file_okay=False), default="runs/pretrain",
-                  help="run folder: checkpoint.safetensors, metrics.jsonl, run.json")
-    @click.option("--preset", type=click.Choice(list(PRESETS)), default="paper",
-                  help="named configuration; the options below override it")
-    @click.option("--resume", is_flag=True, help="continue the run in --out from its last checkpoint, exactly")
-    @click.option("--max-steps", type=click.IntRange(1), default=None,
-                  help="stop after this many steps in total (the schedule still spans --epochs; --resume goes on)")
-    @click.option("--new-data", is_flag=True,
-                  help="with --resume: continue on other data than the run started with (on purpose)")
-    @click.option("--save-every", type=click.IntRange(0), default=None,
-                  help="checkpoint every N steps (0 = every epoch; --resume keeps the run's)  [default: 0]")
-    @click.option("--workers", type=click.IntRange(0), default=0, help="data-loading worker processes")
-    @click.option("--compile", "use_compile", is_flag=True, help="torch.compile the model (GPU; slow to start)")
-    @click.option("--log-every", type=click.IntRange(1), default=10, help="steps between progress lines")
-    @click.option("--eval-every", type=click.IntRange(0), default=0,
-                  help="fit the linear probe on frozen features every N steps and at the end (probe.jsonl, "
-                       "curves.png): the learning curve; 0 = off")
-    @click.option("--eval-data", type=click.Path(), default=None,
-                  help="labelled data (train and test splits) for --eval-every; the built-in shapes when not given")
-    @_config_options(ModelConfig)
-    @_config_options(TrainConfig)
-    @click.pass_context
-    @_fail_cleanly
-    def pretrain_cmd(ctx, out, preset, resume, new_data, max_steps, save_every, workers, use_compile, log_every,
-                     eval_every, eval_data, **overrides):
+    @_command(click, "pretrain", "data", RunConfig, options=(
+        click.option("--out", type=click.Path(file_okay=False), default="runs/pretrain",
+                     help="run folder: checkpoint.safetensors, metrics.jsonl, run.json"),
+        click.option("--preset", type=click.Choice(list(PRESETS)), default="paper",
+                     help="named configuration; the options below override it"),
+        click.option("--eval-data", type=click.Path(), default=None,
+                     help="labelled data (train and test splits) for --eval-every; the built-in shapes when not given"),
+        *_config_options(ModelConfig, True), *_config_options(TrainConfig, True)))
+    def pretrain_cmd(ctx, data, run, out, preset, eval_data, **overrides):
         """Pretrain a 3D-JEPA encoder (self-supervised; labels are ignored).
 
         Several GPUs or nodes: torchrun --nproc-per-node N -m jepa3d pretrain ... (DDP; the
         --batch-size is global; rank 0 writes --out)."""
         import jepa3d_data
 
-        data = _pop(overrides, _DATA_KEYS)
-        ckpt = Path(out) / "checkpoint.safetensors"
-        run = _runtime(ctx)
-        if resume:
-            if _given(overrides):
-                raise click.UsageError(f"--resume takes the configuration from {ckpt}; drop "
-                                       + ", ".join("--" + g.replace("_", "-") for g in sorted(_given(overrides))))
-            _, meta = read_header(ckpt)
-            model_cfg = checkpoint_config(ModelConfig, meta, ckpt)
-            train_cfg = checkpoint_config(TrainConfig, meta, ckpt)
-            run["seed"] = json.loads(meta.get("seed", "0"))
-            before = _run_info(Path(out))
-            if data["data"] is None and data["dataset"] is None and before.get("data_options"):
-                data = {**data, **before["data_options"]}  # the run's own data, unless --data says otherwise
-            if save_every is None:
-                save_every = before.get("save_every", 0)
-        elif ckpt.exists():
-            raise click.ClickException(f"{ckpt} already exists; pass --resume to continue that run "
-                                       "or --out NEW_FOLDER to start another (nothing was overwritten)")
-        else:
-            objective = overrides.get("objective") or PRESETS[preset].get("objective", "jepa")
-            if "distill" in objective and data["data"] is None and data["dataset"] is None:
-                # the built-in RGB-D videos and the built-in teacher, cached once in the run folder
-                data["data"] = str(Path(out) / "teacher-features")
-                print(f"jepa3d: --objective {objective} without --data: caching the built-in teacher's features of "
-                      f"the built-in RGB-D videos in {data['data']}", file=sys.stderr)
-                cache_teacher_features(data["data"], device=run["device"])
-            layout = data["dataset"] or (jepa3d_data.detect_layout(Path(data["data"])) if data["data"] else None)
-            if overrides.get("frames") is None and data["data"] is not None and layout in jepa3d_data.SEQUENCE_LAYOUTS:
-                overrides["frames"] = PRESETS[preset].get("frames", DEFAULT_FRAMES)  # sequence data: a clip model
-                if layout == "teacher-cache":  # single frames (a LiDAR keyframe per sample) make a cloud model
-                    train = jepa3d_data.cache_meta(data["data"])["splits"]["train"]
-                    overrides["frames"] = 1 if train["frames"] == train["videos"] else overrides["frames"]
-            if layout == "teacher-cache" and "distill" in objective:
-                overrides["teacher_dim"] = jepa3d_data.cache_meta(data["data"])["teacher_dim"]
-            model_cfg, train_cfg = _usage(make_configs, preset, **overrides)
-        _usage(model_cfg.check_masking)
-        world = distributed_env()[1]
-        if train_cfg.batch_size % world:
-            raise click.UsageError(f"--batch-size {train_cfg.batch_size} is the global batch and must divide by "
-                                   f"the {world} torchrun processes")
-        ds = _load_data(data, "train", model_cfg, model_cfg.frames)
-        eval_sets = tuple(_load_data({**data, "data": eval_data, "dataset": None}, split, model_cfg)
-                          for split in ("train", "test")) if eval_every else None
+        model_cfg, train_cfg, data, run = _usage(_pretrain_configs, ctx, out, preset, data, run, overrides)
+        ds = _load_data(data, "train", _usage(model_cfg.check_masking), model_cfg.frames)
+        evals = tuple(_load_data({**data, "data": eval_data, "dataset": None}, split, model_cfg)
+                      for split in ("train", "test")) if run.eval_every else None
         recorded = {**data, "data": None if data["data"] is None else str(Path(data["data"]).resolve())}
-        result = pretrain(ds, out, model_cfg, train_cfg, resume=resume, max_steps=max_steps,
-                          save_every=save_every or 0, num_workers=workers, compile=use_compile, log_every=log_every,
-                          eval_sets=eval_sets, eval_every=eval_every, data_options=recorded, new_data=new_data,
-                          augment=jepa3d_data.augmentation(train_cfg.augment), **run)
+        result = pretrain(ds, out, model_cfg, train_cfg, **dataclasses.asdict(run), eval_sets=evals,
+                          data_options=recorded, augment=jepa3d_data.augmentation(train_cfg.augment), **ctx.obj)
         if distributed_env()[0] == 0:  # under torchrun, one result line, from rank 0
             _plot_or_say(Path(out))
-            click.echo(json.dumps(result))
+            print(json.dumps(result))
     return pretrain_cmd
 
 
 def _mask_preview_command(click):
-    @click.command("mask-preview")
-    @_data_options
-    @click.option("--index", type=click.IntRange(0), default=0, help="which cloud of the train split")
-    @click.option("--checkpoint", type=click.Path(), default=None,
-                  help="take the masking configuration from this checkpoint")
-    @click.option("--preset", type=click.Choice(list(PRESETS)), default="paper", help="named configuration")
-    @click.option("--out", type=click.Path(dir_okay=False), default="mask_preview.ply", help="PLY file to write")
-    @_config_options(ModelConfig)
-    @click.pass_context
-    @_fail_cleanly
-    def mask_preview_cmd(ctx, index, checkpoint, preset, out, **overrides):
+    @_command(click, "mask-preview", "data", options=(
+        click.option("--index", type=click.IntRange(0), default=0, help="which cloud of the train split"),
+        click.option("--checkpoint", type=click.Path(), default=None, help="the masking configuration of a checkpoint"),
+        click.option("--preset", type=click.Choice(list(PRESETS)), default="paper", help="named configuration"),
+        click.option("--out", type=click.Path(dir_okay=False), default="mask_preview.ply", help="PLY file to write"),
+        *_config_options(ModelConfig, True)))
+    def mask_preview_cmd(ctx, data, index, checkpoint, preset, out, **overrides):
         """Write a coloured PLY of one cloud: grey unused, blue context, one colour per target block."""
-        data = _pop(overrides, _DATA_KEYS)
-        if checkpoint:
-            cfg = checkpoint_config(ModelConfig, read_header(checkpoint)[1], checkpoint, **_given(overrides))
-        else:
-            cfg, _ = _usage(make_configs, preset, **overrides)
-        _usage(cfg.check_masking)
-        ds = _load_data(data, "train", cfg)
+        cfg = _usage(checkpoint_config, ModelConfig, read_header(checkpoint)[1], checkpoint, **_given(overrides)) \
+            if checkpoint else _usage(make_configs, preset, **overrides)[0]
+        ds = _load_data(data, "train", _usage(cfg.check_masking))
         if index >= len(ds):
             raise click.BadParameter(f"{index} is past the last cloud ({len(ds) - 1})", param_hint="--index")
-        pts, roles = mask_preview(ds[index][0], cfg, seed=ctx.obj["seed"])
-        write_ply(out, pts, roles)
-        counts = {"unused": int((roles == 0).sum()), "context": int((roles == 1).sum()),
-                  "target": int((roles >= 2).sum())}
-        click.echo(json.dumps({"out": str(out), "points": len(pts), "sampler": cfg.sampler, **counts}))
+        print(json.dumps(write_mask_preview(out, ds[index][0], cfg, ctx.obj["seed"])))
     return mask_preview_cmd
 
 
 def _finetune_command(click):
-    @click.command("finetune")
-    @click.option("--task", required=True,
-                  help="modelnet40 | scanobjectnn | shapenetpart | msr-action3d (these need --data), builtin | "
-                       "builtin-parts | builtin4d (the built-in shapes, parts, figures in motion), or a folder of your "
-                       "own (one subfolder per class, train/ and test/)")
-    @_encoder_options
-    @_data_options
-    @click.option("--out", type=click.Path(file_okay=False), default="runs/finetune",
-                  help="folder for metrics.json and finetuned.safetensors")
-    @click.option("--vote", type=click.IntRange(0), default=0,
-                  help="also report test-time voting over this many scaled views at the end (peers: 10)")
-    @click.option("--eval-every", type=click.IntRange(0), default=0,
-                  help="evaluate on the test split every N epochs (0 = at the end only); logged, never selected")
-    @click.option("--select-best-on-test", is_flag=True,
-                  help="also report the best test epoch, labelled as selected on the test set (optimistic)")
-    @click.option("--max-steps", type=click.IntRange(1), default=None, help="stop after this many steps")
-    @_config_options(FinetuneConfig, with_presets=False)
-    @click.pass_context
-    @_fail_cleanly
-    def finetune_cmd(ctx, task, out, vote, eval_every, select_best_on_test, max_steps, **kw):
+    @_command(click, "finetune", EncoderSpec, "data", FinetuneConfig, options=(
+        click.option("--task", required=True, help="modelnet40 | scanobjectnn | shapenetpart | msr-action3d (these "
+                     "need --data), builtin | builtin-parts | builtin4d (the built-in shapes, parts, figures in "
+                     "motion), or a folder of your own (one subfolder per class, train/ and test/)"),
+        click.option("--out", type=click.Path(file_okay=False), default="runs/finetune",
+                     help="folder for metrics.json and finetuned.safetensors"),
+        click.option("--vote", type=click.IntRange(0), default=0,
+                     help="also report test-time voting over this many scaled views at the end (peers: 10)"),
+        click.option("--eval-every", type=click.IntRange(0), default=0,
+                     help="evaluate on the test split every N epochs (0 = at the end only); logged, never selected"),
+        click.option("--select-best-on-test", is_flag=True,
+                     help="also report the best test epoch, labelled as selected on the test set (optimistic)"),
+        click.option("--max-steps", type=click.IntRange(1), default=None, help="stop after this many steps")))
+    def finetune_cmd(ctx, spec, data, ft, task, out, vote, eval_every, select_best_on_test, max_steps):
         """Fine-tune the encoder with a classification or part-segmentation head (Point-MAE's recipe).
         Reports the last epoch's test accuracy (or mIoU)."""
         import jepa3d_data
 
-        data, enc = _pop(kw, _DATA_KEYS), _pop(kw, _ENCODER_KEYS)
-        ft = _usage(FinetuneConfig, **_given(kw))
-        seg = task in ("shapenetpart", "builtin-parts")
-        if task in TASK_LAYOUTS and data["data"] is None:
-            raise click.UsageError(f"--task {task} needs --data PATH (its folder on your disk)")
-        if task in ("builtin", "builtin-parts", "builtin4d"):
-            data["dataset"] = data["dataset"] or task
-        elif task not in TASK_LAYOUTS:
-            data["data"] = task
-        elif Path(data["data"]).exists():
-            layout = data["dataset"] or jepa3d_data.detect_layout(Path(data["data"]))
-            if layout not in TASK_LAYOUTS[task]:
-                raise click.UsageError(f"--task {task} reads {' or '.join(TASK_LAYOUTS[task])} data, but "
-                                       f"{data['data']} is {layout} data; pass the task's --data, or --task "
-                                       f"{data['data']} to fine-tune on it as a task of its own")
-        geometry = {**TASK_GEOMETRY.get(task, {}), **_given({k: enc[k] for k in ("num_points", "num_groups",
-                                                                                 "group_size")})}
-        encoder, cfg, source = _open_encoder(ctx, {**enc, **geometry}, ft.drop_path)
-        train_set, test_set = (_load_data(data, split, cfg, enc["frames"]) for split in ("train", "test"))
-        if seg != hasattr(train_set, "parts_of"):
-            raise click.UsageError(f"--task {task} does not fit the {getattr(train_set, 'name', '')} data")
-        click.echo(f"jepa3d finetune: {task}, {len(train_set)} train / {len(test_set)} test clouds, "
-                   f"encoder {source}", err=True)
+        data["data"], data["dataset"] = _usage(jepa3d_data.task_data, task, data["data"], data["dataset"])
+        geometry = {**TASK_GEOMETRY.get(task, {}), **_given({k: getattr(spec, k) for k in TASK_GEOMETRY["modelnet40"]})}
+        encoder, cfg, source, train_set, test_set = _open(ctx, dataclasses.replace(spec, **geometry), data,
+                                                          drop_path=ft.drop_path)
+        _usage(jepa3d_data.check_task, task, train_set)
+        print(f"jepa3d finetune: {task}, {len(train_set)} train / {len(test_set)} test clouds, encoder {source}",
+              file=sys.stderr)
         result = finetune(encoder, cfg, train_set, test_set, ft, out_dir=out, votes=vote, eval_every=eval_every,
-                          select_best_on_test=select_best_on_test, max_steps=max_steps,
-                          augment=jepa3d_data.augmentation(ft.augment), meta={"task": task, "encoder_source": source},
-                          **_runtime(ctx))
-        protocol = {**dataclasses.asdict(ft), **geometry, "seed": ctx.obj["seed"],
-                    "voting": f"{vote} views, isotropic scale 0.85-1.15, softmax average" if vote else "none",
-                    "selection": "last epoch" + (" (+ best test epoch, labelled)" if select_best_on_test else "")}
-        _report({"command": "finetune", "task": task, "encoder": source, "data": getattr(test_set, "name", ""),
-                 **result, "checkpoint": str(Path(out) / "finetuned.safetensors"), "protocol": protocol}, Path(out))
+                          select_best_on_test=select_best_on_test, max_steps=max_steps, meta={"task": task,
+                          "encoder_source": source}, augment=jepa3d_data.augmentation(ft.augment), **ctx.obj)
+        protocol = {**dataclasses.asdict(ft), **geometry, "seed": ctx.obj["seed"], "voting": f"{vote} views, isotropic scale 0.85-1.15, softmax average"
+                    if vote else "none", "selection": "last epoch" + (" (+ best test epoch, labelled)"
+                                                                      if select_best_on_test else "")}
+        _report({"command": "finetune", "task": task, "encoder": source, "data": optional(test_set, "name"), **result,
+                 "checkpoint": str(Path(out) / "finetuned.safetensors"), "protocol": protocol}, out)
     return finetune_cmd
 
 
 def _linear_probe_command(click):
-    @click.command("linear-probe")
-    @_encoder_options
-    @_data_options
-    @click.option("--out", type=click.Path(file_okay=False), default="runs/linear-probe",
-                  help="folder for metrics.json")
-    @click.option("--against-random", is_flag=True,
-                  help="also probe a random-init encoder of the same configuration and seed, and report the "
-                       "gain: did pretraining help?")
-    @_config_options(ProbeConfig, with_presets=False)
-    @click.pass_context
-    @_fail_cleanly
-    def linear_probe_cmd(ctx, out, against_random, **kw):
+    @_command(click, "linear-probe", EncoderSpec, "data", ProbeConfig, out="runs/linear-probe")
+    def linear_probe_cmd(ctx, spec, data, probe, out):
         """Frozen encoder, concat(max, mean) features, linear classifier on the train split, test accuracy."""
-        data, enc = _pop(kw, _DATA_KEYS), _pop(kw, _ENCODER_KEYS)
-        probe = _usage(ProbeConfig, **_given(kw))
-        encoder, cfg, source = _open_encoder(ctx, enc)
-        train_set, test_set = (_load_data(data, split, cfg, enc["frames"]) for split in ("train", "test"))
-        result = {"command": "linear-probe", "encoder": source,
-                  **linear_probe(encoder, cfg, train_set, test_set, probe, **_runtime(ctx)),
-                  "classes": list(getattr(train_set, "classes", []))}
-        if against_random:
-            print(f"random-init encoder (seed {ctx.obj['seed']}), same configuration:", file=sys.stderr)
-            baseline = linear_probe(random_encoder(cfg, ctx.obj["seed"]), cfg, train_set, test_set, probe,
-                                    **_runtime(ctx))
-            kinds = [k for k in ("svc", "linear_svc", "logreg") if k in result]
-            result["random_init"] = {k: baseline[k] for k in kinds}
-            result["gain_over_random_init"] = {k: result[k]["accuracy"] - baseline[k]["accuracy"] for k in kinds}
-            print("pretrained vs random init: " + ", ".join(
-                f"{k} {result[k]['accuracy']:.2f} vs {baseline[k]['accuracy']:.2f} "
-                f"({result['gain_over_random_init'][k]:+.2f})" for k in kinds), file=sys.stderr)
-        _report(result, Path(out))
+        encoder, cfg, source, train_set, test_set = _open(ctx, spec, data)
+        _report({"command": "linear-probe", "encoder": source,
+                 **linear_probe(encoder, cfg, train_set, test_set, probe, **ctx.obj)}, out)
     return linear_probe_cmd
 
 
 def _few_shot_command(click):
-    @click.command("few-shot")
-    @_encoder_options
-    @_data_options
-    @click.option("--out", type=click.Path(file_okay=False), default="runs/few-shot", help="folder for metrics.json")
-    @click.option("--fold-files", type=click.Path(exists=True, file_okay=False), default=None,
-                  help="the peers' ModelNetFewshot folder: use its pickled folds (needs --trust-pickle)")
-    @_config_options(FewShotConfig, with_presets=False)
-    @click.pass_context
-    @_fail_cleanly
-    def few_shot_cmd(ctx, out, fold_files, **kw):
+    @_command(click, "few-shot", EncoderSpec, "data", FewShotConfig, out="runs/few-shot")
+    def few_shot_cmd(ctx, spec, data, fs, out):
         """W-way S-shot episodes; reports mean +- std of the query accuracy over folds."""
         import jepa3d_data
 
-        data, enc = _pop(kw, _DATA_KEYS), _pop(kw, _ENCODER_KEYS)
-        fs = _usage(FewShotConfig, **_given(kw))
-        encoder, cfg, source = _open_encoder(ctx, enc)
-        train_set = test_set = None
-        if fold_files:
-            episodes = [jepa3d_data.read_fewshot_fold(Path(fold_files), fs.way, fs.shot, fold, data["trust_pickle"])
-                        for fold in range(fs.folds)]
-        else:
-            train_set, test_set = (_load_data(data, split, cfg, enc["frames"]) for split in ("train", "test"))
-            episodes = _usage(draw_episodes, train_set, test_set, fs, ctx.obj["seed"])
-        result = few_shot(encoder, cfg, train_set, test_set, fs, episodes=episodes, out_dir=out,
-                          augment=jepa3d_data.augmentation(FinetuneConfig.augment), **_runtime(ctx))
-        _report({"command": "few-shot", "encoder": source, **result}, Path(out))
+        encoder, cfg, source, *splits = _open(ctx, spec, data, () if fs.fold_files else ("train", "test"))
+        episodes = [jepa3d_data.read_fewshot_fold(Path(fs.fold_files), fs.way, fs.shot, fold, data["trust_pickle"])
+                    for fold in range(fs.folds)] if fs.fold_files else _usage(draw_episodes, *splits, fs, ctx.obj["seed"])
+        result = few_shot(encoder, cfg, *(splits or (None, None)), fs, episodes=episodes, out_dir=out,
+                          augment=jepa3d_data.augmentation(FinetuneConfig.augment), **ctx.obj)
+        _report({"command": "few-shot", "encoder": source, **result}, out)
     return few_shot_cmd
 
 
 def _point_probe_command(click):
-    @click.command("point-probe")
-    @_encoder_options
-    @_data_options
-    @click.option("--train-points", type=click.IntRange(1), default=4, show_default=True,
-                  help="points drawn per cloud or frame of the train split to fit the probe")
-    @click.option("--test-points", type=click.IntRange(1), default=16, show_default=True,
-                  help="points drawn per cloud or frame of the test split to score it")
-    @click.option("--features", type=click.Choice(["encoder", "teacher"]), default="encoder", show_default=True,
-                  help="probe the encoder's per-point features, or the teacher's own features in a teacher-features "
-                       "cache (the most that distilling that teacher can pass on; the encoder options are ignored)")
-    @click.option("--out", type=click.Path(file_okay=False), default="runs/point-probe", help="writes metrics.json")
-    @click.pass_context
-    @_fail_cleanly
-    def point_probe_cmd(ctx, train_points, test_points, features, out, **kw):
+    @_command(click, "point-probe", EncoderSpec, "data", PointProbeConfig, out="runs/point-probe")
+    def point_probe_cmd(ctx, spec, data, pp, out):
         """Per-point linear probe on frozen features: what each point's feature says about its
         part (a teacher-features cache of the built-in RGB-D videos, or a part dataset such as
         builtin-parts / ShapeNetPart). Reports point accuracy and mIoU."""
-        from jepa3d_data import DataError
+        import jepa3d_data
 
-        data, enc = _pop(kw, _DATA_KEYS), _pop(kw, _ENCODER_KEYS)
-        encoder, cfg, source = _open_encoder(ctx, enc)
-        if data["data"] is None and data["dataset"] is None:
-            data["dataset"] = "builtin-parts"
-        train_set = _load_data(data, "train", cfg, enc["frames"])
-        test_set = _load_data(data, "test", cfg, enc["frames"])
-        if hasattr(train_set, "parts_of"):
-            names = [f"{train_set.classes[c]}/{i}" for c, parts in enumerate(train_set.parts_of) for i in parts]
-        elif getattr(train_set, "point_labels", None) is not None:
-            names = train_set.part_names or [str(i) for i in range(int(train_set.point_labels.max()) + 1)]
-        else:
-            raise DataError(f"{train_set.name}: has no per-point labels; point-probe needs parts (a teacher-features "
-                            "cache of the built-in RGB-D videos, builtin-parts, ShapeNetPart)")
-        points = train_set[0][0].shape[-2]
-        if points != cfg.num_points:  # the probe reads points as stored, so the model's geometry follows them
-            cfg = dataclasses.replace(cfg, num_points=points)
-        if features == "teacher":
-            if not train_set[0][0].shape[-1] > 4:
-                raise DataError(f"{train_set.name}: --features teacher needs a teacher-features cache as --data")
-            encoder, source = None, "teacher features of the cache"
-        runtime = _runtime(ctx)
-        result = point_probe(encoder, cfg, train_set, test_set, len(names), train_points=train_points,
-                             test_points=test_points, device=runtime["device"], seed=runtime["seed"], names=names)
+        data["dataset"] = data["dataset"] or (None if data["data"] else "builtin-parts")
+        encoder, cfg, source, train_set, test_set = _open(ctx, spec, data)
+        names = jepa3d_data.point_label_names(train_set)
+        encoder, source = jepa3d_data.probed_features(pp.features, train_set, encoder, source)
+        result = point_probe(encoder, dataclasses.replace(cfg, num_points=train_set[0][0].shape[-2]), train_set,
+                             test_set, len(names), train_points=pp.train_points, test_points=pp.test_points,
+                             device=ctx.obj["device"], seed=ctx.obj["seed"], names=names)
         print(f"point probe: accuracy {result['point_accuracy']:.2f}, mIoU {result['miou']:.2f}", file=sys.stderr)
-        _report({"command": "point-probe", "encoder": source, "data": train_set.name, **result}, Path(out))
+        _report({"command": "point-probe", "encoder": source, "data": train_set.name, **result}, out)
     return point_probe_cmd
 
 
 def _embed_command(click):
-    @click.command("embed")
-    @_encoder_options
-    @_data_options
-    @click.option("--split", type=click.Choice(["train", "test"]), default="train", help="which split to embed")
-    @click.option("--per-patch", is_flag=True, help="also store per-patch tokens (N, G, D) and centres (N, G, 3)")
-    @click.option("--out", type=click.Path(dir_okay=False), default="features.npz",
-                  help="the .npz to write (the JSON result goes beside it, as <out>.json)")
-    @click.option("--batch-size", type=click.IntRange(1), default=ProbeConfig.batch_size,
-                  help="clouds per forward pass (FPS starts are drawn per batch)")
-    @click.pass_context
-    @_fail_cleanly
-    def embed_cmd(ctx, split, per_patch, out, batch_size, **kw):
+    @_command(click, "embed", EncoderSpec, "data", EmbedConfig, options=(click.option(
+        "--out", type=click.Path(dir_okay=False), default="features.npz",
+        help="the .npz to write (the JSON result goes beside it, as <out>.json)"),))
+    def embed_cmd(ctx, spec, data, how, out):
         """Write per-cloud features (and optionally per-patch tokens) to an .npz for other tools."""
-        import numpy as np
+        import jepa3d_data
 
-        data, enc = _pop(kw, _DATA_KEYS), _pop(kw, _ENCODER_KEYS)
-        encoder, cfg, source = _open_encoder(ctx, enc)
-        ds = _load_data(data, split, cfg, enc["frames"])
-        feats = embed(encoder, cfg, ds, per_patch=per_patch, batch_size=batch_size, **_runtime(ctx))
-        arrays = {k: v.numpy() for k, v in feats.items()}
-        arrays["classes"] = np.array(getattr(ds, "classes", []))
-        dest = Path(out)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(dest.name + ".tmp.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, dest)
-        _report({"command": "embed", "encoder": source, "data": getattr(ds, "name", ""), "split": split,
-                 "file": str(dest), "arrays": {k: list(v.shape) for k, v in arrays.items()},
-                 "features": "concat(max, mean) of the last-layer tokens"}, dest.with_name(dest.name + ".json"))
+        encoder, cfg, source, ds = _open(ctx, spec, data, (how.split,))
+        feats = embed(encoder, cfg, ds, per_patch=how.per_patch, batch_size=how.batch_size, **ctx.obj)
+        _report({"command": "embed", "encoder": source, "data": optional(ds, "name"), "split": how.split,
+                 "file": str(out), "arrays": jepa3d_data.write_features(out, feats, optional(ds, "classes")),
+                 "features": "concat(max, mean) of the last-layer tokens"}, f"{out}.json")
     return embed_cmd
-
-
-def _open_teacher(spec: str, weights: str | None, size: tuple | None) -> nn.Module:
-    """load_teacher, its problems said as bad input (one line, exit 1)."""
-    from jepa3d_data import DataError
-
-    try:
-        return load_teacher(spec, weights, tuple(size) if size else None)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
-        raise DataError(f"--teacher {spec}: {_one_line(err)}") from None
-
-
-def cache_teacher_features(out: str | Path, data: str | None = None, dataset: str | None = None,
-                           teacher: str = "builtin", teacher_weights: str | None = None,
-                           teacher_size: tuple | None = None, num_points: int = 256, frames: int = 16,
-                           intrinsics: tuple | None = None, occlusion: str = "feature", per_class: int | None = None,
-                           quiet: bool = False, device: torch.device = torch.device("cpu")) -> dict:
-    """`jepa3d teacher-features`: per-point features of a frozen 2D teacher for paired data (the
-    built-in RGB-D videos when `data` is None), cached in `out` (resumable). -> the cache's metadata."""
-    import jepa3d_data
-
-    splits = {}
-    for split in ("train", "test"):
-        try:
-            splits[split] = jepa3d_data.open_paired(data, split, dataset, num_points, frames, intrinsics, per_class)
-        except jepa3d_data.DataError:
-            if split == "train":
-                raise
-    made_by = {"teacher": teacher, "teacher_weights": teacher_weights, "teacher_size": list(teacher_size or []),
-               "data": None if data is None else str(Path(data).resolve()), "dataset": dataset,
-               "num_points": num_points, "frames": frames if data is None else None,
-               "intrinsics": list(intrinsics or []), "occlusion": occlusion, "per_class": per_class}
-    model = _open_teacher(teacher, teacher_weights, teacher_size)
-    progress = None if quiet else Progress(sum(-(-len(d.videos) // jepa3d_data.CACHE_VIDEOS) for d in splits.values()))
-    meta = jepa3d_data.write_teacher_features(out, splits, model, made_by, occlusion,
-                                              None if quiet else lambda done, total: progress.update(done, "chunks"),
-                                              device)
-    if progress is not None:
-        progress.close()
-    return meta
 
 
 def _teacher_features_command(click):
     import jepa3d_data
 
-    @click.command("teacher-features")
-    @click.option("--data", type=click.Path(), default=None,
-                  help="paired RGB + points: a TUM RGB-D folder, or a LiDAR + cameras folder (calib.json, as "
-                       "nuScenes); the built-in RGB-D videos when not given")
-    @click.option("--dataset", type=click.Choice(jepa3d_data.PAIRED_LAYOUTS), default=None,
-                  help="force the paired layout instead of detecting it")
-    @click.option("--teacher", default="builtin", show_default=True, help=TEACHER_HELP)
-    @click.option("--teacher-weights", type=click.Path(dir_okay=False), default=None,
-                  help="hub teachers: a local weights file (state dict) loaded into the model")
-    @click.option("--teacher-size", type=click.IntRange(14, 8192), nargs=2, default=None, metavar="H W",
-                  help="resize images to H x W for the teacher (TorchScript and hub teachers; hub: default the "
-                       "image's size rounded down to the patch size); points map to the map by its own stride")
-    @click.option("--num-points", type=click.IntRange(16), default=256, show_default=True,
-                  help="points kept per frame (drawn at random from the depth pixels or the sweep)")
-    @click.option("--frames", type=click.IntRange(1, 4096), default=16, show_default=True,
-                  help="built-in RGB-D data: frames per video")
-    @click.option("--per-class", type=click.IntRange(1), default=None,
-                  help="built-in RGB-D data: videos per action  [default: 50 train, 20 test]")
-    @click.option("--intrinsics", type=float, nargs=4, default=None, metavar="FX FY CX CY",
-                  help="TUM data: pinhole intrinsics (default: freiburg1's)")
-    @click.option("--occlusion", type=click.Choice(["feature", "pixel"]), default="feature", show_default=True,
-                  help="z-buffer on the teacher's feature cells (a point behind its cell's nearest would read the "
-                       "occluder's feature) or on the image's pixels")
-    @click.option("--out", type=click.Path(file_okay=False), default="runs/teacher-features", show_default=True,
-                  help="cache folder (pretrain reads it with --data); an interrupted run resumes")
-    @click.pass_context
-    @_fail_cleanly
-    def teacher_features_cmd(ctx, data, dataset, teacher, teacher_weights, teacher_size, num_points, frames,
-                             per_class, intrinsics, occlusion, out):
+    @_command(click, "teacher-features", jepa3d_data.TeacherFeaturesConfig, options=(
+        click.option("--data", type=click.Path(), default=None, help="paired RGB + points: a TUM RGB-D folder, or a "
+                     "LiDAR + cameras folder (calib.json, as nuScenes); the built-in RGB-D videos when not given"),
+        click.option("--dataset", type=click.Choice(list(jepa3d_data.PAIRED_TABLE)), default=None,
+                     help="force the paired layout instead of detecting it"),
+        click.option("--out", type=click.Path(file_okay=False), default="runs/teacher-features",
+                     help="cache folder (pretrain reads it with --data); an interrupted run resumes")))
+    def teacher_features_cmd(ctx, cfg, data, dataset, out):
         """Cache a frozen 2D teacher's per-point features: every point takes the feature of the
         pixel it projects to (calibrated cameras, z-buffer visibility), float16, resumable.
         Then: jepa3d pretrain --data OUT --objective distill (or jepa+distill)."""
         t = time.time()
-        meta = cache_teacher_features(out, data, dataset, teacher, teacher_weights, teacher_size, num_points,
-                                      frames, intrinsics, occlusion, per_class, device=_runtime(ctx)["device"])
-        frames_done = sum(m["frames"] for m in meta["splits"].values())
-        visible = []
-        for split in meta["splits"]:
-            ds = jepa3d_data.read_teacher_cache(Path(out), split, jepa3d_data.ReadOptions(frames=1))
-            visible.append(ds.extras[..., 0].float().mean().item())
-        click.echo(json.dumps({"command": "teacher-features", "out": str(out), "teacher": teacher,
-                               "teacher_dim": meta["teacher_dim"], "frames": frames_done, "points_per_frame": num_points,
-                               "visible_share": round(sum(visible) / len(visible), 4),
-                               "splits": {k: v["videos"] for k, v in meta["splits"].items()},
-                               "seconds": round(time.time() - t, 1)}))
+        meta = jepa3d_data.cache_teacher_features(out, data, dataset, cfg, progress_callback("chunks"), ctx.obj["device"])
+        print(json.dumps({"command": "teacher-features", "out": str(out), **jepa3d_data.cache_summary(out, meta),
+                          "seconds": round(time.time() - t, 1)}))
     return teacher_features_cmd
 
 
 def _inspect_command(click):
     import jepa3d_data
 
-    def sequence_options(fn):
-        return _options(fn, [click.option("--frames", type=click.IntRange(1, 4096), default=DEFAULT_FRAMES,
-                                          help="sequence data: frames per clip (T)"), *_sequence_options(click)])
-
-    @click.command("inspect")
-    @click.argument("path", type=click.Path())
-    @click.option("--dataset", type=click.Choice(jepa3d_data.LAYOUTS), default=None, help="force a layout")
-    @click.option("--variant", type=click.Choice(list(jepa3d_data.SCANOBJECTNN_FILES)), default=None,
-                  help=f"ScanObjectNN variant (ScanObjectNN data only)  [default: {jepa3d_data.DEFAULT_VARIANT}]")
-    @click.option("--trust-pickle", is_flag=True, help="allow reading pickled caches")
-    @click.option("--num-points", type=click.IntRange(16), default=1024, help="points per cloud (per frame) to read")
-    @sequence_options
-    @_fail_cleanly
-    def inspect_cmd(path, dataset, variant, trust_pickle, num_points, frames, frame_stride, intrinsics):
+    @_command(click, "inspect", options=(
+        click.argument("path", type=click.Path()),
+        click.option("--dataset", type=click.Choice(jepa3d_data.LAYOUTS), default=None, help="force a layout"),
+        *_config_options(jepa3d_data.ReadOptions, only=("num_points", "frames", "frame_stride", "intrinsics",
+                                                         "variant", "trust_pickle"))))
+    def inspect_cmd(ctx, path, dataset, **read):
         """Show the layout detected at PATH, samples per split, classes, points per cloud (sequence
         data: sequences, frames, clips, points per frame) and problems."""
-        report = jepa3d_data.inspect(path, dataset=dataset, variant=variant, trust_pickle=trust_pickle,
-                                     num_points=num_points, frames=frames, frame_stride=frame_stride,
-                                     intrinsics=intrinsics)
-        for line in jepa3d_data.describe(report):
-            click.echo(line, err=True)
-        click.echo(json.dumps(report))
+        report = jepa3d_data.inspect_data(path, dataset=dataset, **_given(read))
+        print("\n".join(jepa3d_data.describe(report)), file=sys.stderr)
+        print(json.dumps(report))
         if not any(s.get("samples") for s in report["splits"].values()):
             raise SystemExit(1)
     return inspect_cmd
@@ -3758,22 +3422,19 @@ def _plot_or_say(run_dir: Path) -> None:
     try:
         print(f"curves: {plot_run(run_dir)}", file=sys.stderr)
     except ImportError:
-        print("jepa3d: no curves.png: the plots need matplotlib (pip install 'jepa3d[plot]'), then "
-              f"`jepa3d plot {run_dir}`", file=sys.stderr)
+        print(f"jepa3d: no curves.png: the plots need matplotlib (pip install 'jepa3d[plot]'), then `jepa3d plot "
+              f"{run_dir}`", file=sys.stderr)
 
 
 def _plot_command(click):
-    @click.command("plot")
-    @click.argument("run", type=click.Path(exists=True, file_okay=False))
-    @_fail_cleanly
-    def plot_cmd(run):
+    @_command(click, "plot", options=(click.argument("run", type=click.Path(exists=True, file_okay=False)),))
+    def plot_cmd(ctx, run):
         """Draw RUN/curves.png from a pretraining run's metrics.jsonl (and probe.jsonl): loss against
         the batch-mean prediction's, the collapse monitors, the probe accuracy. Needs matplotlib."""
         try:
-            path = plot_run(Path(run))
+            print(json.dumps({"curves": str(plot_run(Path(run)))}))
         except ImportError:
             raise click.ClickException("plotting needs matplotlib: pip install 'jepa3d[plot]'") from None
-        click.echo(json.dumps({"curves": str(path)}))
     return plot_cmd
 
 
@@ -3781,35 +3442,22 @@ def make_cli():
     """The `jepa3d` click group with every command (click is imported here, not at import time)."""
     import click
 
-    @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-    @click.version_option(__version__, prog_name="jepa3d")
-    @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto",
-                  help="where to run; auto = cuda, then mps, then cpu")
-    @click.option("--seed", type=int, default=0, help="seed for initialisation, data order, masks, augmentation")
-    @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
-                  help="autocast precision; auto = bf16 on GPUs that have it, fp16+GradScaler on older GPUs, "
-                       "fp32 on CPU")
-    @click.option("--threads", default="auto", metavar="N|auto",
-                  help="torch CPU threads; auto: OMP_NUM_THREADS if set, else the CPUs this process may use less "
-                       "those other processes keep busy at start (a thread on a busy core stalls every op)")
-    @click.option("--debug", is_flag=True, help="show the Python traceback of an error (also: JEPA3D_DEBUG=1)")
-    @click.pass_context
-    def cli(ctx, device, seed, precision, threads, debug):
+    def cli(ctx, **kw):
         """jepa3d: 3D-JEPA self-supervised learning on point clouds, pure torch.
 
         Logs and progress go to stderr; each command prints one JSON result on stdout."""
+        rt = RuntimeConfig(**_given(kw))
         try:
-            dev = resolve_device(device)
+            device = resolve_device(rt.device)
+            set_threads(rt.threads)
         except ValueError as err:
-            raise click.BadParameter(str(err), param_hint="--device") from None
-        if threads != "auto" and not (threads.isdigit() and int(threads) >= 1):
-            raise click.BadParameter(f"{threads!r} is not a thread count >= 1 or auto", param_hint="--threads")
-        if threads != "auto":
-            torch.set_num_threads(int(threads))
-        elif not os.environ.get("OMP_NUM_THREADS"):  # the user's own setting stands
-            torch.set_num_threads(auto_threads())
-        ctx.obj = {"device": dev, "seed": seed, "precision": precision}
+            raise click.BadParameter(str(err)) from None
+        ctx.obj = {"device": device, "seed": rt.seed, "precision": rt.precision}
 
+    for option in reversed(_config_options(RuntimeConfig)):
+        cli = option(cli)
+    cli = click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})(
+        click.version_option(__version__, prog_name="jepa3d")(click.pass_context(cli)))
     for command in (_pretrain_command, _mask_preview_command, _finetune_command, _linear_probe_command,
                     _few_shot_command, _point_probe_command, _embed_command, _teacher_features_command,
                     _inspect_command, _plot_command):

@@ -15,36 +15,146 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 import jepa3d  # imports point one way: the readers use the model's geometry (FPS), never the reverse
+
+__all__ = [
+    # configs
+    "DataError", "ReadOptions", "Layout", "TeacherFeaturesConfig", "TEACHER_HELP", "DEFAULT_VARIANT",
+    "SCANOBJECTNN_FILES",
+    # datasets and the built-in shapes
+    "ArrayDataset", "normalize", "normalize_batch", "BUILTIN_CLASSES", "PART_ROLES", "make_shape", "builtin_dataset",
+    "builtin_parts_dataset",
+    # single files
+    "read_npy", "read_npz", "read_text_points", "read_ply", "read_pcd", "read_off", "read_obj", "CLOUD_SUFFIXES",
+    "MESH_SUFFIXES", "read_cloud", "resample",
+    # layouts
+    "read_modelnet40_h5", "read_npz_split", "SCANOBJECTNN_CLASSES", "read_scanobjectnn", "ShapeNet55",
+    "read_modelnet40_resampled", "read_pickle_cache", "read_modelnet40_pickle", "read_fewshot_fold",
+    "SHAPENETPART_PARTS", "ShapeNetPart", "read_folder",
+    # sequences (4D)
+    "SequenceDataset", "fit_frame", "ACTIONS", "make_motion", "builtin4d_dataset", "MSR_NAME", "MSR_FOCAL",
+    "MSR_ACTIONS", "TUM_INTRINSICS", "TUM_DEPTH_SCALE", "depth_to_points", "read_msr_bin", "read_msr_npz",
+    "read_depth_png", "natural_key", "read_msr_action3d", "read_depth_sequences", "read_tum", "read_sequence_folder",
+    # paired RGB + points, the correspondence, the teachers, the teacher-features cache
+    "Y_UP", "project_points", "zbuffer_visible", "bilinear_lookup", "pixel_features", "TeacherError",
+    "BuiltinTeacher", "ModuleTeacher", "NpyTeacher", "load_teacher", "PairedFrame", "PairedData", "read_rgb",
+    "BODY_PARTS", "PART_COLOURS", "PART_STRIPES", "render_rgbd", "builtin_rgbd", "paired_tum", "paired_lidar_cameras",
+    "PAIRED_TABLE", "open_paired", "write_teacher_features", "cache_meta", "read_teacher_cache",
+    "cache_teacher_features", "builtin_distill_data", "cache_summary", "visible_share", "probed_features",
+    # opening datasets
+    "LAYOUT_TABLE", "LAYOUTS", "detect_layout", "open_dataset", "open_split", "TASK_LAYOUTS", "BUILTIN_TASKS",
+    "task_data", "check_task", "model_fields", "point_label_names", "write_features", "inspect_data", "describe",
+    # augmentation
+    "scale_translate", "rotate_up", "jitter", "AUGMENTATIONS", "augmentation",
+]
 
 
 class DataError(ValueError):
     """A dataset problem the user can fix; the message names the file and the problem."""
 
 
-# ----------------------------------------------------------------------------- datasets
-class ArrayDataset(torch.utils.data.Dataset):
-    """Clouds held in memory. points (N, P, 3) float32, labels (N,) int64."""
+# ----------------------------------------------------------------------------- configs
+DEFAULT_VARIANT = "pb_t50_rs"  # the hardest split, the one the peers' headline numbers use
+SCANOBJECTNN_FILES = {"obj_bg": ("main_split", "{split}_objectdataset.h5"),
+                      "obj_only": ("main_split_nobg", "{split}_objectdataset.h5"),
+                      "pb_t50_rs": ("main_split", "{split}_objectdataset_augmentedrot_scale75.h5")}
 
-    def __init__(self, points, labels, classes: list[str], name: str, source: str = ""):
+
+def _opt(default, help: str, **cli):
+    """A config field with its --help line; `cli` says how the command line takes it (choices,
+    min, max, nargs, kind for fields whose default is None, flag for booleans), as jepa3d's own
+    config fields do, so the options are generated from here and have one default."""
+    return field(default=default, metadata={"help": help, **cli})
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How a split is read: the data options every command shares."""
+    num_points: int = _opt(1024, "points per cloud (per frame) to read: layouts that resample when read (folders, "
+                           "meshes, text) bring clouds to this", min=16, max=1 << 20)
+    variant: str = _opt(DEFAULT_VARIANT, "ScanObjectNN variant (ScanObjectNN data only)",
+                        choices=tuple(SCANOBJECTNN_FILES))
+    trust_pickle: bool = _opt(False, "allow reading the peers' pickled caches (.dat/.pkl); unpickling can run "
+                              "arbitrary code")
+    skip_bad: bool = _opt(False, "skip unreadable files of a folder dataset (the count is reported) instead of "
+                          "stopping")
+    frames: int = _opt(16, "sequence data: frames per clip (T)", min=1, max=4096)
+    frame_stride: int = _opt(1, "sequence data: take every n-th frame of a video", min=1, max=4096)
+    intrinsics: tuple | None = _opt(None, "depth data: pinhole intrinsics FX FY CX CY in pixels, replacing the "
+                                    "layout's own (cam_intr.txt) or default (MSR-Action3D: the field's guess 280 280 "
+                                    "W/2 H/2; TUM: freiburg1's)", nargs=4, kind=float)
+    per_class: int | None = _opt(None, "built-in data: samples per class  [default: the split's own count]",
+                                 min=1, kind=int)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """An on-disk layout: how to recognise it in a folder and how to read one split of it."""
+    detect: Callable[[Path], bool] | None  # None: never detected, only named (built-in data, needs no path)
+    read: Callable[[Path, str, ReadOptions], torch.utils.data.Dataset]
+    clips: bool = False                     # items are clips (T, P, 3) of sequences, cut to ReadOptions.frames
+
+
+TEACHER_HELP = ("builtin (a fixed random conv net, for the demo: see README), torchscript:FILE (a TorchScript "
+                "module, images (B, 3, H, W) in [0, 1] -> (B, C, h, w); it normalises its own input), "
+                "hub:REPO_DIR:ENTRY (torch.hub.load(REPO_DIR, ENTRY, source='local', pretrained=False) on a local "
+                "clone, e.g. of facebookresearch/dinov2 with ENTRY dinov2_vits14; weights from --teacher-weights), "
+                "npy:DIR (precomputed maps, one <image stem>.npy (C, h, w) per image)")
+
+
+@dataclass(frozen=True)
+class TeacherFeaturesConfig:
+    """How `jepa3d teacher-features` caches a frozen 2D teacher's per-point features."""
+    teacher: str = _opt("builtin", TEACHER_HELP)
+    teacher_weights: str | None = _opt(None, "hub teachers: a local weights file (state dict) loaded into the model",
+                                       kind="path")
+    teacher_size: tuple | None = _opt(None, "resize images to H x W for the teacher (TorchScript and hub teachers; "
+                                      "hub: default the image's size rounded down to the patch size); points map to "
+                                      "the map by its own stride", nargs=2, kind=int, min=14, max=8192)
+    num_points: int = _opt(256, "points kept per frame (drawn at random from the depth pixels or the sweep)",
+                           min=16, max=1 << 20)
+    frames: int = _opt(ReadOptions.frames, "built-in RGB-D data: frames per video", min=1, max=4096)
+    intrinsics: tuple | None = _opt(None, "TUM data: pinhole intrinsics FX FY CX CY  [default: freiburg1's]",
+                                    nargs=4, kind=float)
+    occlusion: str = _opt("feature", "z-buffer on the teacher's feature cells (a point behind its cell's nearest "
+                          "would read the occluder's feature) or on the image's pixels", choices=("feature", "pixel"))
+    per_class: int | None = _opt(None, "built-in RGB-D data: videos per action  [default: 50 train, 20 test]",
+                                 min=1, kind=int)
+
+
+# ----------------------------------------------------------------------------- datasets
+class ArrayDataset(jepa3d.PointDataset):
+    """Clouds held in memory: points (N, P, 3) float32, labels (N,) int64. A part dataset also
+    gives `parts` (N, P), each point's part: its items are (points, parts), its labels the
+    object category of each cloud (also `category`), and `parts_of[c]` the part ids category c uses."""
+
+    def __init__(self, points, labels, classes: list[str], name: str, source: str = "", *, parts=None,
+                 parts_of: list[list[int]] | None = None):
         self.points = torch.as_tensor(np.ascontiguousarray(points), dtype=torch.float32)
         self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
         self.classes, self.name, self.source = list(classes), name, source
+        if parts is not None:
+            self.parts = torch.as_tensor(np.asarray(parts), dtype=torch.long)    # (N, P)
+            self.category, self.parts_of = self.labels, parts_of
+            self.num_parts = sum(len(p) for p in parts_of)
         assert self.points.ndim == 3 and self.points.shape[-1] == 3 and len(self.points) == len(self.labels)
 
     def __len__(self) -> int:
         return len(self.points)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.points[i], self.labels[i]
+        return self.points[i], (self.labels[i] if self.parts_of is None else self.parts[i])
 
 
 def normalize(points: np.ndarray) -> np.ndarray:
@@ -739,10 +849,6 @@ def read_npz_split(root: Path, split: str) -> ArrayDataset:
 
 SCANOBJECTNN_CLASSES = ["bag", "bin", "box", "cabinet", "chair", "desk", "display", "door", "shelf", "table",
                         "bed", "pillow", "sink", "sofa", "toilet"]
-DEFAULT_VARIANT = "pb_t50_rs"  # the hardest split, the one the peers' headline numbers use
-SCANOBJECTNN_FILES = {"obj_bg": ("main_split", "{split}_objectdataset.h5"),
-                      "obj_only": ("main_split_nobg", "{split}_objectdataset.h5"),
-                      "pb_t50_rs": ("main_split", "{split}_objectdataset_augmentedrot_scale75.h5")}
 
 
 def read_scanobjectnn(root: Path, split: str, variant: str = DEFAULT_VARIANT) -> ArrayDataset:
@@ -761,7 +867,7 @@ def read_scanobjectnn(root: Path, split: str, variant: str = DEFAULT_VARIANT) ->
                         f"scanobjectnn-{variant}-{split}", str(file))
 
 
-class ShapeNet55(torch.utils.data.Dataset):
+class ShapeNet55(jepa3d.PointDataset):
     """Point-BERT's ShapeNet-55: shapenet_pc/<synset>-<id>.npy (8192, 3) listed in
     ShapeNet-55/{train,test}.txt. Files are read lazily (the full set is 4 GB); every listed
     file is checked at open (exists, is an (N, 3) float array of the right size)."""
@@ -898,14 +1004,14 @@ SHAPENETPART_PARTS = {
 }
 
 
-class ShapeNetPart(torch.utils.data.Dataset):
+class ShapeNetPart(jepa3d.PointDataset):
     """ShapeNetPart (shapenetcore_partanno_segmentation_benchmark_v0_normal): <synset>/<id>.txt
     rows 'x y z nx ny nz part' (part 0..49), synsetoffset2category.txt, official split JSONs.
     Items are (points (P, 3), part_labels (P,)); `category[i]` is the object category.
     Train = train + val (the peers' protocol). Clouds are resampled to num_points with
     replacement by a seeded draw per cloud (Point-MAE draws a random choice)."""
 
-    num_parts = 50  # part ids 0..49 over all categories, as PartDataset.num_parts
+    num_parts = 50  # part ids 0..49 over all categories
 
     def __init__(self, root: Path, split: str, num_points: int = 2048):
         if (root / "shapenetcore_partanno_segmentation_benchmark_v0_normal").is_dir():
@@ -1005,26 +1111,8 @@ def _folder_files(root: Path, split: str) -> list[tuple[str, Path]]:
     return pairs
 
 
-class PartDataset(torch.utils.data.Dataset):
-    """Part segmentation clouds in memory. Items (points (P, 3) float32, part_labels (P,) int64);
-    category (N,) the object category of each cloud; parts_of[c] the part ids category c uses."""
-
-    def __init__(self, points, parts, category, classes: list[str], parts_of: list[list[int]], name: str):
-        self.points = torch.as_tensor(np.asarray(points), dtype=torch.float32)
-        self.parts = torch.as_tensor(np.asarray(parts), dtype=torch.long)
-        self.category = self.labels = torch.as_tensor(np.asarray(category), dtype=torch.long)
-        self.classes, self.parts_of, self.name, self.source = list(classes), parts_of, name, "built-in"
-        self.num_parts = sum(len(p) for p in parts_of)
-
-    def __len__(self) -> int:
-        return len(self.points)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.points[i], self.parts[i]
-
-
 def builtin_parts_dataset(split: str = "train", num_points: int = 1024, per_class: int | None = None,
-                          seed: int = 0) -> PartDataset:
+                          seed: int = 0) -> ArrayDataset:
     """The built-in shapes with per-point part labels (seat/back/legs, body/handle, ...):
     12 categories, 36 parts, numbered category by category like ShapeNetPart's 50."""
     if split not in ("train", "test"):
@@ -1041,7 +1129,8 @@ def builtin_parts_dataset(split: str = "train", num_points: int = 1024, per_clas
             points.append(pts)
             parts.append(role + offsets[c])
             category.append(c)
-    return PartDataset(np.stack(points), np.stack(parts), category, names, parts_of, f"builtin-parts-{split}")
+    return ArrayDataset(np.stack(points), category, names, f"builtin-parts-{split}", "built-in", parts=np.stack(parts),
+                        parts_of=parts_of)
 
 
 # ----------------------------------------------------------------------------- sequences (4D)
@@ -1049,7 +1138,7 @@ def builtin_parts_dataset(split: str = "train", num_points: int = 1024, per_clas
 # into clips of T frames; an item is (points (T, P, 3), label), the clip centred and scaled into
 # the unit sphere as a whole, so motion (a bounce, an approach) survives normalisation.
 
-class SequenceDataset(torch.utils.data.Dataset):
+class SequenceDataset(jepa3d.PointDataset):
     """Point-cloud videos cut into clips. `videos`: list of (F_v, P, 3) arrays; `labels`: one
     class id per video. Clips are `frames` frames `stride` apart, starting every frames * stride
     frames (clips do not overlap), plus one clip ending on a video's last frame
@@ -1057,16 +1146,16 @@ class SequenceDataset(torch.utils.data.Dataset):
     last frame. `videos_of[i]` is clip i's video (video accuracy = the vote of its clips)."""
 
     def __init__(self, videos: list, labels, classes: list[str], name: str, source: str = "", *,
-                 frames: int = 16, stride: int = 1, video_names: list[str] | None = None,
-                 extras: np.ndarray | None = None, point_labels: np.ndarray | None = None):
-        """`extras` (sum F, P, E): channels that follow every point (a teacher-features cache's
-        visibility and 2D-teacher feature, kept float16), appended after x, y, z; `point_labels`
-        (sum F, P): per-point labels (parts) for the per-point probe (clip_point_labels)."""
+                 frames: int = ReadOptions.frames, stride: int = 1, video_names: list[str] | None = None,
+                 teacher: np.ndarray | None = None, point_labels: np.ndarray | None = None):
+        """`teacher` (sum F, P, 1 + C): a teacher-features cache's targets per point (visible,
+        the 2D teacher's feature; float16), read by teacher_targets; `point_labels` (sum F, P):
+        per-point labels (parts) for the per-point probe (clip_point_labels)."""
         if frames < 1 or stride < 1:
             raise DataError(f"{name}: --frames and --frame-stride must be >= 1")
         counts = [len(v) for v in videos]
         self.frames_data = torch.as_tensor(np.concatenate([np.asarray(v, np.float32) for v in videos]))  # (sum F, P, 3)
-        self.extras = None if extras is None else torch.as_tensor(extras)                    # (sum F, P, E)
+        self.teacher = None if teacher is None else torch.as_tensor(teacher)                 # (sum F, P, 1 + C)
         self.point_labels = None if point_labels is None else torch.as_tensor(point_labels)  # (sum F, P)
         self.offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
         self.frames, self.stride = frames, stride
@@ -1080,7 +1169,7 @@ class SequenceDataset(torch.utils.data.Dataset):
         self.classes, self.name, self.source = list(classes), name, source
         self.video_names = video_names or [f"video{i}" for i in range(len(videos))]
         assert self.frames_data.ndim == 3 and self.frames_data.shape[-1] == 3 and len(labels) == len(videos)
-        assert all(x is None or x.shape[:2] == self.frames_data.shape[:2] for x in (self.extras, self.point_labels))
+        assert all(x is None or x.shape[:2] == self.frames_data.shape[:2] for x in (self.teacher, self.point_labels))
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -1095,9 +1184,16 @@ class SequenceDataset(torch.utils.data.Dataset):
         clip = self.frames_data[index]                                        # (T, P, 3)
         clip = clip - clip.mean(dim=(0, 1))
         clip = clip / clip.norm(dim=-1).max().clamp_min(1e-12)
-        if self.extras is not None:
-            clip = torch.cat([clip, self.extras[index].float()], dim=-1)      # (T, P, 3 + E)
         return clip, self.labels[i]
+
+    def teacher_targets(self, i: int) -> torch.Tensor:
+        """Clip i's teacher targets (T, P, 1 + C) float32, aligned with its points."""
+        return self.teacher[self._frames_of(i)].float()
+
+    @property
+    def teacher_dim(self) -> int:
+        """C, the width of the teacher's features (0 without a teacher)."""
+        return 0 if self.teacher is None else self.teacher.shape[-1] - 1
 
     def clip_point_labels(self, i: int) -> torch.Tensor:
         """Clip i's per-point labels (T, P), aligned with its points."""
@@ -1234,7 +1330,8 @@ def make_motion(action: str, num_points: int, frames: int, rng: np.random.Genera
     return (out + rng.normal(scale=0.01, size=out.shape)).astype(np.float32)
 
 
-def builtin4d_dataset(split: str = "train", num_points: int = 256, frames: int = 16, per_class: int | None = None,
+def builtin4d_dataset(split: str = "train", num_points: int = 256, frames: int = ReadOptions.frames,
+                      per_class: int | None = None,
                       seed: int = 0, partial: bool = True) -> SequenceDataset:
     """The built-in 4D data: 10 actions (ACTIONS) of one articulated figure, 100 train / 20 test
     clips each by default, `frames` frames of num_points points as a depth sensor sees them.
@@ -1550,9 +1647,248 @@ def read_sequence_folder(root: Path, split: str, o: "ReadOptions") -> SequenceDa
 # Cross-modal data: every frame carries its points, one or more RGB images, and per image the
 # camera: K (3x3 pinhole) and the transform from the points' frame to the camera (4x4, OpenCV
 # axes: x right, y down, z forward). `jepa3d teacher-features` runs a 2D teacher on the images
-# and writes, for every point, the feature at its pixel (jepa3d.pixel_features) into a cache
+# and writes, for every point, the feature at its pixel (pixel_features, below) into a cache
 # that pretraining reads like any sequence dataset (layout "teacher-cache").
 Y_UP = np.diag([1.0, -1.0, -1.0, 1.0])  # depth-derived points (x, -y, -z) back to the OpenCV camera
+
+
+# Correspondence: every 3D point mapped to the pixel of a calibrated camera it projects to, with an occlusion test,
+# so a frozen 2D model's per-pixel features can be looked up for it (the Cross4D-JEPA objective).
+# Conventions: OpenCV cameras (x right, y down, z forward); K the 3x3 pinhole intrinsics; pixel
+# (u, v) = (column, row) with integer values at pixel centres, as K maps them.
+
+def project_points(points: torch.Tensor, K: torch.Tensor, to_camera: torch.Tensor, image_size: tuple[int, int],
+                   min_depth: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """points (B, N, 3) in their own frame, K (B, 3, 3), to_camera (B, 4, 4) the points' frame ->
+    camera transform, image_size (H, W) -> uv (B, N, 2) pixel coordinates, depth (B, N) along the
+    optical axis, inside (B, N) bool: in front of the camera (depth > min_depth) and inside the
+    image (-0.5 <= u < W - 0.5, the same for v: the pixel grid's outer edges)."""
+    H, W = image_size
+    cam = points @ to_camera[:, :3, :3].transpose(1, 2) + to_camera[:, None, :3, 3]  # (B, N, 3)
+    depth = cam[..., 2]
+    pix = cam @ K.transpose(1, 2)                                             # (B, N, 3) = (z u, z v, z)
+    uv = pix[..., :2] / depth.clamp_min(min_depth)[..., None]
+    inside = (depth > min_depth) & (uv[..., 0] >= -0.5) & (uv[..., 0] < W - 0.5) & \
+        (uv[..., 1] >= -0.5) & (uv[..., 1] < H - 0.5)
+    return uv, depth, inside
+
+
+def zbuffer_visible(uv: torch.Tensor, depth: torch.Tensor, inside: torch.Tensor, image_size: tuple[int, int],
+                    tol: float = 0.1, radius: int = 1) -> torch.Tensor:
+    """The occlusion test: a projected point is visible when its depth is within `tol` (relative:
+    tol * depth, so far points get a proportionate slack) of the nearest depth any point reaches
+    in its pixel's (2 radius + 1)^2 neighbourhood (a sparse cloud leaves holes a one-pixel test
+    would see through). uv (B, N, 2), depth (B, N), inside (B, N) -> visible (B, N) bool, a
+    subset of inside. One scatter-min and one min-pool, batched."""
+    B, N = depth.shape
+    H, W = image_size
+    col = uv[..., 0].round().long().clamp(0, W - 1)
+    row = uv[..., 1].round().long().clamp(0, H - 1)
+    pixel = row * W + col                                                     # (B, N)
+    far = torch.finfo(depth.dtype).max
+    zbuf = torch.full((B, H * W), far, dtype=depth.dtype, device=depth.device)
+    zbuf.scatter_reduce_(1, pixel, torch.where(inside, depth, far), reduce="amin")
+    if radius:
+        zbuf = -F.max_pool2d(-zbuf.view(B, 1, H, W), 2 * radius + 1, stride=1, padding=radius).view(B, H * W)
+    nearest = zbuf.gather(1, pixel)                                           # (B, N)
+    return inside & (depth <= nearest * (1 + tol))
+
+
+def bilinear_lookup(features: torch.Tensor, uv: torch.Tensor, stride: float | tuple[float, float] = 1.0,
+                    mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-point features from a feature map (B, C, h, w) whose cell (i, j) covers image pixels
+    [j s, (j + 1) s) x [i s, (i + 1) s) (a ViT's patch grid: s = patch size; s = 1 for per-pixel
+    maps): the cell centres sit at pixel (j s + (s - 1) / 2, i s + (s - 1) / 2), points in between
+    are interpolated bilinearly between the four nearest centres, points beyond the outer centres
+    take the border's (grid_sample's align_corners=True with border padding). uv (B, N, 2) pixel
+    coordinates -> (B, N, C), exact at cell centres. Only the points where `mask` (B, N) is True
+    are looked up (the rest are zeros): a camera sees a few thousand of a sweep's points.
+    `stride` may be (sx, sy), not whole numbers: a W x H image resized for a teacher whose map is
+    w x h has cells of W / w by H / h pixels (the same formula places their centres)."""
+    B, C, h, w = features.shape
+    N = uv.shape[1]
+    sx, sy = stride if isinstance(stride, tuple) else (stride, stride)
+    x = ((uv[..., 0] - (sx - 1) / 2) / sx).clamp(0, w - 1)                   # (B, N) in cells
+    y = ((uv[..., 1] - (sy - 1) / 2) / sy).clamp(0, h - 1)
+    b, n = (mask if mask is not None else torch.ones_like(x, dtype=torch.bool)).nonzero(as_tuple=True)
+    x, y = x[b, n], y[b, n]                                                   # (M,)
+    x0, y0 = x.floor().clamp(max=max(w - 2, 0)), y.floor().clamp(max=max(h - 2, 0))
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]                             # (M, 1) weights
+    x0, y0 = x0.long(), y0.long()
+    x1, y1 = (x0 + 1).clamp(max=w - 1), (y0 + 1).clamp(max=h - 1)
+    flat = features.permute(0, 2, 3, 1).reshape(B * h * w, C)               # (B*h*w, C) one row per cell
+    base = b * (h * w)
+
+    def cell(row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
+        return flat[base + row * w + col]                                     # (M, C)
+
+    value = (cell(y0, x0) * (1 - fx) + cell(y0, x1) * fx) * (1 - fy) + (cell(y1, x0) * (1 - fx) + cell(y1, x1) * fx) * fy
+    out = features.new_zeros(B, N, C)
+    out[b, n] = value
+    return out
+
+
+def pixel_features(points: torch.Tensor, cameras: list[dict], features: list[torch.Tensor],
+                   tol: float = 0.1, radius: int = 1,
+                   occlusion: str = "pixel") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each point's teacher feature from the first camera that sees it. points (B, N, 3);
+    cameras: per camera {'K' (B, 3, 3), 'to_camera' (B, 4, 4), 'image_size' (H, W), 'stride'
+    (s or (sx, sy))}; features: per camera its feature map (B, C, h, w) -> feats (B, N, C) (zeros
+    where unseen), visible (B, N) bool, camera (B, N) long (the camera used, -1 where none sees it).
+    occlusion: 'pixel' runs the z-buffer on the image's pixels ((2 radius + 1)^2 neighbourhood);
+    'feature' on the feature map's cells, radius 0: a point behind the nearest point of its cell
+    would read the occluder's feature, and a sparse LiDAR sweep leaves most pixels empty, so on
+    the pixel grid almost no occluded point has an occluder in its own pixel."""
+    B, N, _ = points.shape
+    C = features[0].shape[1]
+    which = torch.full((B, N), -1, dtype=torch.long, device=points.device)
+    uvs = []
+    for i, cam in enumerate(cameras):  # a handful of cameras; each call is batched over the clouds
+        uv, depth, inside = project_points(points, cam["K"], cam["to_camera"], cam["image_size"])
+        if occlusion == "feature":
+            sx, sy = cam.get("stride", 1.0) if isinstance(cam.get("stride", 1.0), tuple) else (cam.get("stride", 1.0),) * 2
+            h, w = features[i].shape[-2:]
+            cells = torch.stack([(uv[..., 0] + 0.5) / sx - 0.5, (uv[..., 1] + 0.5) / sy - 0.5], dim=-1)
+            seen = zbuffer_visible(cells, depth, inside, (h, w), tol, 0) & (which < 0)
+        else:
+            seen = zbuffer_visible(uv, depth, inside, cam["image_size"], tol, radius) & (which < 0)
+        which = torch.where(seen, torch.full_like(which, i), which)
+        uvs.append(uv)
+    feats = points.new_zeros(B, N, C)
+    for i, (cam, fmap) in enumerate(zip(cameras, features)):  # one lookup per camera, of its own points only
+        feats += bilinear_lookup(fmap, uvs[i], cam.get("stride", 1.0), which == i).to(feats.dtype)
+    return feats, which >= 0, which
+
+
+# Teachers: frozen 2D models behind one interface, images (B, 3, H, W) in [0, 1] (and their
+# file names, for precomputed maps) -> feature maps (B, C, h, w). All offline: a TorchScript
+# file, a local clone of a torch.hub repository with its weights, precomputed .npy maps, or the
+# built-in teacher. The stride of a map is read off its size: W / w by H / h pixels per cell.
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class TeacherError(ValueError):
+    """A teacher that does not do what the interface says (bad input, not a bug of jepa3d)."""
+
+
+class BuiltinTeacher(nn.Module):
+    """The demo's teacher: a fixed conv net with seeded random weights (3 convolutions, stride
+    4, `dim` channels). Not a foundation model and not trained: what it gives each pixel is a
+    nonlinear code of the colour and texture around it, which the points do not have; on the
+    built-in RGB-D data the colours follow the parts, so distilling it teaches the point encoder
+    something only the images hold. A real teacher (DINOv2) comes in by --teacher."""
+
+    def __init__(self, dim: int = 32, seed: int = 0):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, 2, padding=1),
+                                 nn.ReLU(), nn.Conv2d(32, dim, 3, 2, padding=1))
+        g = torch.Generator().manual_seed(seed)
+        for m in self.net:
+            if isinstance(m, nn.Conv2d):
+                with torch.no_grad():
+                    m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2 / m.weight[0].numel()) ** 0.5)
+                    m.bias.zero_()
+        self.requires_grad_(False).eval()
+
+    def forward(self, images: torch.Tensor, names: list[str] | None = None) -> torch.Tensor:
+        return self.net((images - 0.5) / 0.25)                                # (B, dim, H/4, W/4)
+
+
+class ModuleTeacher(nn.Module):
+    """A user's frozen 2D model: a TorchScript module or a torch.hub model (loaded from a local
+    clone). Images are resized to `size` (H, W) if given, else to their size rounded down to
+    the model's patch size (a ViT's `patch_size`), and ImageNet-normalised when `normalize`.
+    A model returning a dict with 'x_norm_patchtokens' (DINOv2's forward_features) has its
+    patch tokens laid out as the patch grid; otherwise the model must return (B, C, h, w)."""
+
+    def __init__(self, model: nn.Module, name: str, size: tuple[int, int] | None = None, normalize: bool = True):
+        super().__init__()
+        self.model, self.name, self.size, self.normalize = model.eval(), name, size, normalize
+        patch = getattr(model, "patch_size", 1)
+        self.patch = patch[0] if isinstance(patch, (tuple, list)) else int(patch)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor, names: list[str] | None = None) -> torch.Tensor:
+        H, W = self.size or images.shape[-2:]
+        H, W = max(self.patch, H // self.patch * self.patch), max(self.patch, W // self.patch * self.patch)
+        x = F.interpolate(images, size=(H, W), mode="bilinear", align_corners=False, antialias=True) \
+            if (H, W) != tuple(images.shape[-2:]) else images
+        if self.normalize:
+            mean, std = (torch.tensor(v, device=x.device).view(1, 3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
+            x = (x - mean) / std
+        forward_features = getattr(self.model, "forward_features", None)
+        try:
+            out = forward_features(x) if forward_features is not None else self.model(x)
+        except RuntimeError as err:  # the user's model refused these images (size, channels, dtype)
+            raise TeacherError(f"teacher {self.name} failed on images {tuple(x.shape)}: "
+                               f"{' '.join(str(err).split())[:300]}") from None
+        if isinstance(out, dict) and "x_norm_patchtokens" in out:  # DINOv2: (B, h*w, C) patch tokens
+            tokens = out["x_norm_patchtokens"]
+            out = tokens.transpose(1, 2).reshape(len(x), -1, H // self.patch, W // self.patch)
+        if not isinstance(out, torch.Tensor) or out.ndim != 4 or len(out) != len(x):
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise TeacherError(f"teacher {self.name}: returned {got} for images {tuple(x.shape)}; a teacher must "
+                               "map images (B, 3, H, W) to feature maps (B, C, h, w)")
+        return out.float()
+
+
+class NpyTeacher(nn.Module):
+    """Feature maps computed elsewhere (DINOv2 on a GPU node): one `<image stem>.npy` per image
+    in `folder`, (C, h, w), any float type; the images themselves are not looked at."""
+
+    def __init__(self, folder: str | Path):
+        super().__init__()
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise FileNotFoundError(f"{self.folder}: no such folder of precomputed feature maps (npy:DIR)")
+
+    def forward(self, images: torch.Tensor, names: list[str] | None = None) -> torch.Tensor:
+        import numpy as np
+
+        maps = []
+        for name in names or []:
+            path = self.folder / (Path(name).stem + ".npy")
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: no precomputed feature map for image {name}")
+            fmap = np.load(path, allow_pickle=False)
+            if fmap.ndim != 3 or fmap.dtype.kind != "f":
+                raise TeacherError(f"{path}: a feature map must be a float array (C, h, w), got {fmap.dtype} "
+                                   f"{fmap.shape}")
+            maps.append(torch.from_numpy(fmap.astype(np.float32)))
+        if len({m.shape for m in maps}) > 1:
+            raise TeacherError(f"{self.folder}: the feature maps of one frame's images differ in shape "
+                               f"({sorted({tuple(m.shape) for m in maps})})")
+        return torch.stack(maps).to(images.device)
+
+
+def load_teacher(spec: str, weights: str | None = None, size: tuple[int, int] | None = None) -> nn.Module:
+    """The teacher named by `spec` (TEACHER_HELP), frozen, on the CPU. Never downloads."""
+    kind, _, rest = spec.partition(":")
+    if kind == "builtin":
+        return BuiltinTeacher()
+    if kind == "npy":
+        return NpyTeacher(rest)
+    if kind == "torchscript":
+        if not Path(rest).is_file():
+            raise FileNotFoundError(f"{rest}: no such TorchScript file (--teacher torchscript:FILE)")
+        try:
+            model = torch.jit.load(rest, map_location="cpu")
+        except RuntimeError as err:
+            raise ValueError(f"{rest}: not a TorchScript module ({str(err).splitlines()[0]}); save one with "
+                             "torch.jit.script(model).save(FILE)") from None
+        return ModuleTeacher(model, spec, size, normalize=False)
+    if kind == "hub":
+        repo, _, entry = rest.rpartition(":")
+        if not repo or not (Path(repo) / "hubconf.py").is_file():
+            raise FileNotFoundError(f"{repo or rest}: not a local torch.hub repository (no hubconf.py); "
+                                    "--teacher hub:REPO_DIR:ENTRY needs a local clone")
+        model = torch.hub.load(repo, entry, source="local", pretrained=False, trust_repo=True)
+        if weights:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+            model.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+        return ModuleTeacher(model.requires_grad_(False), spec, size)
+    raise ValueError(f"--teacher {spec!r}: use {TEACHER_HELP}")
+
 
 
 @dataclass
@@ -1662,7 +1998,8 @@ def _rgbd_video(action: str, frames: int, num_points: int, seed: tuple, name: st
     return out
 
 
-def builtin_rgbd(split: str = "train", frames: int = 16, num_points: int = 256, per_class: int | None = None,
+def builtin_rgbd(split: str = "train", frames: int = ReadOptions.frames, num_points: int = 256,
+                 per_class: int | None = None,
                  seed: int = 0) -> PairedData:
     """The built-in RGB-D videos: 10 actions (ACTIONS) x per_class (50 train / 20 test by
     default) of `frames` 96x96 frames; frames are rendered when read. Deterministic by seed."""
@@ -1865,7 +2202,7 @@ def _frame_features(frames: list[PairedFrame], teacher, occlusion: str, device: 
                          "to_camera": torch.tensor(to_camera, dtype=torch.float32)[None],
                          "image_size": (H, W), "stride": (W / w, H / h)})
             fmaps.append(maps[i, j][None])
-        feat, seen, _ = jepa3d.pixel_features(torch.from_numpy(f.points)[None], cams, fmaps, occlusion=occlusion)
+        feat, seen, _ = pixel_features(torch.from_numpy(f.points)[None], cams, fmaps, occlusion=occlusion)
         feats.append(feat[0].half().numpy())
         visible.append(seen[0].numpy())
     return np.stack(feats), np.stack(visible)
@@ -1957,7 +2294,7 @@ def cache_meta(root: str | Path) -> dict:
 
 def read_teacher_cache(root: Path, split: str, o: ReadOptions) -> SequenceDataset:
     """A `jepa3d teacher-features` cache as a sequence dataset whose points carry the teacher's
-    channels: clips (T, P, 3 + 1 + C) = x, y, z, visible, feature (jepa3d.split_teacher)."""
+    targets: clips (T, P, 3) with teacher_targets (T, P, 1 + C) = visible, feature."""
     meta = cache_meta(root)
     if split not in meta["splits"]:
         raise DataError(f"{root}: the cache has no {split} split (it has {', '.join(meta['splits'])})")
@@ -1974,67 +2311,125 @@ def read_teacher_cache(root: Path, split: str, o: ReadOptions) -> SequenceDatase
     cat = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
     bounds = np.flatnonzero(np.diff(cat["video"])) + 1
     videos = np.split(cat["xyz"], bounds)
-    extras = np.concatenate([cat["visible"][..., None].astype(np.float16), cat["feat"]], axis=-1)
+    teacher = np.concatenate([cat["visible"][..., None].astype(np.float16), cat["feat"]], axis=-1)  # (F, P, 1 + C)
     ds = SequenceDataset(videos, info["labels"], info["classes"], f"teacher-cache-{split}", str(root),
                          frames=o.frames, stride=o.frame_stride, video_names=info["video_names"],
-                         extras=extras, point_labels=cat.get("parts"))
-    ds.teacher_dim, ds.part_names = int(cat["feat"].shape[-1]), info.get("part_names")
+                         teacher=teacher, point_labels=cat.get("parts"))
+    ds.part_names = info.get("part_names")
     return ds
 
 
-PAIRED_LAYOUTS = ("builtin-rgbd", "tum-rgbd", "lidar-cameras")
+# The paired layouts `jepa3d teacher-features` reads, in the order detection tries them.
+PAIRED_TABLE: dict[str, Layout] = {
+    "builtin-rgbd": Layout(None, lambda root, split, o: builtin_rgbd(split, o.frames, o.num_points, o.per_class),
+                           clips=True),
+    "lidar-cameras": Layout(lambda p: bool(_sequence_roots(p, _is_lidar_cameras)),
+                            lambda root, split, o: paired_lidar_cameras(root, split, o.num_points)),
+    "tum-rgbd": Layout(lambda p: bool(_sequence_roots(p, _is_tum)),
+                       lambda root, split, o: paired_tum(root, split, o.num_points, o.intrinsics)),
+}
 
 
-def open_paired(path: str | Path | None, split: str = "train", dataset: str | None = None, num_points: int = 256,
-                frames: int = 16, intrinsics: tuple | None = None, per_class: int | None = None) -> PairedData:
+def open_paired(path: str | Path | None, split: str = "train", dataset: str | None = None,
+                num_points: int = TeacherFeaturesConfig.num_points, frames: int = TeacherFeaturesConfig.frames,
+                intrinsics: tuple | None = None, per_class: int | None = None) -> PairedData:
     """Paired RGB + points for `jepa3d teacher-features`: the built-in RGB-D videos when path is
-    None, else a TUM RGB-D folder or a LiDAR + cameras folder (detected, or `dataset`)."""
+    None, else the PAIRED_TABLE layout detected at path (or forced by `dataset`)."""
+    options = ReadOptions(num_points=num_points, frames=frames, intrinsics=intrinsics, per_class=per_class)
     if path is None:
         if dataset not in (None, "builtin-rgbd"):
             raise DataError(f"--dataset {dataset} needs --data PATH")
-        return builtin_rgbd(split, frames, num_points, per_class)
+        return PAIRED_TABLE["builtin-rgbd"].read(None, split, options)
     root = Path(path)
     if not root.is_dir():
         raise DataError(f"{root}: no such folder")
-    layout = dataset or ("lidar-cameras" if _sequence_roots(root, _is_lidar_cameras) else
-                         "tum-rgbd" if _sequence_roots(root, _is_tum) else None)
-    if layout == "lidar-cameras":
-        return paired_lidar_cameras(root, split, num_points)
-    if layout == "tum-rgbd":
-        return paired_tum(root, split, num_points, intrinsics)
-    raise DataError(f"{root}: no paired RGB + points here; teacher-features reads {', '.join(PAIRED_LAYOUTS)} "
-                    "(a TUM folder with rgb/ and depth/, or calib.json with a LiDAR file and camera images)")
+    layout = dataset or next((name for name, layout in PAIRED_TABLE.items()
+                              if layout.detect is not None and layout.detect(root)), None)
+    if layout is None:
+        raise DataError(f"{root}: no paired RGB + points here; teacher-features reads {', '.join(PAIRED_TABLE)} "
+                        "(a TUM folder with rgb/ and depth/, or calib.json with a LiDAR file and camera images)")
+    return PAIRED_TABLE[layout].read(root, split, options)
+
+
+def _open_teacher(spec: str, weights: str | None, size: tuple | None) -> nn.Module:
+    """load_teacher, its problems said as bad input (one line, exit 1)."""
+    try:
+        return load_teacher(spec, weights, tuple(size) if size else None)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        raise DataError(f"--teacher {spec}: {' '.join(str(err).split()) or type(err).__name__}") from None
+
+
+def cache_teacher_features(out: str | Path, data: str | None = None, dataset: str | None = None,
+                           cfg: TeacherFeaturesConfig = TeacherFeaturesConfig(),
+                           progress: Callable[[int, int], None] | None = None,
+                           device: torch.device = torch.device("cpu")) -> dict:
+    """`jepa3d teacher-features`: per-point features of a frozen 2D teacher for paired data (the
+    built-in RGB-D videos when `data` is None), cached in `out` (resumable). `progress(done,
+    total)` is called after every chunk. -> the cache's metadata."""
+    splits = {}
+    for split in ("train", "test"):
+        try:
+            splits[split] = open_paired(data, split, dataset, cfg.num_points, cfg.frames, cfg.intrinsics,
+                                        cfg.per_class)
+        except DataError:
+            if split == "train":
+                raise
+    made_by = {"teacher": cfg.teacher, "teacher_weights": cfg.teacher_weights,
+               "teacher_size": list(cfg.teacher_size or []),
+               "data": None if data is None else str(Path(data).resolve()), "dataset": dataset,
+               "num_points": cfg.num_points, "frames": cfg.frames if data is None else None,
+               "intrinsics": list(cfg.intrinsics or []), "occlusion": cfg.occlusion, "per_class": cfg.per_class}
+    model = _open_teacher(cfg.teacher, cfg.teacher_weights, cfg.teacher_size)
+    return write_teacher_features(out, splits, model, made_by, cfg.occlusion, progress, device)
+
+
+def builtin_distill_data(out: str | Path, objective: str, progress: Callable[[int, int], None] | None = None,
+                         device: torch.device = torch.device("cpu")) -> str:
+    """What a distill objective pretrains on when no data is given: the built-in RGB-D videos
+    through the built-in teacher, cached once in OUT/teacher-features -> that folder."""
+    path = str(Path(out) / "teacher-features")
+    print(f"jepa3d: --objective {objective} without --data: caching the built-in teacher's features of the "
+          f"built-in RGB-D videos in {path}", file=sys.stderr)
+    cache_teacher_features(path, progress=progress, device=device)
+    return path
+
+
+def cache_summary(out: str | Path, meta: dict) -> dict:
+    """What `jepa3d teacher-features` reports of the cache in `out` (its metadata `meta`)."""
+    made_by = meta["made_by"]
+    return {"teacher": made_by["teacher"], "teacher_dim": meta["teacher_dim"],
+            "frames": sum(m["frames"] for m in meta["splits"].values()), "points_per_frame": made_by["num_points"],
+            "visible_share": round(visible_share(out), 4), "splits": {k: v["videos"] for k, v in meta["splits"].items()}}
+
+
+def probed_features(features: str, dataset, encoder, source: str) -> tuple:
+    """What the per-point probe reads: the encoder's features, or with features 'teacher' the
+    teacher's own in a teacher-features cache (no encoder) -> (encoder or None, its description)."""
+    if features == "encoder":
+        return encoder, source
+    if jepa3d.optional(dataset, "teacher") is None:
+        raise DataError(f"{dataset.name}: --features teacher needs a teacher-features cache as --data")
+    return None, "teacher features of the cache"
+
+
+def visible_share(out: str | Path) -> float:
+    """The share of cached points some camera sees, averaged over the splits of a cache."""
+    meta = cache_meta(out)
+    shares = [read_teacher_cache(Path(out), split, ReadOptions(frames=1)).teacher[..., 0].float().mean().item()
+              for split in meta["splits"]]
+    return sum(shares) / len(shares)
 
 
 # ----------------------------------------------------------------------------- opening datasets
-@dataclass(frozen=True)
-class ReadOptions:
-    """How a split is read: the data options every command shares (--variant, --trust-pickle, --skip-bad)."""
-    num_points: int = 1024          # layouts that resample when read (folders, meshes, text) bring clouds to this
-    variant: str = DEFAULT_VARIANT  # ScanObjectNN only
-    trust_pickle: bool = False      # unpickling the peers' caches can run code: an explicit opt-in
-    skip_bad: bool = False          # folder datasets: skip unreadable files (listed in ds.skipped) instead of stopping
-    frames: int = 16                # sequences: frames per clip (T)
-    frame_stride: int = 1           # sequences: take every n-th frame of a video
-    intrinsics: tuple | None = None  # depth layouts: (fx, fy, cx, cy); None = the layout's own or default
-
-
-@dataclass(frozen=True)
-class Layout:
-    """An on-disk layout: how to recognise it in a folder and how to read one split of it."""
-    detect: Callable[[Path], bool] | None  # None: never detected, only named (built-in data)
-    read: Callable[[Path, str, ReadOptions], torch.utils.data.Dataset]
-
-
 # Every layout, in the order detection tries them; `open_dataset`, `inspect` and the --dataset
 # choices all come from this table, so a new reader is one entry.
 LAYOUT_TABLE: dict[str, Layout] = {
-    "teacher-cache": Layout(_is_teacher_cache, read_teacher_cache),
+    "teacher-cache": Layout(_is_teacher_cache, read_teacher_cache, clips=True),  # + teacher targets per point
     # the built-in clouds carry at least 1024 points, like a sensor's or ShapeNet's 8192: a model taking fewer
     # draws a new subset every step (--subsample random), which is what makes short pretraining runs generalise
     "builtin": Layout(None, lambda root, split, o: builtin_dataset(split, max(o.num_points, 1024))),
     "builtin-parts": Layout(None, lambda root, split, o: builtin_parts_dataset(split, o.num_points)),
-    "builtin4d": Layout(None, lambda root, split, o: builtin4d_dataset(split, o.num_points, o.frames)),
+    "builtin4d": Layout(None, lambda root, split, o: builtin4d_dataset(split, o.num_points, o.frames), clips=True),
     "shapenet55": Layout(lambda p: (p / "shapenet_pc").is_dir() and (p / "ShapeNet-55").is_dir(),
                          lambda root, split, o: ShapeNet55(root, split)),
     "modelnet40-h5": Layout(lambda p: any(p.glob("ply_data_*.h5")),
@@ -2053,16 +2448,13 @@ LAYOUT_TABLE: dict[str, Layout] = {
                                 lambda root, split, o: read_modelnet40_pickle(root, split, o.trust_pickle)),
     "npz": Layout(lambda p: any(p.glob("*_train.npz")) or any(p.glob("*_test.npz")),
                   lambda root, split, o: read_npz_split(root, split)),
-    "msr-action3d": Layout(lambda p: bool(_msr_files(p)), read_msr_action3d),
-    "depth-sequence": Layout(lambda p: bool(_sequence_roots(p, _is_depth_sequence)), read_depth_sequences),
-    "tum-rgbd": Layout(lambda p: bool(_sequence_roots(p, _is_tum)), read_tum),
-    "sequence-folder": Layout(_is_sequence_folder, read_sequence_folder),
+    "msr-action3d": Layout(lambda p: bool(_msr_files(p)), read_msr_action3d, clips=True),
+    "depth-sequence": Layout(lambda p: bool(_sequence_roots(p, _is_depth_sequence)), read_depth_sequences, clips=True),
+    "tum-rgbd": Layout(lambda p: bool(_sequence_roots(p, _is_tum)), read_tum, clips=True),
+    "sequence-folder": Layout(_is_sequence_folder, read_sequence_folder, clips=True),
     "folder": Layout(lambda p: True, lambda root, split, o: read_folder(root, split, o.num_points, o.skip_bad)),
 }
 LAYOUTS = tuple(LAYOUT_TABLE)
-BUILTIN_LAYOUTS = ("builtin", "builtin-parts", "builtin4d")   # need no path
-SEQUENCE_LAYOUTS = ("builtin4d", "msr-action3d", "depth-sequence", "tum-rgbd", "sequence-folder",  # clips (T, P, 3)
-                    "teacher-cache")  # clips (T, P, 4 + C): points with their teacher features
 
 
 def detect_layout(path: Path) -> str:
@@ -2077,12 +2469,12 @@ def detect_layout(path: Path) -> str:
 
 
 def open_dataset(path: str | Path | None, split: str = "train", dataset: str | None = None,
-                 num_points: int = 1024, variant: str | None = None, trust_pickle: bool = False,
-                 skip_bad: bool = False, frames: int = 16, frame_stride: int = 1,
+                 num_points: int = ReadOptions.num_points, variant: str | None = None, trust_pickle: bool = False,
+                 skip_bad: bool = False, frames: int = ReadOptions.frames, frame_stride: int = 1,
                  intrinsics: tuple | None = None) -> torch.utils.data.Dataset:
     """Open a dataset: the built-in shapes when path is None, else the layout detected at
     path (or forced by `dataset`). Items are (points (P, 3) float32, label int64), or for the
-    sequence layouts (SEQUENCE_LAYOUTS) clips (points (frames, P, 3), label) of `frames` frames
+    clip layouts (Layout.clips) clips (points (frames, P, 3), label) of `frames` frames
     `frame_stride` apart. `variant` (ScanObjectNN's; DEFAULT_VARIANT when None) is an error on
     any other layout; `intrinsics` (fx, fy, cx, cy) replace a depth layout's own or default."""
     options = ReadOptions(num_points, variant or DEFAULT_VARIANT, trust_pickle, skip_bad, frames, frame_stride,
@@ -2092,7 +2484,7 @@ def open_dataset(path: str | Path | None, split: str = "train", dataset: str | N
         raise DataError(f"--variant {variant} picks a ScanObjectNN variant, but {where} is not ScanObjectNN; "
                         "drop --variant")
     if path is None:
-        if dataset not in (None, *BUILTIN_LAYOUTS):
+        if dataset is not None and LAYOUT_TABLE.get(dataset, LAYOUT_TABLE["folder"]).detect is not None:
             raise DataError(f"--dataset {dataset} needs --data PATH")
         return LAYOUT_TABLE[dataset or "builtin"].read(None, split, options)
     root = Path(path)
@@ -2108,7 +2500,100 @@ def open_dataset(path: str | Path | None, split: str = "train", dataset: str | N
     return LAYOUT_TABLE[layout].read(root, split, options)
 
 
-def inspect(path: str | Path, dataset: str | None = None, **kw) -> dict:
+def open_split(data: dict, split: str, num_points: int, frames: int, clip_model: bool):
+    """One split of the data the command-line data options name (`data`: data, dataset and
+    ReadOptions' fields), read for a model of `num_points` points: sequence data in clips of
+    `frames` frames. A clip model reads the built-in clips when no data is given and refuses
+    single clouds (ValueError). What --skip-bad skipped is said on stderr."""
+    dataset = data["dataset"] or ("builtin4d" if data["data"] is None and clip_model else None)
+    read = {k: data[k] for k in ("variant", "trust_pickle", "skip_bad", "frame_stride", "intrinsics")
+            if data.get(k) is not None}  # None: ReadOptions' default
+    ds = open_dataset(data["data"], split, dataset, num_points=num_points, frames=frames, **read)
+    if clip_model and not isinstance(ds, SequenceDataset):
+        raise ValueError(f"the model takes clips of {frames} frames, but {ds.name} holds single clouds; give "
+                         "sequence data (jepa3d inspect shows what a folder is)")
+    if ds.skipped:
+        print(f"jepa3d: skipped {len(ds.skipped)} bad file(s) of {ds.files_read or '?'}; first: {ds.skipped[0]}",
+              file=sys.stderr)
+    return ds
+
+
+# The on-disk layouts each named fine-tuning task reads; another is refused, so a result is
+# never reported as ScanObjectNN's when it came from other data.
+TASK_LAYOUTS = {"modelnet40": ("modelnet40-h5", "modelnet40-resampled", "modelnet40-pickle", "npz"),
+                "scanobjectnn": ("scanobjectnn",), "shapenetpart": ("shapenetpart",),
+                "msr-action3d": ("msr-action3d",)}
+BUILTIN_TASKS = ("builtin", "builtin-parts", "builtin4d")   # the built-in data as a task of its own
+
+
+def task_data(task: str, path: str | None, dataset: str | None) -> tuple[str | None, str | None]:
+    """The data a fine-tuning task reads -> (path, dataset): a named task's own folder (`path`,
+    checked to hold one of its layouts), the built-in data, or `task` itself as the folder of a
+    task of the user's own. Raises ValueError (a usage error) for a task without its data."""
+    if task in BUILTIN_TASKS:
+        return path, dataset or task
+    if task not in TASK_LAYOUTS:
+        return task, dataset
+    if path is None:
+        raise ValueError(f"--task {task} needs --data PATH (its folder on your disk)")
+    if Path(path).exists():
+        layout = dataset or detect_layout(Path(path))
+        if layout not in TASK_LAYOUTS[task]:
+            raise ValueError(f"--task {task} reads {' or '.join(TASK_LAYOUTS[task])} data, but {path} is {layout} "
+                             f"data; pass the task's --data, or --task {path} to fine-tune on it as a task of its own")
+    return path, dataset
+
+
+def check_task(task: str, dataset) -> None:
+    """A part-segmentation task (shapenetpart, builtin-parts) needs part data, any other task
+    class labels. Raises ValueError."""
+    if (task in ("shapenetpart", "builtin-parts")) != (jepa3d.optional(dataset, "parts_of") is not None):
+        raise ValueError(f"--task {task} does not fit the {jepa3d.optional(dataset, 'name')} data")
+
+
+def model_fields(path: str | Path | None, dataset: str | None, objective: str, frames: int) -> dict:
+    """What the data at `path` says about the model that pretrains on it (data -> config ->
+    model): sequence data makes a clip model of `frames` frames, except a teacher-features cache
+    of single frames (a LiDAR keyframe per sample), which makes a cloud model; a teacher-features
+    cache gives the distill objectives the teacher's width. -> ModelConfig fields."""
+    if path is None:
+        return {}
+    layout = dataset or detect_layout(Path(path))
+    fields = {"frames": frames} if LAYOUT_TABLE.get(layout, LAYOUT_TABLE["folder"]).clips else {}
+    if layout == "teacher-cache":
+        meta = cache_meta(path)
+        train = meta["splits"]["train"]
+        fields["frames"] = 1 if train["frames"] == train["videos"] else frames
+        if "distill" in objective:
+            fields["teacher_dim"] = meta["teacher_dim"]
+    return fields
+
+
+def point_label_names(dataset) -> list[str]:
+    """The names of a dataset's per-point labels, for the per-point probe: category/part of a
+    part dataset, a teacher-features cache's part names. Raises DataError for data without them."""
+    if jepa3d.optional(dataset, "parts_of") is not None:
+        return [f"{dataset.classes[c]}/{i}" for c, parts in enumerate(dataset.parts_of) for i in parts]
+    if jepa3d.optional(dataset, "point_labels") is not None:
+        return dataset.part_names or [str(i) for i in range(int(dataset.point_labels.max()) + 1)]
+    raise DataError(f"{jepa3d.optional(dataset, 'name')}: has no per-point labels; point-probe needs parts (a "
+                    "teacher-features cache of the built-in RGB-D videos, builtin-parts, ShapeNetPart)")
+
+
+def write_features(dest: str | Path, features: dict, classes) -> dict:
+    """Write `jepa3d embed`'s arrays (name -> tensor) and the class names into an .npz,
+    atomically. -> the shape of every array written."""
+    arrays = {k: v.numpy() for k, v in features.items()}
+    arrays["classes"] = np.array(list(classes))
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(dest)
+    return {k: list(v.shape) for k, v in arrays.items()}
+
+
+def inspect_data(path: str | Path, dataset: str | None = None, **kw) -> dict:
     """What `jepa3d inspect` reports: layout, and per split the samples, classes, points per
     cloud and problems found (a split that cannot be read is reported, not raised)."""
     root = Path(path)
@@ -2122,15 +2607,15 @@ def inspect(path: str | Path, dataset: str | None = None, **kw) -> dict:
         except DataError as err:
             report["splits"][split] = {"samples": 0, "problems": [str(err)]}
             continue
-        problems = list(getattr(ds, "skipped", []))
-        if not isinstance(ds, (ArrayDataset, PartDataset, SequenceDataset)):  # lazy: read every item, as training will
+        problems = list(jepa3d.optional(ds, "skipped"))
+        if not isinstance(ds, (ArrayDataset, SequenceDataset)):  # lazy: read every item, as training will
             for i in range(len(ds)):
                 try:
                     ds[i]
                 except DataError as err:
                     problems.append(str(err))
         first = ds[0][0]
-        labels = getattr(ds, "labels", None)
+        labels = jepa3d.optional(ds, "labels")
         per_class = {} if labels is None else {ds.classes[c]: n for c, n in
                                                 zip(*np.unique(np.asarray(labels), return_counts=True))}
         report["splits"][split] = {

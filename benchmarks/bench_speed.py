@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import jepa3d  # noqa: E402
 import jepa3d_data  # noqa: E402
+from flops import step_flops  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"  # the default of --shared (a copy can be carried to a GPU machine)
 SHAPENET_SIZE = 41_952  # clouds in ShapeNet-55's train split: the 300-epoch projection's epoch
@@ -228,7 +229,7 @@ def _step_child(preset: str, batch: int, steps: int, device: str, precision: str
         step(i)
         sync(dev)
         times.append(time.perf_counter() - t)
-    flops = sum(jepa3d.step_flops(model_cfg, batch, c, t) for c, t in zip(contexts[1:], targets[1:])) / steps
+    flops = sum(step_flops(model_cfg, batch, c, t) for c, t in zip(contexts[1:], targets[1:])) / steps
     peak = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda"
             else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) * 1024)
     queue.put({"preset": preset, "batch": batch, "precision": str(amp or "fp32"), "steps": steps,
@@ -270,7 +271,7 @@ def bench_data(device: torch.device, shared: Path, batch: int = 32, batches: int
 
         def run():
             for _ in range(batches):
-                next(it).to(device)
+                next(it)[0].to(device)
 
         rows.append({"data": name, "batch": size, "clouds_per_s": size * batches / best_time(run, device, 2)})
     return rows
@@ -297,8 +298,8 @@ def bench_threads(shared: Path, repeats: int = 7) -> list[dict]:
         x = jepa3d.fit_points(clouds[:32], cfg.num_points, g)
         jepa3d.train_step(model, opt, None, x, g, lr=1e-4, momentum=0.996, grad_clip=10.0, amp_dtype=None)
 
-    def group():
-        jepa3d.group_points(clouds, 64, 32, g)
+    def group(threads=None):
+        jepa3d.group_points(clouds, 64, 32, g, threads=threads)
 
     def median(fn):
         fn()
@@ -330,18 +331,12 @@ def bench_threads(shared: Path, repeats: int = 7) -> list[dict]:
                 rival.kill()
                 rival.wait()
     # what pinning the FPS loop to one thread costs on a quiet CPU, at every CPU's threads
-    import contextlib
     torch.set_num_threads(cpus)
     x8 = torch.from_numpy(np.concatenate([arr[:32]] * 8, 1))                 # (32, 8192, 3)
-    pinned = jepa3d.cpu_threads
-    for label, fn in (("group B=128 x 1024", group),
-                      ("fps 8192 -> 1024, B=32", lambda: jepa3d.farthest_point_sample(x8, 1024, g))):
-        timed = {"pinned as shipped": median(fn)}
-        jepa3d.cpu_threads = lambda n: contextlib.nullcontext()
-        try:
-            timed["never pinned"] = median(fn)
-        finally:
-            jepa3d.cpu_threads = pinned
+    for label, fn in (("group B=128 x 1024", lambda threads=None: group(threads)),
+                      ("fps 8192 -> 1024, B=32",
+                       lambda threads=None: jepa3d.farthest_point_sample(x8, 1024, g, threads=threads))):
+        timed = {"pinned as shipped": median(fn), "never pinned": median(lambda: fn(cpus))}
         for how, seconds in timed.items():
             rows.append({"load": "quiet", "what": f"{label}: FPS {how}", "threads": cpus, "auto": False,
                          "seconds": seconds, "vs_best": seconds / min(timed.values())})
@@ -505,7 +500,7 @@ def main():
                      f"{100 * r['matmul_fraction']:.0f}% | {r['peak_memory_gb']:.2f} | "
                      f"{r['hours_300_epochs_shapenet55']:.1f} |")
     fastest = max(r["clouds_per_s"] for r in steps)
-    lines += ["", f"Memory: {steps[0]['memory_kind']}. FLOPs: `jepa3d.step_flops` (analytic, matmuls only, "
+    lines += ["", f"Memory: {steps[0]['memory_kind']}. FLOPs: `benchmarks/flops.py` (analytic, matmuls only, "
               "checked against torch's FlopCounterMode in the tests). The 300-epoch column projects this "
               "step rate over ShapeNet-55's 41,952 training clouds.", "",
               "## 3. Data pipeline", "",

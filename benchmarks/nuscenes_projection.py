@@ -1,9 +1,9 @@
 """Is jepa3d's point -> pixel correspondence right on real data? One nuScenes keyframe
 (../shared/data/nuscenes_sample: a LIDAR_TOP sweep, six calibrated 1600x900 cameras, 3D boxes in
 the LiDAR frame and each object's 2D box in the cameras that see it). For every annotated object
-seen by a camera, the LiDAR points inside its 3D box are projected with jepa3d.project_points
+seen by a camera, the LiDAR points inside its 3D box are projected with jepa3d_data.project_points
 into that camera; the share that lands inside the object's 2D box says whether the calibration
-is applied the right way round, and jepa3d.zbuffer_visible says how many points the occlusion
+is applied the right way round, and jepa3d_data.zbuffer_visible says how many points the occlusion
 test drops. Also times the projection + z-buffer + lookup for the whole sweep and six cameras.
 
     python benchmarks/nuscenes_projection.py      # writes benchmarks/nuscenes_projection.json
@@ -20,6 +20,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import jepa3d  # noqa: E402
+import jepa3d_data  # noqa: E402
 
 SAMPLE = ROOT.parent / "shared" / "data" / "nuscenes_sample"
 H, W = 900, 1600
@@ -48,10 +49,10 @@ def main():
                                   else cam["cam2img"], dtype=np.float32)[:3, :3])[None]
         to_cam = torch.tensor(np.array(json.loads(cam["lidar2cam"]) if isinstance(cam["lidar2cam"], str)
                                        else cam["lidar2cam"], dtype=np.float32))[None]
-        uv, depth, inside = jepa3d.project_points(pts, K, to_cam, (H, W))
-        visible = jepa3d.zbuffer_visible(uv, depth, inside, (H, W))
+        uv, depth, inside = jepa3d_data.project_points(pts, K, to_cam, (H, W))
+        visible = jepa3d_data.zbuffer_visible(uv, depth, inside, (H, W))
         cells = (uv + 0.5) / STRIDE - 0.5   # the z-buffer on a stride-14 feature grid (DINOv2's), radius 0
-        on_grid = jepa3d.zbuffer_visible(cells, depth, inside, (H // STRIDE, W // STRIDE), radius=0)
+        on_grid = jepa3d_data.zbuffer_visible(cells, depth, inside, (H // STRIDE, W // STRIDE), radius=0)
         dropped[name] = {"in_image": int(inside.sum()), "visible": int(visible.sum()),
                          "visible_feature_grid": int(on_grid.sum())}
         # match each 2D annotation of this camera to its 3D box by the box centre in the camera frame
@@ -93,10 +94,10 @@ def main():
                                                 else c["lidar2cam"], dtype=np.float32))[None],
              "image_size": (H, W), "stride": 14} for c in calib["cameras"].values()]
     maps = [torch.randn(1, 384, H // 14, W // 14) for _ in cams]
-    jepa3d.pixel_features(pts, cams, maps)
+    jepa3d_data.pixel_features(pts, cams, maps)
     t = time.perf_counter()
     for _ in range(3):
-        feats, seen, which = jepa3d.pixel_features(pts, cams, maps)
+        feats, seen, which = jepa3d_data.pixel_features(pts, cams, maps)
     seconds = (time.perf_counter() - t) / 3
     # the whole `jepa3d teacher-features` step for this keyframe: read the sweep and six JPEGs, the
     # built-in teacher on six 1600x900 images, the correspondence, the float16 chunk written
@@ -106,7 +107,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         data = jepa3d_data.open_paired(SAMPLE, num_points=len(xyz))
         t = time.perf_counter()
-        jepa3d_data.write_teacher_features(tmp, {"train": data}, jepa3d.load_teacher("builtin"), {"teacher": "builtin"})
+        jepa3d_data.write_teacher_features(tmp, {"train": data}, jepa3d_data.load_teacher("builtin"), {"teacher": "builtin"})
         teacher_seconds = time.perf_counter() - t
     behind = sum(r["behind"] for r in rows)
     result = {"objects_checked": len(rows), "points_in_boxes": total,

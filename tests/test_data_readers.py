@@ -369,5 +369,5 @@ def test_a_new_layout_is_one_table_entry(tmp_path, monkeypatch):
     monkeypatch.setattr(jepa3d_data, "LAYOUT_TABLE", table)
     assert jepa3d_data.detect_layout(tmp_path) == "bin"
     assert len(jepa3d_data.open_dataset(tmp_path, "test")) == 4
-    report = jepa3d_data.inspect(tmp_path)
+    report = jepa3d_data.inspect_data(tmp_path)
     assert report["layout"] == "bin" and report["splits"]["train"]["samples"] == 4

@@ -26,7 +26,7 @@ class Identity(torch.nn.Module):
 def test_bilinear_lookup_with_per_axis_strides():
     fmap = torch.arange(2 * 3 * 4, dtype=torch.float32).view(1, 2, 3, 4)    # (B, C, h, w): cells 2 wide, 4 tall
     centres = torch.tensor([[[(2 - 1) / 2 + 2 * j, (4 - 1) / 2 + 4 * i] for i in range(3) for j in range(4)]])
-    out = jepa3d.bilinear_lookup(fmap, centres, stride=(2.0, 4.0))
+    out = D.bilinear_lookup(fmap, centres, stride=(2.0, 4.0))
     assert torch.equal(out[0], fmap[0].flatten(1).T)
 
 
@@ -36,22 +36,22 @@ def test_feature_grid_occlusion_sees_a_sparse_occluder():
     pts = torch.tensor([[[0.2, -0.1, 2.0], [0.46, -0.2, 4.0]]])
     cams = [{"K": K, "to_camera": torch.eye(4)[None], "image_size": (80, 100), "stride": 14.0}]
     fmap = [torch.zeros(1, 3, 6, 8)]
-    _, seen_pixel, _ = jepa3d.pixel_features(pts, cams, fmap, occlusion="pixel")
-    _, seen_cell, _ = jepa3d.pixel_features(pts, cams, fmap, occlusion="feature")
+    _, seen_pixel, _ = D.pixel_features(pts, cams, fmap, occlusion="pixel")
+    _, seen_cell, _ = D.pixel_features(pts, cams, fmap, occlusion="feature")
     assert seen_pixel.tolist() == [[True, True]] and seen_cell.tolist() == [[True, False]]
 
 
 def test_torchscript_teacher(tmp_path):
     path = tmp_path / "teacher.pt"
     torch.jit.script(torch.nn.Conv2d(3, 5, 4, stride=4)).save(str(path))
-    teacher = jepa3d.load_teacher(f"torchscript:{path}")
+    teacher = D.load_teacher(f"torchscript:{path}")
     assert teacher(torch.rand(2, 3, 32, 48)).shape == (2, 5, 8, 12)
     (tmp_path / "bad.pt").write_bytes(b"not a module")
     with pytest.raises(ValueError, match="not a TorchScript module"):
-        jepa3d.load_teacher(f"torchscript:{tmp_path / 'bad.pt'}")
+        D.load_teacher(f"torchscript:{tmp_path / 'bad.pt'}")
     torch.jit.script(torch.nn.Flatten()).save(str(tmp_path / "flat.pt"))
     with pytest.raises(ValueError, match=r"must map images \(B, 3, H, W\) to feature maps"):
-        jepa3d.load_teacher(f"torchscript:{tmp_path / 'flat.pt'}")(torch.rand(1, 3, 8, 8))
+        D.load_teacher(f"torchscript:{tmp_path / 'flat.pt'}")(torch.rand(1, 3, 8, 8))
 
 
 HUBCONF = '''
@@ -80,25 +80,25 @@ def test_hub_teacher_from_a_local_clone(tmp_path):
     repo.mkdir()
     (repo / "hubconf.py").write_text(HUBCONF)
     weights = tmp_path / "w.pth"
-    teacher = jepa3d.load_teacher(f"hub:{repo}:tiny_vit")
+    teacher = D.load_teacher(f"hub:{repo}:tiny_vit")
     state = {k: torch.full_like(v, 0.01) for k, v in teacher.model.state_dict().items()}
     torch.save(state, weights)
-    teacher = jepa3d.load_teacher(f"hub:{repo}:tiny_vit", weights=str(weights))
+    teacher = D.load_teacher(f"hub:{repo}:tiny_vit", weights=str(weights))
     assert torch.equal(teacher.model.proj.bias, torch.full((6,), 0.01))
     out = teacher(torch.rand(1, 3, 60, 100))                 # resized down to 56 x 98: a 4 x 7 patch grid
     assert out.shape == (1, 6, 4, 7)
     with pytest.raises(FileNotFoundError, match="not a local torch.hub repository"):
-        jepa3d.load_teacher(f"hub:{tmp_path}:tiny_vit")
+        D.load_teacher(f"hub:{tmp_path}:tiny_vit")
 
 
 def test_npy_teacher(tmp_path):
     np.save(tmp_path / "cam0.npy", np.ones((4, 3, 5), np.float16))
-    teacher = jepa3d.load_teacher(f"npy:{tmp_path}")
+    teacher = D.load_teacher(f"npy:{tmp_path}")
     assert teacher(torch.zeros(1, 3, 30, 50), ["cam0.jpg"]).shape == (1, 4, 3, 5)
     with pytest.raises(FileNotFoundError, match="cam1.npy: no precomputed feature map for image cam1.jpg"):
         teacher(torch.zeros(1, 3, 30, 50), ["cam1.jpg"])
     with pytest.raises(ValueError, match="--teacher 'nope'"):
-        jepa3d.load_teacher("nope")
+        D.load_teacher("nope")
 
 
 def test_builtin_rgbd_points_come_from_their_pixels():
@@ -107,7 +107,7 @@ def test_builtin_rgbd_points_come_from_their_pixels():
     frame = data.videos[0][1]()
     assert frame.points.shape == (64, 3) and frame.images[0].shape == (96, 96, 3) and frame.parts.shape == (64,)
     K, to_camera = frame.cameras[0]
-    uv, _, inside = jepa3d.project_points(torch.from_numpy(frame.points)[None].float(),
+    uv, _, inside = D.project_points(torch.from_numpy(frame.points)[None].float(),
                                           torch.tensor(K, dtype=torch.float32)[None],
                                           torch.tensor(to_camera, dtype=torch.float32)[None], (96, 96))
     assert inside.all()
@@ -138,26 +138,27 @@ def test_tum_pairs_every_point_with_its_own_pixel(tmp_path):
     intr = (60.0, 60.0, 32.0, 24.0)
     data = D.open_paired(tmp_path / "tum", num_points=50, intrinsics=intr)
     meta = D.write_teacher_features(tmp_path / "cache", {"train": data},
-                                    jepa3d.load_teacher(f"torchscript:{tmp_path / 'id.pt'}"), {"teacher": "id"},
+                                    D.load_teacher(f"torchscript:{tmp_path / 'id.pt'}"), {"teacher": "id"},
                                     occlusion="pixel")
     assert meta["complete"] and meta["teacher_dim"] == 3
     ds = D.read_teacher_cache(tmp_path / "cache", "train", D.ReadOptions(frames=1))
     frame = data.videos[0][0]()
     pixel = frame.points[:, :2] * np.array([1, -1]) * 60 / -frame.points[:, 2:] + np.array([32, 24])
-    feats = ds.extras[0, :, 1:].float().numpy() * 255
-    assert ds.extras[0, :, 0].all()                                        # every depth point is seen
+    feats = ds.teacher[0, :, 1:].float().numpy() * 255
+    assert ds.teacher[0, :, 0].all()                                        # every depth point is seen
     assert np.abs(feats[:, :2] - pixel).max() < 0.6 and np.allclose(feats[:, 2], 7, atol=0.1)
 
 
 def test_cache_round_trip_resume_and_refusal(tmp_path):
     splits = {s: D.builtin_rgbd(s, frames=4, num_points=32, per_class=2) for s in ("train", "test")}
-    teacher, made_by = jepa3d.load_teacher("builtin"), {"teacher": "builtin", "n": 1}
+    teacher, made_by = D.load_teacher("builtin"), {"teacher": "builtin", "n": 1}
     D.write_teacher_features(tmp_path, splits, teacher, made_by)
     assert sorted(p.name for p in (tmp_path / "train").iterdir()) == ["chunk_00000.npz", "chunk_00001.npz"]
     ds = D.open_dataset(tmp_path, "train", frames=4)
     assert D.detect_layout(tmp_path) == "teacher-cache" and len(ds) == 20 and ds.teacher_dim == 32
     clip, label = ds[3]
-    assert clip.shape == (4, 32, 3 + 1 + 32) and label == 1 and ds.clip_point_labels(3).shape == (4, 32)
+    assert clip.shape == (4, 32, 3) and label == 1 and ds.clip_point_labels(3).shape == (4, 32)
+    assert ds.teacher_targets(3).shape == (4, 32, 1 + 32)  # visible, feature: a tensor of its own, not point channels
     with np.load(tmp_path / "train" / "chunk_00000.npz") as f:
         assert f["feat"].dtype == np.float16 and f["xyz"].shape == (16 * 4, 32, 3)
     # the stored feature is the teacher's at the point's pixel
@@ -166,8 +167,8 @@ def test_cache_round_trip_resume_and_refusal(tmp_path):
     cams = [{"K": torch.tensor(frame.cameras[0][0], dtype=torch.float32)[None],
              "to_camera": torch.tensor(frame.cameras[0][1], dtype=torch.float32)[None], "image_size": (96, 96),
              "stride": (4.0, 4.0)}]
-    want, seen, _ = jepa3d.pixel_features(torch.from_numpy(frame.points)[None], cams, [fmap], occlusion="feature")
-    assert torch.allclose(ds.extras[3 * 4 + 2, :, 1:].float(), want[0].half().float())
+    want, seen, _ = D.pixel_features(torch.from_numpy(frame.points)[None], cams, [fmap], occlusion="feature")
+    assert torch.allclose(ds.teacher[3 * 4 + 2, :, 1:].float(), want[0].half().float())
     # resume: a missing chunk is written again, the others are kept as they are
     kept = (tmp_path / "train" / "chunk_00000.npz").stat().st_mtime_ns
     (tmp_path / "train" / "chunk_00001.npz").unlink()
@@ -189,9 +190,9 @@ def test_nuscenes_sample_pairs_lidar_with_six_cameras(tmp_path):
     data = D.open_paired(NUSCENES, num_points=4096)
     frame = data.videos[0][0]()
     assert len(frame.images) == 6 and frame.images[0].shape == (900, 1600, 3)
-    meta = D.write_teacher_features(tmp_path, {"train": data}, jepa3d.load_teacher("builtin"), {"teacher": "builtin"})
+    meta = D.write_teacher_features(tmp_path, {"train": data}, D.load_teacher("builtin"), {"teacher": "builtin"})
     ds = D.read_teacher_cache(tmp_path, "train", D.ReadOptions(frames=1))
-    share = ds.extras[..., 0].float().mean().item()
+    share = ds.teacher[..., 0].float().mean().item()
     assert meta["teacher_dim"] == 32 and 0.3 < share < 1.0                 # the cameras see most of a sweep, not all
     with pytest.raises(D.DataError, match="no train/test split"):
         D.open_paired(NUSCENES, "test")
@@ -209,11 +210,11 @@ def test_distill_objectives_learn_a_batch(objective, distill, frames, tokens):
     shape = (4, 128) if frames == 1 else (4, frames, 128)
     xyz = torch.randn(*shape, 3)
     feats = torch.cat([xyz.sin(), xyz.cos()], -1)                  # a function of the geometry: learnable
-    points = torch.cat([xyz, (torch.rand(shape) > 0.2).float()[..., None], feats], -1)
+    teacher = torch.cat([(torch.rand(shape) > 0.2).float()[..., None], feats], -1)  # visible, feature
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
     for step in range(30):
-        loss, stats = model(points, torch.Generator().manual_seed(step))
+        loss, stats = model(xyz, torch.Generator().manual_seed(step), teacher)
         opt.zero_grad()
         loss.backward()
         opt.step()

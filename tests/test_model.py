@@ -1,12 +1,17 @@
 """Encoder, predictor layout, EMA teacher, gradients, schedules, configs."""
 import dataclasses
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 import jepa3d
 from conftest import rewrite_metadata
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from flops import step_flops  # noqa: E402  (the speed benchmark's FLOP count, checked here)
 
 
 def test_predictor_stacks_blocks_block_major(configs):
@@ -184,7 +189,7 @@ def test_step_flops_match_torch_flop_counter(configs):
             stats = jepa3d.train_step(model, opt, None, points, torch.Generator().manual_seed(0), lr=1e-3,
                                       momentum=0.99, grad_clip=1.0, amp_dtype=None)
         counted = counter.get_total_flops()
-        flops = jepa3d.step_flops(cfg, 4, stats["context_padded"].item(),
+        flops = step_flops(cfg, 4, stats["context_padded"].item(),
                                   int(stats["target_patches"].item()) // cfg.num_targets)
         # only the input gradients of the 3-wide first layers (never needed) separate the two
         assert counted <= flops <= 1.002 * counted, over
@@ -207,10 +212,12 @@ def test_a_new_objective_is_one_table_entry(configs, monkeypatch):
     def add_head(model):
         model.centre_head = torch.nn.Linear(model.cfg.dim, 3)
 
-    def centre_loss(model, patches, centres, masks, context, pred):  # predict each target patch's centre
+    def centre_loss(model, batch):  # predict each target patch's centre
+        masks, _, pred = jepa3d.predict_targets(model, batch)
         B, M, T = masks.targets.shape
-        truth = jepa3d.gather(centres, masks.targets).transpose(0, 1).reshape(M * B, T, 3)
-        return torch.nn.functional.mse_loss(model.centre_head(pred), truth), {"centre_err": torch.tensor(0.0)}
+        truth = jepa3d.gather(batch.centres, masks.targets).transpose(0, 1).reshape(M * B, T, 3)
+        return (torch.nn.functional.mse_loss(model.centre_head(pred), truth),
+                {"centre_err": torch.tensor(0.0), **jepa3d.mask_stats(masks)})
 
     monkeypatch.setitem(jepa3d.OBJECTIVES, "centres", jepa3d.Objective(add_head, centre_loss, "centre_err"))
     model = jepa3d.JEPA(jepa3d.dataclasses.replace(cfg, objective="centres"))

@@ -310,7 +310,7 @@ def test_inspect_reads_every_file_training_would(tmp_path):
     clouds = {f"02691156-{i}.npy": rng.normal(size=(64, 3)).astype(np.float32) for i in range(3)}
     clouds["02691156-2.npy"][5, 0] = np.nan
     root = shapenet_folder(tmp_path / "shapenet", clouds)
-    report = jepa3d_data.inspect(root)
+    report = jepa3d_data.inspect_data(root)
     assert any("02691156-2.npy" in p and "NaN" in p for p in report["splits"]["train"]["problems"])
 
 

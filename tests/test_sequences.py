@@ -161,7 +161,7 @@ def test_depth_sequences_real_deformingthings4d():
     # cam_extr.txt is camera-to-world: the character stands on the world's ground (z = 0, z up)
     z = ds.frames_data[..., 2]
     assert -0.05 < float(z.min()) < 0.05 and float(z.max()) > 1.0
-    report = D.inspect(root, frames=4)
+    report = D.inspect_data(root, frames=4)
     assert report["splits"]["train"]["sequences"] == 1 and report["splits"]["train"]["samples"] == 2
 
 
@@ -341,10 +341,13 @@ def test_cli_4d_pretrain_resume_preview_probe_finetune(tmp_path):
 
 def test_a_cloud_model_pretrains_on_one_frame_per_clip():
     x = clips(B=5, T=6, P=20)
-    one = jepa3d._one_frame(x, clip_cfg(frames=1, sampler="context-block"), torch.Generator().manual_seed(0))
+    train = jepa3d.TrainConfig(subsample="fps")
+    one, _ = jepa3d._step_inputs(x, None, clip_cfg(frames=1, sampler="context-block", num_points=20), train,
+                                 torch.Generator().manual_seed(0), None)
     assert one.shape == (5, 20, 3)
     assert all(any(torch.equal(one[b], x[b, t]) for t in range(6)) for b in range(5))
-    assert jepa3d._one_frame(x, clip_cfg(), torch.Generator()) is x          # a clip model keeps the clip
+    kept, _ = jepa3d._step_inputs(x, None, clip_cfg(num_points=20), train, torch.Generator(), None)
+    assert kept is x                                                          # a clip model keeps the clip
 
 
 def test_sequence_data_makes_a_clip_model_unless_told(tmp_path):
