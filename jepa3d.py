@@ -9,16 +9,17 @@ encoder's features for M spatially contiguous target blocks. The loss lives in f
 The same encoder takes point-cloud sequences (clips): every frame is cut into patches in one
 batched call (or into P4Transformer's point tubes), tokens carry (x, y, z, t), and clips are
 masked as tubes or future frames (the 4D half of Cross4D-JEPA, arXiv 2607.00514); the
-cross-modal correspondence maps points to the pixels of calibrated cameras, so a frozen 2D
-teacher's features can be distilled into every point (the distill objectives, its other half).
+cross-modal correspondence (in jepa3d_data) maps points to the pixels of calibrated cameras,
+so a frozen 2D teacher's features can be distilled into every point (the distill objectives,
+its other half).
 
 `import jepa3d` needs torch alone; click, numpy and safetensors are imported where used,
 so this file can be copied into another repository. The file reads top to bottom: configs,
 runtime, geometry (with the clip tokenizers), tokenizer, blocks, encoder, predictor, masking,
-objectives (with distillation), training, checkpoints, pretraining, cross-modal correspondence
-and the 2D teachers, downstream protocols (fine-tune, linear probe, few-shot, embed, the
-per-point probe), mask preview, and last the command-line
-layer, the only part that imports jepa3d_data.
+objectives (with the distillation loss), training, checkpoints, the dataset contract,
+pretraining, downstream protocols (fine-tune, linear probe, few-shot, embed, the per-point
+probe), mask preview, and last the command-line layer, the only part that imports jepa3d_data
+(which holds the readers and the cross-modal data pipeline: correspondence, teachers, cache).
 
 Tensor dimension legend, used in every shape comment:
     B batch            P points per cloud      G groups (patches) per cloud
@@ -77,7 +78,8 @@ __all__ = [
     # model
     "MiniPointNet", "coords", "Attention", "Block", "Encoder", "Predictor",
     "Masks", "host_generator", "sample_context_block", "sample_tube", "sample_future", "sample_knn_blocks", "SAMPLERS",
-    "Batch", "predict_targets", "mask_stats", "jepa_loss", "chamfer_l2", "spread", "cosine_distance", "tokens_to_points", "Objective", "OBJECTIVES",
+    "Batch", "predict_targets", "mask_stats", "jepa_loss", "chamfer_l2", "spread", "cosine_distance",
+    "tokens_to_points", "Objective", "OBJECTIVES",
     "JEPA", "ema_update",
     # training
     "lr_at", "momentum_at", "make_optimizer", "train_step",
@@ -1434,8 +1436,9 @@ def train_step(model: JEPA, optimizer: torch.optim.Optimizer, scaler: torch.amp.
                grad_clip: float, amp_dtype: torch.dtype | None, ddp: nn.Module | None = None,
                teacher: torch.Tensor | None = None) -> dict:
     """One optimisation step on points (B, num_points, 3) (and the distill objectives' teacher
-    targets (B, [T,] P, 1 + C)): forward, backward, clip, AdamW, EMA update. `ddp`, the model wrapped in DistributedDataParallel, averages the gradients
-    over ranks during backward; every rank then takes the same step and the same EMA update.
+    targets (B, [T,] P, 1 + C)): forward, backward, clip, AdamW, EMA update. `ddp`, the model
+    wrapped in DistributedDataParallel, averages the gradients over ranks during backward; every
+    rank then takes the same step and the same EMA update.
     Returns detached tensors (no host sync)."""
     _set_lr(optimizer, lr)
     with autocast(points.device, amp_dtype):
@@ -1921,22 +1924,16 @@ def pretrain(dataset, out_dir: str | Path, model_cfg: ModelConfig, train_cfg: Tr
         if resume and not new_data:
             _check_same_data(out, identity)
         run = _start_run(model_cfg, train_cfg, ckpt_path, device=device, seed=seed, precision=precision, resume=resume)
-        precision_name = str(run.amp_dtype or "fp32")
+        end = total if max_steps is None else min(total, max_steps)
         if rank == 0:
             _prepare_folder(out, run.step if resume else None, keep_info=resume and not new_data, info={
                 "model_config": dataclasses.asdict(model_cfg), "train_config": dataclasses.asdict(train_cfg),
-                "seed": seed, "device": str(device), "precision": precision_name, **identity,
+                "seed": seed, "device": str(device), "precision": str(run.amp_dtype or "fp32"), **identity,
                 "data_options": data_options, "save_every": save_every,
                 "batch_size": batch_size, "world_size": world, "steps_per_epoch": per_epoch, "total_steps": total,
                 "jepa3d_version": __version__, "torch_version": torch.__version__})
+            _announce(run, len(dataset), per_epoch, end, total, world)
         _wrap(run, compile, world)
-        end = total if max_steps is None else min(total, max_steps)
-        if rank == 0:
-            nparams = sum(p.numel() for p in run.model.encoder.parameters())
-            unit = f"clips of {model_cfg.frames} frames" if model_cfg.frames > 1 else "clouds"
-            print(f"jepa3d pretrain: {len(dataset)} {unit}, {per_epoch} steps/epoch, steps {run.step}->{end} of "
-                  f"{total}, encoder {nparams / 1e6:.2f}M params, {device}"
-                  f"{f' x {world} ranks' if world > 1 else ''}, {precision_name}", file=sys.stderr)
         batches = _batches(dataset, batch_size, seed, run.step, num_workers, rank, world, pin=device.type == "cuda")
         probe = None  # the learning curve's point at a step: probe(step)
         if rank == 0 and eval_sets is not None and eval_every:
@@ -1959,6 +1956,15 @@ def pretrain(dataset, out_dir: str | Path, model_cfg: ModelConfig, train_cfg: Tr
     finally:
         if lock is not None:
             lock.close()
+
+
+def _announce(run: _Run, clouds: int, per_epoch: int, end: int, total: int, world: int) -> None:
+    """The run's first line on stderr: data, schedule, model size, device."""
+    nparams = sum(p.numel() for p in run.model.encoder.parameters())
+    unit = f"clips of {run.model.cfg.frames} frames" if run.model.cfg.frames > 1 else "clouds"
+    print(f"jepa3d pretrain: {clouds} {unit}, {per_epoch} steps/epoch, steps {run.step}->{end} of {total}, encoder "
+          f"{nparams / 1e6:.2f}M params, {run.device}{f' x {world} ranks' if world > 1 else ''}, "
+          f"{run.amp_dtype or 'fp32'}", file=sys.stderr)
 
 
 class RunFolderError(RuntimeError):
@@ -2075,7 +2081,7 @@ def _pretrain_steps(run: _Run, batches: Iterator[torch.Tensor], cfg: TrainConfig
             s = _rank_seed(seed, step, rank)
             torch.manual_seed(s)
             generator.manual_seed(s)
-            points, teacher = _step_inputs(points, teacher, model.cfg, cfg, generator, augment)  # (B / world, [T,] n, 3)
+            points, teacher = _step_inputs(points, teacher, model.cfg, cfg, generator, augment)  # (B/world, [T,] n, 3)
             # forward, backward, update, EMA
             lr, momentum = lr_at(step, total, warmup, cfg), momentum_at(step, total, cfg)
             stats = train_step(model, run.optimizer, run.scaler, points, generator, lr=lr, momentum=momentum,
@@ -3057,25 +3063,23 @@ def _config_options(cls, with_presets: bool = False, only: tuple | None = None) 
     import click
 
     options = []
-    for f in fields(cls):
-        if only is not None and f.name not in only:
-            continue
-        meta, per_preset = dict(f.metadata), {p: PRESETS[p][f.name] for p in PRESETS if with_presets and f.name in PRESETS[p]}
-        shown = f"{'paper' if with_presets else 'default'}: {f.default}" + "".join(f", {p}: {v}" for p, v in per_preset.items())
-        kw = {"default": None, "show_default": False, "required": meta.get("required", False),
-              "help": meta["help"] + (f"  [{shown}]" if f.default is not None and not meta.get("required") else "")}
+    for f in (f for f in fields(cls) if only is None or f.name in only):
+        meta = dict(f.metadata)
+        shown = f"{'paper' if with_presets else 'default'}: {f.default}" + "".join(
+            f", {p}: {PRESETS[p][f.name]}" for p in PRESETS if with_presets and f.name in PRESETS[p])
+        kw = {"default": None, "show_default": False, "required": meta.get("required", False), "help": meta["help"]
+              + (f"  [{shown}]" if f.default is not None and not meta.get("required") else "")}
         kind = meta.get("kind", type(f.default[0] if isinstance(f.default, tuple) else f.default))
+        bounded = {"min": meta.get("min"), "max": meta.get("max")} if "min" in meta or "max" in meta else None
         if kind is bool:
             kw.update(is_flag=True, default=False, help=meta["help"])
         elif "choices" in meta:
             kw["type"] = click.Choice(choices_of(f))
         elif kind in ("file", "folder"):
             kw["type"] = click.Path(exists=kind == "folder", dir_okay=kind == "folder", file_okay=kind == "file")
-        elif kind in (int, float) and ("min" in meta or "max" in meta):
-            kw["type"] = (click.IntRange if kind is int else click.FloatRange)(
-                meta.get("min"), meta.get("max"), **({"min_open": meta.get("min_open", False)} if kind is float else {}))
         elif kind in (int, float):
-            kw["type"] = kind
+            kw["type"] = kind if bounded is None else click.IntRange(**bounded) if kind is int else \
+                click.FloatRange(**bounded, min_open=meta.get("min_open", False))
         if isinstance(f.default, tuple) or "nargs" in meta:
             kw["nargs"] = meta.get("nargs", len(f.default or ()))
         options.append(click.option(meta.get("flag", "--" + f.name.replace("_", "-")), f.name, **kw))
@@ -3099,23 +3103,23 @@ def _data_options(click) -> list:
 def _command(click, name: str, *groups, out: str | None = None, options: tuple = ()):
     """A command of the group: --out (a folder for metrics.json, default `out`), `options`, then
     per group a config dataclass, whose fields become options and whose instance the command
-    gets, or "data", the data options as a dict: the command takes (ctx, *one value per group, **the others)."""
+    gets, or "data", the data options as a dict: the command takes (ctx, *a value per group,
+    **the others). Its one error boundary: bad input ends in one line and exit 1 (_one_line)."""
     if out is not None:
-        options = (click.option("--out", type=click.Path(file_okay=False), default=out, help="folder for "
-                                "metrics.json"), *options)
+        options = (click.option("--out", type=click.Path(file_okay=False), default=out,
+                                help="folder for metrics.json"), *options)
 
     def decorate(fn):
         @functools.wraps(fn)
         def run(ctx, **kw):
             values = [{k: kw.pop(k) for k in ("data", "dataset", *_READ_KEYS)} if group == "data" else
                       _usage(group, **_given({f.name: kw.pop(f.name) for f in fields(group)})) for group in groups]
-            return fn(ctx, *values, **kw)
+            with _one_line_errors(click, ctx):
+                return fn(ctx, *values, **kw)
 
-        made = click.pass_context(_fail_cleanly(run))
-        for group in reversed(groups):
-            for option in reversed(_data_options(click) if group == "data" else _config_options(group)):
-                made = option(made)
-        for option in reversed(options):
+        made = click.pass_context(run)
+        for option in reversed([*options, *(o for g in groups for o in (_data_options(click) if g == "data"
+                                                                          else _config_options(g)))]):
             made = option(made)
         return click.command(name)(made)
     return decorate
@@ -3177,33 +3181,28 @@ def _one_line(err: BaseException) -> str:
     return " ".join(text.split()) or type(err).__name__
 
 
-def _fail_cleanly(fn):
-    """The command line's one error boundary: whatever goes wrong ends in one line on stderr
-    and exit 1, never a traceback; `jepa3d --debug` (or JEPA3D_DEBUG=1) re-raises instead, for
-    bug reports. Bad input (data, checkpoints, files, a diverged run) is named as such; any
-    other exception is an internal error to report."""
-    import click
-
+@contextlib.contextmanager
+def _one_line_errors(click, ctx):
+    """Whatever goes wrong ends in one line on stderr and exit 1, never a traceback (`jepa3d
+    --debug` or JEPA3D_DEBUG=1 re-raise, for bug reports): bad input (data, checkpoints, files, a
+    diverged run) named as such, anything else as an internal error to report."""
     from jepa3d_data import DataError, TeacherError
 
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        root = click.get_current_context().find_root()
-        if root.params.get("debug") or os.environ.get("JEPA3D_DEBUG", "") not in ("", "0"):
-            return fn(*args, **kwargs)
-        try:
-            return fn(*args, **kwargs)
-        except (click.ClickException, click.exceptions.Exit, click.Abort):
-            raise
-        except KeyboardInterrupt:
-            raise click.ClickException("interrupted; the last checkpoint written is intact "
-                                       "(continue with --resume)") from None
-        except (DataError, CheckpointError, DivergedError, RunFolderError, TeacherError, OSError) as err:
-            raise click.ClickException(_one_line(err)) from None
-        except Exception as err:  # a bug: still one line, and how to get the traceback
-            raise click.ClickException(f"internal error ({type(err).__name__}: {_one_line(err)}); run "
-                                       "`jepa3d --debug ...` for the traceback and report it") from None
-    return wrapper
+    if ctx.find_root().params.get("debug") or os.environ.get("JEPA3D_DEBUG", "") not in ("", "0"):
+        yield
+        return
+    try:
+        yield
+    except (click.ClickException, click.exceptions.Exit, click.Abort):
+        raise
+    except KeyboardInterrupt:
+        raise click.ClickException("interrupted; the last checkpoint written is intact (continue with --resume)") \
+            from None
+    except (DataError, CheckpointError, DivergedError, RunFolderError, TeacherError, OSError) as err:
+        raise click.ClickException(_one_line(err)) from None
+    except Exception as err:  # a bug: still one line, and how to get the traceback
+        raise click.ClickException(f"internal error ({type(err).__name__}: {_one_line(err)}); run "
+                                   "`jepa3d --debug ...` for the traceback and report it") from None
 
 
 def _pretrain_configs(ctx, out: str, preset: str, data: dict, run: RunConfig,
@@ -3308,9 +3307,9 @@ def _finetune_command(click):
         result = finetune(encoder, cfg, train_set, test_set, ft, out_dir=out, votes=vote, eval_every=eval_every,
                           select_best_on_test=select_best_on_test, max_steps=max_steps, meta={"task": task,
                           "encoder_source": source}, augment=jepa3d_data.augmentation(ft.augment), **ctx.obj)
-        protocol = {**dataclasses.asdict(ft), **geometry, "seed": ctx.obj["seed"], "voting": f"{vote} views, isotropic scale 0.85-1.15, softmax average"
-                    if vote else "none", "selection": "last epoch" + (" (+ best test epoch, labelled)"
-                                                                      if select_best_on_test else "")}
+        protocol = {**dataclasses.asdict(ft), **geometry, "seed": ctx.obj["seed"],
+                    "voting": f"{vote} views, isotropic scale 0.85-1.15, softmax average" if vote else "none",
+                    "selection": "last epoch" + (" (+ best test epoch, labelled)" if select_best_on_test else "")}
         _report({"command": "finetune", "task": task, "encoder": source, "data": optional(test_set, "name"), **result,
                  "checkpoint": str(Path(out) / "finetuned.safetensors"), "protocol": protocol}, out)
     return finetune_cmd
@@ -3334,7 +3333,8 @@ def _few_shot_command(click):
 
         encoder, cfg, source, *splits = _open(ctx, spec, data, () if fs.fold_files else ("train", "test"))
         episodes = [jepa3d_data.read_fewshot_fold(Path(fs.fold_files), fs.way, fs.shot, fold, data["trust_pickle"])
-                    for fold in range(fs.folds)] if fs.fold_files else _usage(draw_episodes, *splits, fs, ctx.obj["seed"])
+                    for fold in range(fs.folds)] if fs.fold_files else \
+            _usage(draw_episodes, *splits, fs, ctx.obj["seed"])
         result = few_shot(encoder, cfg, *(splits or (None, None)), fs, episodes=episodes, out_dir=out,
                           augment=jepa3d_data.augmentation(FinetuneConfig.augment), **ctx.obj)
         _report({"command": "few-shot", "encoder": source, **result}, out)
@@ -3392,7 +3392,8 @@ def _teacher_features_command(click):
         pixel it projects to (calibrated cameras, z-buffer visibility), float16, resumable.
         Then: jepa3d pretrain --data OUT --objective distill (or jepa+distill)."""
         t = time.time()
-        meta = jepa3d_data.cache_teacher_features(out, data, dataset, cfg, progress_callback("chunks"), ctx.obj["device"])
+        meta = jepa3d_data.cache_teacher_features(out, data, dataset, cfg, progress_callback("chunks"),
+                                                  ctx.obj["device"])
         print(json.dumps({"command": "teacher-features", "out": str(out), **jepa3d_data.cache_summary(out, meta),
                           "seconds": round(time.time() - t, 1)}))
     return teacher_features_cmd

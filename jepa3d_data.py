@@ -1,11 +1,14 @@
-"""jepa3d_data: the datasets jepa3d reads, and train-time augmentation.
+"""jepa3d_data: the datasets jepa3d reads, the data it prepares, and train-time augmentation.
 
 Every dataset returns the same item: (points float32 (P, 3), label int64), centred and
-scaled to the unit sphere, y up. `open_dataset(path)` detects the on-disk layout; with no
-path it returns the built-in procedural shapes, which need no download. Sequence layouts give
-clips (points (T, P, 3), label); paired layouts (RGB images + points + cameras, `open_paired`)
-feed `jepa3d teacher-features`, whose cache reads back as clips whose points carry the teacher's
-features as extra channels.
+scaled to the unit sphere, y up, and meets jepa3d.PointDataset's contract. `open_dataset(path)`
+detects the on-disk layout; with no path it returns the built-in procedural shapes, which need
+no download. Sequence layouts give clips (points (T, P, 3), label). The cross-modal pipeline
+lives here in one section, since it prepares data and nothing of it runs in a training step:
+paired layouts (RGB images + points + cameras, `open_paired`), the point -> pixel
+correspondence, the frozen 2D teachers and the teacher-features cache
+(`cache_teacher_features`), which reads back as clips whose per-point teacher targets come
+from `teacher_targets(i)`, a tensor of their own.
 
 Bad input raises DataError with one line naming the file and what is wrong.
 """
@@ -30,8 +33,8 @@ import jepa3d  # imports point one way: the readers use the model's geometry (FP
 
 __all__ = [
     # configs
-    "DataError", "ReadOptions", "Layout", "TeacherFeaturesConfig", "TEACHER_HELP", "DEFAULT_VARIANT",
-    "SCANOBJECTNN_FILES",
+    "DataError", "ReadOptions", "Layout", "FRAME_POINTS", "TeacherFeaturesConfig", "TEACHER_HELP",
+    "DEFAULT_VARIANT", "SCANOBJECTNN_FILES",
     # datasets and the built-in shapes
     "ArrayDataset", "normalize", "normalize_batch", "BUILTIN_CLASSES", "PART_ROLES", "make_shape", "builtin_dataset",
     "builtin_parts_dataset",
@@ -113,6 +116,9 @@ TEACHER_HELP = ("builtin (a fixed random conv net, for the demo: see README), to
                 "npy:DIR (precomputed maps, one <image stem>.npy (C, h, w) per image)")
 
 
+FRAME_POINTS = 256  # points per frame of the built-in sequences and of a teacher-features cache by default
+
+
 @dataclass(frozen=True)
 class TeacherFeaturesConfig:
     """How `jepa3d teacher-features` caches a frozen 2D teacher's per-point features."""
@@ -122,8 +128,8 @@ class TeacherFeaturesConfig:
     teacher_size: tuple | None = _opt(None, "resize images to H x W for the teacher (TorchScript and hub teachers; "
                                       "hub: default the image's size rounded down to the patch size); points map to "
                                       "the map by its own stride", nargs=2, kind=int, min=14, max=8192)
-    num_points: int = _opt(256, "points kept per frame (drawn at random from the depth pixels or the sweep)",
-                           min=16, max=1 << 20)
+    num_points: int = _opt(FRAME_POINTS, "points kept per frame (drawn at random from the depth pixels or the "
+                           "sweep)", min=16, max=1 << 20)
     frames: int = _opt(ReadOptions.frames, "built-in RGB-D data: frames per video", min=1, max=4096)
     intrinsics: tuple | None = _opt(None, "TUM data: pinhole intrinsics FX FY CX CY  [default: freiburg1's]",
                                     nargs=4, kind=float)
@@ -1330,7 +1336,7 @@ def make_motion(action: str, num_points: int, frames: int, rng: np.random.Genera
     return (out + rng.normal(scale=0.01, size=out.shape)).astype(np.float32)
 
 
-def builtin4d_dataset(split: str = "train", num_points: int = 256, frames: int = ReadOptions.frames,
+def builtin4d_dataset(split: str = "train", num_points: int = FRAME_POINTS, frames: int = ReadOptions.frames,
                       per_class: int | None = None,
                       seed: int = 0, partial: bool = True) -> SequenceDataset:
     """The built-in 4D data: 10 actions (ACTIONS) of one articulated figure, 100 train / 20 test
@@ -1998,7 +2004,7 @@ def _rgbd_video(action: str, frames: int, num_points: int, seed: tuple, name: st
     return out
 
 
-def builtin_rgbd(split: str = "train", frames: int = ReadOptions.frames, num_points: int = 256,
+def builtin_rgbd(split: str = "train", frames: int = ReadOptions.frames, num_points: int = FRAME_POINTS,
                  per_class: int | None = None,
                  seed: int = 0) -> PairedData:
     """The built-in RGB-D videos: 10 actions (ACTIONS) x per_class (50 train / 20 test by
