@@ -3112,7 +3112,7 @@ def _command(click, name: str, *groups, out: str | None = None, options: tuple =
     def decorate(fn):
         @functools.wraps(fn)
         def run(ctx, **kw):
-            values = [{k: kw.pop(k) for k in ("data", "dataset", *_READ_KEYS)} if group == "data" else
+            values = [_data_values(kw) if group == "data" else
                       _usage(group, **_given({f.name: kw.pop(f.name) for f in fields(group)})) for group in groups]
             with _one_line_errors(click, ctx):
                 return fn(ctx, *values, **kw)
@@ -3123,6 +3123,15 @@ def _command(click, name: str, *groups, out: str | None = None, options: tuple =
             made = option(made)
         return click.command(name)(made)
     return decorate
+
+
+def _data_values(kw: dict) -> dict:
+    """The data options as a dict (recorded in run.json): ReadOptions' defaults for those not
+    given, but --variant, which only ScanObjectNN data takes."""
+    from jepa3d_data import ReadOptions
+
+    data = {k: kw.pop(k) for k in ("data", "dataset", *_READ_KEYS)}
+    return {**data, **{k: getattr(ReadOptions, k) for k in _READ_KEYS if data[k] is None and k != "variant"}}
 
 
 def _given(kwargs: dict) -> dict:
