@@ -87,7 +87,7 @@ __all__ = [
     "CheckpointError", "save_checkpoint", "read_header", "read_tensors", "read_checkpoint", "check_fit", "load_state",
     "load_optimizer", "checkpoint_config", "load_jepa", "random_encoder", "EncoderSpec", "load_encoder",
     # datasets
-    "PointDataset", "optional",
+    "DataError", "check_classes", "PointDataset", "optional",
     # pretraining
     "RunConfig", "pretrain", "check_run_folder", "resume_settings", "RunFolderError", "DivergedError",
     "epoch_batches", "shard", "distributed_env", "params_digest",
@@ -1685,6 +1685,18 @@ def load_encoder(checkpoint: str, which: str = "target", preset: str = "paper",
 
 
 # ----------------------------------------------------------------------------- the dataset contract
+class DataError(ValueError):
+    """A dataset problem the user can fix; the message names the file (or data) and the problem."""
+
+
+def check_classes(labels: torch.Tensor, name: str, split: str = "train") -> None:
+    """A classifier is fit on two classes or more: DataError naming the data otherwise."""
+    present = torch.unique(labels)
+    if len(present) < 2:
+        raise DataError(f"{name or 'the data'}: the {split} split holds {len(labels)} samples of "
+                        f"{'one class' if len(present) else 'no class'}; a probe needs two classes or more")
+
+
 class PointDataset(torch.utils.data.Dataset):
     """What jepa3d reads of a dataset. Required: len() and items (points, label): points float32
     (P, 3), or clips (T, P, 3); label int64, or per-point labels (P,) for part datasets. Any torch
@@ -2704,6 +2716,7 @@ def linear_probe(encoder: Encoder, cfg: ModelConfig, train_set, test_set, probe:
         feats[split] = embed(encoder, cfg, ds, device=device, seed=seed, precision=precision,
                              batch_size=probe.batch_size)
     train, test = feats["train"], feats["test"]
+    check_classes(train["labels"], optional(train_set, "name"))
     n = len(train_set.classes)
     result = {"data": optional(train_set, "name"), "train_clouds": len(train["labels"]),
               "test_clouds": len(test["labels"]),
@@ -2781,6 +2794,7 @@ def point_probe(encoder: Encoder | None, cfg: ModelConfig, train_set, test_set, 
     mIoU (mean over labels of IoU over all scored points), in %."""
     train = point_features(encoder, cfg, train_set, train_points, device=device, seed=seed)
     test = point_features(encoder, cfg, test_set, test_points, device=device, seed=seed + 1)
+    check_classes(train["labels"], optional(train_set, "name"))
     t = time.time()
     W, b = fit_linear(train["features"], train["labels"], num_labels, C=ProbeConfig.logreg_C, kind="logreg",
                       max_iter=_POINT_PROBE_ITERATIONS)

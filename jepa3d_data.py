@@ -63,8 +63,7 @@ __all__ = [
 ]
 
 
-class DataError(ValueError):
-    """A dataset problem the user can fix; the message names the file and the problem."""
+DataError = jepa3d.DataError  # a dataset problem the user can fix; the message names the file and the problem
 
 
 # ----------------------------------------------------------------------------- configs

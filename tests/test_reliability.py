@@ -407,3 +407,21 @@ def test_cpu_threads_caps_and_restores_and_fps_leaves_threads_as_they_were():
     assert torch.get_num_threads() == 2
     torch.set_num_threads(1)
     assert torch.equal(pinned, jepa3d.farthest_point_sample(pts, 32))
+
+
+def test_a_one_class_split_is_one_line_in_every_probe(tmp_path):
+    # a folder with one class: the SVC's pairs of classes are empty; every probe says so in one line
+    for split in ("train", "test"):
+        (tmp_path / "one" / split / "chair").mkdir(parents=True)
+        for i in range(3):
+            np.save(tmp_path / "one" / split / "chair" / f"{i}.npy",
+                    np.random.default_rng(i).random((200, 3), dtype=np.float32))
+    for classifier in ("svc", "linear-svc", "logreg"):
+        proc = run_cli("linear-probe", "--checkpoint", "none", "--preset", "tiny", "--data", tmp_path / "one",
+                       "--classifier", classifier, "--out", tmp_path / classifier)
+        one_clean_line(proc, "folder-train", "one class", "two classes or more")
+    parts = jepa3d_data.ArrayDataset(np.random.default_rng(0).random((2, 64, 3)), [0, 0], ["mug"], "mugs",
+                                     parts=np.zeros((2, 64)), parts_of=[[0]])
+    cfg = jepa3d.make_configs("tiny", num_points=64, num_groups=8, group_size=8)[0]
+    with pytest.raises(jepa3d.DataError, match="mugs: the train split holds 8 samples of one class"):
+        jepa3d.point_probe(jepa3d.random_encoder(cfg, 0), cfg, parts, parts, 1)

@@ -52,7 +52,7 @@ def test_imports_point_one_way():
     data_tree, _ = _tree("jepa3d_data.py")
     used = {n.attr for n in ast.walk(data_tree)
             if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "jepa3d"}
-    assert used <= {"farthest_point_sample", "PointDataset", "optional"}, used
+    assert used <= {"farthest_point_sample", "PointDataset", "optional", "DataError"}, used
 
 
 def test_the_dataset_contract_is_declared_once():
