@@ -46,7 +46,7 @@ __all__ = [
     "read_modelnet40_resampled", "read_pickle_cache", "read_modelnet40_pickle", "read_fewshot_fold",
     "SHAPENETPART_PARTS", "ShapeNetPart", "read_folder",
     # sequences (4D)
-    "SequenceDataset", "fit_frame", "ACTIONS", "make_motion", "builtin4d_dataset", "MSR_NAME", "MSR_FOCAL",
+    "SequenceDataset", "fit_frame", "ACTIONS", "make_motion", "builtin4d_dataset", "MSR_NAME", "MSR_FOCAL", "MSR_DEPTH_SCALE",
     "MSR_ACTIONS", "TUM_INTRINSICS", "TUM_DEPTH_SCALE", "depth_to_points", "read_msr_bin", "read_msr_npz",
     "read_depth_png", "natural_key", "read_msr_action3d", "read_depth_sequences", "read_tum", "read_sequence_folder",
     # paired RGB + points, the correspondence, the teachers, the teacher-features cache
@@ -1357,6 +1357,7 @@ def builtin4d_dataset(split: str = "train", num_points: int = FRAME_POINTS, fram
 # the layout gives the camera-to-world extrinsic.
 MSR_NAME = re.compile(r"a(\d\d)_s(\d\d)_e(\d\d)")
 MSR_FOCAL = 280.0           # the field's guess (meteornet#9): MSR-Action3D ships no intrinsics
+MSR_DEPTH_SCALE = 1000.0  # MSR-Action3D's depth is in millimetres: points come out in metres, as TUM's and DT4D's
 TUM_INTRINSICS = (517.3, 516.5, 318.6, 255.3)  # freiburg1's fx fy cx cy, TUM's defaults
 TUM_DEPTH_SCALE = 5000.0    # TUM depth PNGs: 5000 units per metre
 
@@ -1379,7 +1380,7 @@ def read_msr_bin(path, intrinsics: tuple | None = None) -> list[np.ndarray]:
     """An MSR-Action3D depth video `aXX_sYY_eZZ_sdepth.bin`: three little-endian uint32 (frames,
     width, height), then uint32 depth per pixel, frame after frame. -> one (n_f, 3) array per frame,
     back-projected with `intrinsics` (fx, fy, cx, cy); by default the field's guess, focal 280
-    about the image centre (MSR-Action3D ships no calibration)."""
+    about the image centre (MSR-Action3D ships no calibration); millimetres -> metres."""
     path = Path(path)
     raw = np.fromfile(path, dtype="<u4")
     if len(raw) < 3:
@@ -1390,7 +1391,7 @@ def read_msr_bin(path, intrinsics: tuple | None = None) -> list[np.ndarray]:
                         f"{(3 + frames * width * height) * 4} bytes; the file has {path.stat().st_size}")
     video = raw[3:].reshape(frames, height, width)
     intr = intrinsics or (MSR_FOCAL, MSR_FOCAL, width / 2, height / 2)
-    return [depth_to_points(d, intr) for d in video]
+    return [depth_to_points(d, intr, MSR_DEPTH_SCALE) for d in video]
 
 
 def read_msr_npz(path, trust_pickle: bool = False) -> list[np.ndarray]:
@@ -1465,12 +1466,19 @@ MSR_ACTIONS = ("high arm wave", "horizontal arm wave", "hammer", "hand catch", "
 
 
 def _msr_files(root: Path) -> dict[str, Path]:
-    """MSR-Action3D videos in root: name aXX_sYY_eZZ -> file (.npz preferred to .bin)."""
-    files = {}
-    for f in sorted(root.iterdir()):
-        m = MSR_NAME.match(f.name)
-        if m and f.is_file() and f.suffix in (".bin", ".npz") and (m.group(0) not in files or f.suffix == ".npz"):
-            files[m.group(0)] = f
+    """MSR-Action3D videos in root, or one folder down when root has none (the archive unpacks
+    to Depth/): name aXX_sYY_eZZ -> file (.npz preferred to .bin)."""
+    def level(folder: Path) -> dict[str, Path]:
+        files = {}
+        for f in sorted(folder.iterdir()):
+            m = MSR_NAME.match(f.name)
+            if m and f.is_file() and f.suffix in (".bin", ".npz") and (m.group(0) not in files or f.suffix == ".npz"):
+                files[m.group(0)] = f
+        return files
+
+    files = level(root)
+    for sub in [] if files else sorted(d for d in root.iterdir() if d.is_dir()):
+        files = {**level(sub), **files}
     return files
 
 
@@ -1481,7 +1489,8 @@ def read_msr_action3d(root: Path, split: str, o: "ReadOptions") -> SequenceDatas
     chosen = {k: f for k, f in files.items() if (int(k[5:7]) <= 5) == (split == "train")}
     if not chosen:
         raise DataError(f"{root}: no MSR-Action3D video of the {split} split (subjects "
-                        f"{'1-5' if split == 'train' else '6-10'}, names aXX_sYY_eZZ...)")
+                        f"{'1-5' if split == 'train' else '6-10'}: aXX_sYY_eZZ_sdepth.bin or aXX_sYY_eZZ*.npz, "
+                        "looked for here and one folder down, e.g. the archive's Depth/)")
     rng = np.random.default_rng(0)
     videos, labels = [], []
     for name, f in chosen.items():

@@ -94,12 +94,12 @@ def test_msr_bin_and_npz(tmp_path):
     assert len(frames) == 5 and frames[0].shape == (80, 3)
     # the field's back-projection: x = (u - W/2) z / 280 about the image centre
     d0 = np.fromfile(tmp_path / "a01_s01_e01_sdepth.bin", "<u4")[3:].reshape(5, 24, 32)[0]
-    assert np.isclose(frames[0][0, 0], (10 - 16) * float(d0[8, 10]) / 280)
+    assert np.isclose(frames[0][0, 0], (10 - 16) * float(d0[8, 10]) / 1000 / 280)  # metres
     # --intrinsics replaces the guess: fx 560 about cx 12 halves and shifts x
     mine = D.open_dataset(tmp_path, "train", num_points=64, frames=4, intrinsics=(560, 560, 12, 12))
     assert not torch.equal(mine.frames_data, train.frames_data)
     assert np.isclose(D.read_msr_bin(tmp_path / "a01_s01_e01_sdepth.bin", (560, 560, 12, 12))[0][0, 0],
-                      (10 - 12) * float(d0[8, 10]) / 560)
+                      (10 - 12) * float(d0[8, 10]) / 1000 / 560)                   # millimetres -> metres
     # the preprocessed .npz: equal frames (a plain array) and unequal ones (pickled, opt-in)
     np.savez(tmp_path / "a03_s02_e02.npz", point_clouds=rng.normal(size=(6, 50, 3)))
     obj = np.empty(2, object)
@@ -390,3 +390,18 @@ def test_tube_tokens_group_anchors_across_neighbouring_frames():
     # the mask preview of a tube-token clip: every frame's points take a role from its nearest anchor frame
     pts, roles = jepa3d.mask_preview(clips(B=1, T=5, P=96)[0], cfg)
     assert pts.shape == (5 * 64, 3) and roles.shape == (5 * 64,) and (roles >= 1).all()
+
+
+def test_msr_archive_parent_folder_is_read_through_depth(tmp_path):
+    # the MSR-Action3D archive unpacks to Depth/: its parent folder is detected and read as it comes
+    (tmp_path / "Depth").mkdir()
+    depth = np.zeros((3, 24, 32))
+    depth[:, 6:18, 8:20] = 2000
+    for name in ("a01_s01_e01", "a02_s07_e01"):
+        write_msr_bin(tmp_path / "Depth" / f"{name}_sdepth.bin", depth)
+    assert D.detect_layout(tmp_path) == "msr-action3d"
+    assert D.open_dataset(tmp_path, "train", num_points=16, frames=2).video_names == ["a01_s01_e01"]
+    assert D.open_dataset(tmp_path, "test", num_points=16, frames=2).video_names == ["a02_s07_e01"]
+    (tmp_path / "Depth" / "a02_s07_e01_sdepth.bin").unlink()
+    with pytest.raises(D.DataError, match="no MSR-Action3D video of the test split .*one folder down"):
+        D.open_dataset(tmp_path, "test", num_points=16, frames=2, dataset="msr-action3d")

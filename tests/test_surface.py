@@ -12,7 +12,7 @@ import jepa3d_data
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI_MARK = "# ----------------------------------------------------------------------------- command line"
-BUDGET = {"function": 60, "cli": 430, "jepa3d.py": 3490}  # lines; see the note on the CLI budget below
+BUDGET = {"function": 60, "cli": 430, "jepa3d.py": 3500}  # lines; see the note on the CLI budget below
 
 
 def _tree(name: str) -> tuple[ast.Module, list[str]]:
