@@ -1565,23 +1565,81 @@ def _is_tum(d: Path) -> bool:
     return (d / "depth").is_dir() and ((d / "depth.txt").is_file() or (d / "associations.txt").is_file())
 
 
-def _tum_depth_files(seq: Path) -> list[Path]:
-    """The depth frames of a TUM RGB-D sequence in time order: associations.txt's depth column
-    (timestamp rgb timestamp depth), else depth.txt (timestamp file); '#' lines are comments."""
-    listing = seq / ("associations.txt" if (seq / "associations.txt").is_file() else "depth.txt")
-    column = 3 if listing.name == "associations.txt" else 1
-    files = []
+def _png_bit_depth(path: Path) -> int | None:
+    """A PNG's bit depth, read off its header (None for a file that is not a PNG)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(26)
+    except OSError:
+        return None
+    return head[24] if len(head) == 26 and head[:8] == b"\x89PNG\r\n\x1a\n" else None
+
+
+def _depth_column(listing: Path, seq: Path, fields: list[str]) -> int:
+    """Which file column (1 or 3) of an associations.txt line is the depth image: the one in
+    depth/, else the 16-bit PNG (associate.py writes its first argument's column first, so both
+    'timestamp rgb timestamp depth' and 'timestamp depth timestamp rgb' are in use)."""
+    folders = [Path(fields[i]).parts[0] for i in (1, 3)]
+    if folders.count("depth") == 1:
+        return 1 if folders[0] == "depth" else 3
+    bits = [_png_bit_depth(seq / fields[i]) for i in (1, 3)]
+    if bits.count(16) == 1:
+        return 1 if bits[0] == 16 else 3
+    raise DataError(f"{listing}: cannot tell which of {fields[1]} and {fields[3]} is the depth image (one in depth/ "
+                    "or one 16-bit PNG is expected, as 'timestamp rgb timestamp depth' or 'timestamp depth "
+                    "timestamp rgb')")
+
+
+def _tum_listing(listing: Path, seq: Path, columns: int) -> list[list[str]]:
+    """The entries of a TUM listing ('#' lines are comments): `columns` fields each, a number
+    first, the file names checked to lie inside the sequence."""
+    rows = []
     for n, line in enumerate(_read_lines(listing), 1):
-        if line.startswith("#"):
-            continue
         fields = line.split()
-        if len(fields) <= column:
+        if line.startswith("#") or not fields:
+            continue
+        if len(fields) < columns:
             raise DataError(f"{listing}: line {n} has {len(fields)} fields; expected "
-                            f"{'timestamp rgb timestamp depth' if column == 3 else 'timestamp file'}")
-        files.append(seq / Path(*_entry(fields[column], listing, 2)))
-    if not files:
+                            f"{'timestamp rgb timestamp depth' if columns == 4 else 'timestamp file'}")
+        try:
+            float(fields[0])
+        except ValueError:
+            raise DataError(f"{listing}: line {n} is not 'timestamp file'") from None
+        for i in range(1, columns, 2):
+            _entry(fields[i], listing, 2)
+        rows.append(fields)
+    return rows
+
+
+def _tum_frames(seq: Path, with_rgb: bool = False) -> list[tuple[float, Path, Path | None]]:
+    """A TUM RGB-D sequence's frames sorted by their depth timestamps (a listing need not be in
+    order; a timestamp listed twice is an error): (timestamp, depth image, RGB image or None).
+    associations.txt pairs them, its columns in either order; else depth.txt lists the depth
+    images and (`with_rgb`) rgb.txt the RGB ones, paired by nearest timestamp within 20 ms (TUM's
+    associate.py). A clip's time axis is the frame index, not these timestamps (TUM's gaps of
+    33-133 ms are not modelled)."""
+    if (seq / "associations.txt").is_file():
+        listing = seq / "associations.txt"
+        rows = _tum_listing(listing, seq, 4)
+        col = _depth_column(listing, seq, rows[0]) if rows else 3
+        frames = [(float(r[col - 1]), seq / r[col], seq / r[4 - col]) for r in rows]
+    else:
+        listing = seq / "depth.txt"
+        rgb = [(float(r[0]), seq / r[1]) for r in _tum_listing(seq / "rgb.txt", seq, 2)] \
+            if with_rgb and (seq / "rgb.txt").is_file() else []
+        times = np.array([t for t, _ in rgb])
+
+        def nearest(t: float) -> Path | None:
+            i = int(np.abs(times - t).argmin()) if len(times) else -1
+            return rgb[i][1] if i >= 0 and abs(times[i] - t) <= 0.02 else None
+        frames = [(float(r[0]), seq / r[1], nearest(float(r[0]))) for r in _tum_listing(listing, seq, 2)]
+    if not frames:
         raise DataError(f"{listing}: lists no depth frame")
-    return files
+    frames.sort(key=lambda f: f[0])
+    repeated = [a for a, b in zip(frames, frames[1:]) if a[0] == b[0]]
+    if repeated:
+        raise DataError(f"{listing}: timestamp {repeated[0][0]} is listed twice (frames must have distinct times)")
+    return frames
 
 
 def read_tum(root: Path, split: str, o: "ReadOptions") -> SequenceDataset:
@@ -1595,7 +1653,7 @@ def read_tum(root: Path, split: str, o: "ReadOptions") -> SequenceDataset:
     labels, classes = _unlabelled(root, seqs)
     rng = np.random.default_rng(0)
     intr = o.intrinsics or TUM_INTRINSICS
-    videos = [_video([depth_to_points(read_depth_png(p), intr, TUM_DEPTH_SCALE) for p in _tum_depth_files(seq)],
+    videos = [_video([depth_to_points(read_depth_png(p), intr, TUM_DEPTH_SCALE) for _, p, _ in _tum_frames(seq)],
                      o.num_points, rng, seq) for seq in seqs]
     return SequenceDataset(videos, labels, classes, f"tum-rgbd-{split}", str(root), frames=o.frames,
                            stride=o.frame_stride, video_names=[str(s.relative_to(root)) for s in seqs])
@@ -2035,45 +2093,6 @@ def builtin_rgbd(split: str = "train", frames: int = ReadOptions.frames, num_poi
     return PairedData(videos, labels, list(ACTIONS), f"builtin-rgbd-{split}", names, list(BODY_PARTS))
 
 
-def _tum_pairs(seq: Path) -> list[tuple[Path, Path]]:
-    """(rgb, depth) file pairs of a TUM sequence in time order: associations.txt (timestamp rgb
-    timestamp depth), else rgb.txt and depth.txt matched by nearest timestamp within 20 ms (TUM's
-    associate.py)."""
-    if (seq / "associations.txt").is_file():
-        listing, pairs = seq / "associations.txt", []
-        for n, line in enumerate(_read_lines(listing), 1):
-            fields = line.split()
-            if line.startswith("#") or not fields:
-                continue
-            if len(fields) < 4:
-                raise DataError(f"{listing}: line {n} has {len(fields)} fields; expected timestamp rgb timestamp depth")
-            pairs.append((seq / Path(*_entry(fields[1], listing, 2)), seq / Path(*_entry(fields[3], listing, 2))))
-        return pairs
-
-    def stamps(listing: Path) -> list[tuple[float, Path]]:
-        out = []
-        for n, line in enumerate(_read_lines(listing), 1):
-            fields = line.split()
-            if line.startswith("#") or not fields:
-                continue
-            try:
-                out.append((float(fields[0]), seq / Path(*_entry(fields[1], listing, 2))))
-            except (ValueError, IndexError):
-                raise DataError(f"{listing}: line {n} is not 'timestamp file'") from None
-        return out
-
-    if not (seq / "rgb.txt").is_file():
-        raise DataError(f"{seq}: pairing RGB with depth needs associations.txt or rgb.txt")
-    rgb = stamps(seq / "rgb.txt")
-    times = np.array([t for t, _ in rgb])
-    pairs = []
-    for t, depth in stamps(seq / "depth.txt"):
-        i = int(np.abs(times - t).argmin()) if len(times) else -1
-        if i >= 0 and abs(times[i] - t) <= 0.02:
-            pairs.append((rgb[i][1], depth))
-    return pairs
-
-
 def paired_tum(root: Path, split: str, num_points: int, intrinsics: tuple | None = None) -> PairedData:
     """TUM RGB-D sequences as paired data: points back-projected from each depth PNG (5000 per
     metre; y up), the RGB image it is registered to (TUM's depth is registered to the colour
@@ -2102,7 +2121,9 @@ def paired_tum(root: Path, split: str, num_points: int, intrinsics: tuple | None
 
     videos = []
     for seq in seqs:
-        pairs = _tum_pairs(seq)
+        if not (seq / "associations.txt").is_file() and not (seq / "rgb.txt").is_file():
+            raise DataError(f"{seq}: pairing RGB with depth needs associations.txt or rgb.txt")
+        pairs = [(rgb, depth) for _, depth, rgb in _tum_frames(seq, with_rgb=True) if rgb is not None]
         if not pairs:
             raise DataError(f"{seq}: no RGB frame pairs with a depth frame (within 20 ms)")
         videos.append([lambda r=r, d=d, i=i: frame(r, d, i) for i, (r, d) in enumerate(pairs)])

@@ -405,3 +405,41 @@ def test_msr_archive_parent_folder_is_read_through_depth(tmp_path):
     (tmp_path / "Depth" / "a02_s07_e01_sdepth.bin").unlink()
     with pytest.raises(D.DataError, match="no MSR-Action3D video of the test split .*one folder down"):
         D.open_dataset(tmp_path, "test", num_points=16, frames=2, dataset="msr-action3d")
+
+
+def test_tum_listings_as_the_public_tools_write_them(tmp_path):
+    # associate.py writes its first argument's column first: rgb-first and depth-first files both
+    # occur (tum2klg ships depth-first); listings need not be in time order
+    (tmp_path / "depth").mkdir()
+    (tmp_path / "rgb").mkdir()
+    for i in range(4):
+        depth = np.zeros((48, 64), np.uint16)
+        depth[10:30, 20 + 4 * i:40 + 4 * i] = 5000                  # drifting right with time
+        write_png16(tmp_path / "depth" / f"{i}.png", depth)
+        PIL.fromarray(np.zeros((48, 64, 3), np.uint8)).save(tmp_path / "rgb" / f"{i}.png")
+    rgb_first = [f"{i}.00 rgb/{i}.png {i}.01 depth/{i}.png" for i in range(4)]
+    depth_first = [f"{i}.01 depth/{i}.png {i}.00 rgb/{i}.png" for i in (2, 0, 3, 1)]   # shuffled too
+    read = {}
+    for name, lines in (("rgb first", rgb_first), ("depth first", depth_first)):
+        (tmp_path / "associations.txt").write_text("# associate.py output\n" + "\n".join(lines) + "\n")
+        read[name] = D.open_dataset(tmp_path, "train", num_points=64, frames=4).frames_data
+        pairs = D.open_paired(tmp_path, num_points=64, intrinsics=(60.0, 60.0, 32.0, 24.0))
+        assert [f().names for f in pairs.videos[0]] == [[f"{i}.png"] for i in range(4)]
+    assert torch.equal(read["rgb first"], read["depth first"])
+    assert (read["rgb first"][:, :, 0].mean(1).diff() > 0).all()     # time order: the patch moves right
+    # the columns told apart by bit depth when the folders do not say
+    for i in range(4):
+        (tmp_path / "depth" / f"{i}.png").rename(tmp_path / "depth" / f"d{i}.png")
+    (tmp_path / "x").mkdir()
+    for i in range(4):
+        (tmp_path / "depth" / f"d{i}.png").rename(tmp_path / "x" / f"d{i}.png")
+        (tmp_path / "rgb" / f"{i}.png").rename(tmp_path / "x" / f"{i}.png")
+    (tmp_path / "associations.txt").write_text("\n".join(f"{i}.0 x/d{i}.png {i}.1 x/{i}.png" for i in range(4)))
+    assert torch.equal(D.open_dataset(tmp_path, "train", num_points=64, frames=4).frames_data, read["rgb first"])
+    (tmp_path / "associations.txt").write_text("0.0 x/0.png 0.1 x/1.png\n")
+    with pytest.raises(D.DataError, match="associations.txt: cannot tell which of x/0.png and x/1.png is the depth"):
+        D.open_dataset(tmp_path, "train", num_points=64, frames=4)
+    (tmp_path / "associations.txt").unlink()
+    (tmp_path / "depth.txt").write_text("1.0 x/d0.png\n0.5 x/d1.png\n1.0 x/d2.png\n")
+    with pytest.raises(D.DataError, match="depth.txt: timestamp 1.0 is listed twice"):
+        D.open_dataset(tmp_path, "train", num_points=64, frames=2)
