@@ -15,6 +15,7 @@ Bad input raises DataError with one line naming the file and what is wrong.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -46,7 +47,8 @@ __all__ = [
     "read_modelnet40_resampled", "read_pickle_cache", "read_modelnet40_pickle", "read_fewshot_fold",
     "SHAPENETPART_PARTS", "ShapeNetPart", "read_folder",
     # sequences (4D)
-    "SequenceDataset", "fit_frame", "ACTIONS", "make_motion", "builtin4d_dataset", "MSR_NAME", "MSR_FOCAL", "MSR_DEPTH_SCALE",
+    "SequenceDataset", "fit_frame", "ACTIONS", "make_motion", "builtin4d_dataset", "MSR_NAME", "MSR_FOCAL",
+    "MSR_DEPTH_SCALE",
     "MSR_ACTIONS", "TUM_INTRINSICS", "TUM_DEPTH_SCALE", "depth_to_points", "read_msr_bin", "read_msr_npz",
     "read_depth_png", "natural_key", "read_msr_action3d", "read_depth_sequences", "read_tum", "read_sequence_folder",
     # paired RGB + points, the correspondence, the teachers, the teacher-features cache
@@ -54,7 +56,8 @@ __all__ = [
     "BuiltinTeacher", "ModuleTeacher", "NpyTeacher", "load_teacher", "PairedFrame", "PairedData", "read_rgb",
     "BODY_PARTS", "PART_COLOURS", "PART_STRIPES", "render_rgbd", "builtin_rgbd", "paired_tum", "paired_lidar_cameras",
     "PAIRED_TABLE", "open_paired", "write_teacher_features", "cache_meta", "read_teacher_cache",
-    "cache_teacher_features", "builtin_distill_data", "cache_summary", "visible_share", "probed_features",
+    "cache_teacher_features", "teacher_identity", "builtin_distill_data", "cache_summary", "visible_share",
+    "probed_features",
     # opening datasets
     "LAYOUT_TABLE", "LAYOUTS", "detect_layout", "open_dataset", "open_split", "TASK_LAYOUTS", "BUILTIN_TASKS",
     "task_data", "check_task", "model_fields", "point_label_names", "write_features", "inspect_data", "describe",
@@ -2245,9 +2248,10 @@ def _frame_features(frames: list[PairedFrame], teacher, occlusion: str, device: 
 
 def write_teacher_features(out: str | Path, splits: dict, teacher, made_by: dict, occlusion: str = "feature",
                            progress: Callable[[int, int], None] | None = None,
-                           device: torch.device = torch.device("cpu")) -> dict:
+                           device: torch.device = torch.device("cpu"), note: dict | None = None) -> dict:
     """Cache per-point teacher features of paired data (`splits`: split -> PairedData) in `out`,
-    resuming a stopped run (its `made_by` must match: teacher, data, points). -> the metadata."""
+    resuming a stopped run (its `made_by` must match: teacher, data, points; `note` is recorded,
+    not compared). -> the metadata."""
     out = Path(out)
     fresh_out = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
@@ -2257,12 +2261,13 @@ def write_teacher_features(out: str | Path, splits: dict, teacher, made_by: dict
         old = json.loads(meta_path.read_text())
         if old.get("made_by") != made_by:
             before = old.get("made_by", {})
-            diff = sorted(k for k in {**made_by, **before} if before.get(k) != made_by.get(k))
-            raise DataError(f"{meta_path}: this folder caches teacher features made another way (differs in "
-                            f"{', '.join(diff)}); pass a new --out (nothing was overwritten)")
+            diff = "; ".join(f"{k}: {made_by.get(k)} now, {before.get(k)} in the cache"
+                             for k in sorted({**made_by, **before}) if before.get(k) != made_by.get(k))
+            raise DataError(f"{meta_path}: this folder caches teacher features made another way (differs in {diff}); "
+                            "pass a new --out (nothing was overwritten)")
         if old.get("complete"):
             return old
-    meta = {"format": CACHE_FORMAT, "made_by": made_by, "complete": False, "splits": {
+    meta = {"format": CACHE_FORMAT, "made_by": made_by, **(note or {}), "complete": False, "splits": {
         split: {"videos": len(d.videos), "frames": sum(len(v) for v in d.videos), "labels": list(map(int, d.labels)),
                 "classes": d.classes, "video_names": d.video_names, "part_names": d.part_names,
                 "chunks": -(-len(d.videos) // CACHE_VIDEOS)} for split, d in splits.items()}}
@@ -2409,13 +2414,31 @@ def cache_teacher_features(out: str | Path, data: str | None = None, dataset: st
         except DataError:
             if split == "train":
                 raise
-    made_by = {"teacher": cfg.teacher, "teacher_weights": cfg.teacher_weights,
-               "teacher_size": list(cfg.teacher_size or []),
+    model = _open_teacher(cfg.teacher, cfg.teacher_weights, cfg.teacher_size)
+    made_by = {"teacher": teacher_identity(model, cfg.teacher), "teacher_size": list(cfg.teacher_size or []),
                "data": None if data is None else str(Path(data).resolve()), "dataset": dataset,
                "num_points": cfg.num_points, "frames": cfg.frames if data is None else None,
                "intrinsics": list(cfg.intrinsics or []), "occlusion": cfg.occlusion, "per_class": cfg.per_class}
-    model = _open_teacher(cfg.teacher, cfg.teacher_weights, cfg.teacher_size)
-    return write_teacher_features(out, splits, model, made_by, cfg.occlusion, progress, device)
+    note = {"teacher_spec": cfg.teacher, "teacher_weights": None if cfg.teacher_weights is None
+            else str(Path(cfg.teacher_weights).resolve())}
+    return write_teacher_features(out, splits, model, made_by, cfg.occlusion, progress, device, note)
+
+
+def teacher_identity(teacher: nn.Module, spec: str) -> str:
+    """What a teacher is, whichever path named it: its kind and a hash of its parameters and
+    buffers (weights loaded into it included); for precomputed maps, of their names, sizes and
+    times. A cache made by another network at the same path is refused; the same network found
+    by another path is the same teacher."""
+    digest = hashlib.sha256()
+    if isinstance(teacher, NpyTeacher):
+        for path in sorted(teacher.folder.glob("*.npy")):
+            stat = path.stat()
+            digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    else:
+        for name, value in teacher.state_dict().items():
+            digest.update(name.encode())
+            digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return f"{spec.partition(':')[0]} sha256:{digest.hexdigest()[:16]}"
 
 
 def builtin_distill_data(out: str | Path, objective: str, progress: Callable[[int, int], None] | None = None,
@@ -2432,7 +2455,7 @@ def builtin_distill_data(out: str | Path, objective: str, progress: Callable[[in
 def cache_summary(out: str | Path, meta: dict) -> dict:
     """What `jepa3d teacher-features` reports of the cache in `out` (its metadata `meta`)."""
     made_by = meta["made_by"]
-    return {"teacher": made_by["teacher"], "teacher_dim": meta["teacher_dim"],
+    return {"teacher": meta.get("teacher_spec", made_by["teacher"]), "teacher_dim": meta["teacher_dim"],
             "frames": sum(m["frames"] for m in meta["splits"].values()), "points_per_frame": made_by["num_points"],
             "visible_share": round(visible_share(out), 4), "splits": {k: v["videos"] for k, v in meta["splits"].items()}}
 

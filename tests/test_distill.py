@@ -313,3 +313,32 @@ def test_paired_bad_input_names_the_file(tmp_path):
                 "--teacher", f"torchscript:{tmp_path / 'flat.pt'}", "--out", tmp_path / "tf")
     assert r.returncode == 1 and "flat.pt: returned (1, 9216)" in r.stderr and "internal" not in r.stderr
     assert not (tmp_path / "tf").exists()
+
+
+class Scaled(torch.nn.Module):
+    """A teacher with a parameter: another network than Identity, or than itself with other weights."""
+
+    def __init__(self, scale: float):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(scale))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images * self.scale
+
+
+def test_the_cache_knows_which_network_made_it(tmp_path):
+    def cache(path):
+        return D.cache_teacher_features(tmp_path / "cache", cfg=D.TeacherFeaturesConfig(
+            teacher=f"torchscript:{path}", frames=2, num_points=32, per_class=1))
+
+    torch.jit.script(Scaled(2.0)).save(str(tmp_path / "a.pt"))
+    first = cache(tmp_path / "a.pt")
+    assert first["teacher_spec"] == f"torchscript:{tmp_path}/a.pt" and "sha256:" in first["made_by"]["teacher"]
+    (tmp_path / "b.pt").write_bytes((tmp_path / "a.pt").read_bytes())      # the same network by another path
+    again = cache(tmp_path / "b.pt")
+    assert again["made_by"] == first["made_by"] and again["complete"]
+    torch.jit.script(Scaled(3.0)).save(str(tmp_path / "a.pt"))               # another network at the same path
+    with pytest.raises(D.DataError, match=r"made another way \(differs in teacher: torchscript sha256:\w+ now, "
+                                          r"torchscript sha256:\w+ in the cache\)"):
+        cache(tmp_path / "a.pt")
+    assert D.teacher_identity(D.load_teacher("builtin"), "builtin") == D.teacher_identity(D.BuiltinTeacher(), "builtin")
