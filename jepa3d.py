@@ -3100,7 +3100,7 @@ def _config_options(cls, with_presets: bool = False, only: tuple | None = None) 
     return options
 
 
-_READ_KEYS = ("variant", "trust_pickle", "skip_bad", "frame_stride", "intrinsics")  # jepa3d_data.ReadOptions'
+_READ_KEYS = ("variant", "trust_pickle", "skip_bad", "frame_stride", "intrinsics", "min_depth", "max_depth")
 
 
 def _data_options(click) -> list:
@@ -3325,7 +3325,8 @@ def _finetune_command(click):
         encoder, cfg, source, train_set, test_set = _open(ctx, dataclasses.replace(spec, **geometry), data,
                                                           drop_path=ft.drop_path)
         _usage(jepa3d_data.check_task, task, train_set)
-        print(f"jepa3d finetune: {task}, {len(train_set)} train / {len(test_set)} test clouds, encoder {source}",
+        unit = "clips" if optional(train_set, "videos_of") is not None else "clouds"
+        print(f"jepa3d finetune: {task}, {len(train_set)} train / {len(test_set)} test {unit}, encoder {source}",
               file=sys.stderr)
         result = finetune(encoder, cfg, train_set, test_set, ft, out_dir=out, votes=vote, eval_every=eval_every,
                           select_best_on_test=select_best_on_test, max_steps=max_steps, meta={"task": task,
@@ -3429,7 +3430,7 @@ def _inspect_command(click):
         click.argument("path", type=click.Path()),
         click.option("--dataset", type=click.Choice(jepa3d_data.LAYOUTS), default=None, help="force a layout"),
         *_config_options(jepa3d_data.ReadOptions, only=("num_points", "frames", "frame_stride", "intrinsics",
-                                                         "variant", "trust_pickle"))))
+                                                         "variant", "trust_pickle", "min_depth", "max_depth"))))
     def inspect_cmd(ctx, path, dataset, **read):
         """Show the layout detected at PATH, samples per split, classes, points per cloud (sequence
         data: sequences, frames, clips, points per frame) and problems."""

@@ -50,7 +50,8 @@ __all__ = [
     "SequenceDataset", "fit_frame", "ACTIONS", "make_motion", "builtin4d_dataset", "MSR_NAME", "MSR_FOCAL",
     "MSR_DEPTH_SCALE",
     "MSR_ACTIONS", "TUM_INTRINSICS", "TUM_DEPTH_SCALE", "depth_to_points", "read_msr_bin", "read_msr_npz",
-    "read_depth_png", "natural_key", "read_msr_action3d", "read_depth_sequences", "read_tum", "read_sequence_folder",
+    "read_depth_png", "natural_key", "DepthKeep", "MSR_SATURATED", "PNG_SATURATED", "read_msr_action3d",
+    "read_depth_sequences", "read_tum", "read_sequence_folder",
     # paired RGB + points, the correspondence, the teachers, the teacher-features cache
     "Y_UP", "project_points", "zbuffer_visible", "bilinear_lookup", "pixel_features", "TeacherError",
     "BuiltinTeacher", "ModuleTeacher", "NpyTeacher", "load_teacher", "PairedFrame", "PairedData", "read_rgb",
@@ -101,6 +102,10 @@ class ReadOptions:
                                     "W/2 H/2; TUM: freiburg1's)", nargs=4, kind=float)
     per_class: int | None = _opt(None, "built-in data: samples per class  [default: the split's own count]",
                                  min=1, kind=int)
+    min_depth: float = _opt(0.0, "depth data: drop points nearer than this (metres)", min=0.0)
+    max_depth: float | None = _opt(None, "depth data: drop points farther than this (metres)  [default: keep all "
+                                   "but the sensor's saturation value, TUM/DT4D 65535, MSR 13107]", min=0.0,
+                                   kind=float)
 
 
 @dataclass(frozen=True)
@@ -135,6 +140,9 @@ class TeacherFeaturesConfig:
     frames: int = _opt(ReadOptions.frames, "built-in RGB-D data: frames per video", min=1, max=4096)
     intrinsics: tuple | None = _opt(None, "TUM data: pinhole intrinsics FX FY CX CY  [default: freiburg1's]",
                                     nargs=4, kind=float)
+    min_depth: float = _opt(0.0, "TUM data: drop points nearer than this (metres)", min=0.0)
+    max_depth: float | None = _opt(None, "TUM data: drop points farther than this (metres)  [default: keep all but "
+                                   "the sensor's saturation value 65535]", min=0.0, kind=float)
     occlusion: str = _opt("feature", "z-buffer on the teacher's feature cells (a point behind its cell's nearest "
                           "would read the occluder's feature) or on the image's pixels", choices=("feature", "pixel"))
     per_class: int | None = _opt(None, "built-in RGB-D data: videos per action  [default: 50 train, 20 test]",
@@ -1361,17 +1369,51 @@ def builtin4d_dataset(split: str = "train", num_points: int = FRAME_POINTS, fram
 MSR_NAME = re.compile(r"a(\d\d)_s(\d\d)_e(\d\d)")
 MSR_FOCAL = 280.0           # the field's guess (meteornet#9): MSR-Action3D ships no intrinsics
 MSR_DEPTH_SCALE = 1000.0  # MSR-Action3D's depth is in millimetres: points come out in metres, as TUM's and DT4D's
+MSR_SATURATED = 13107     # the value MSR-format copies store where the sensor saw nothing (13.1 m)
+PNG_SATURATED = 65535     # 16-bit depth PNGs' (TUM, DeformingThings4D) "no measurement" at the far end
 TUM_INTRINSICS = (517.3, 516.5, 318.6, 255.3)  # freiburg1's fx fy cx cy, TUM's defaults
 TUM_DEPTH_SCALE = 5000.0    # TUM depth PNGs: 5000 units per metre
 
 
-def depth_to_points(depth: np.ndarray, intrinsics, scale: float = 1.0, extrinsic: np.ndarray | None = None) -> np.ndarray:
+@dataclass
+class DepthKeep:
+    """Which depth pixels become points: valid (> 0), not the sensor's saturation value (a pixel
+    the sensor could not measure, stored at its largest value), within [min_depth, max_depth]
+    metres. It counts what it drops, so a reader can say so once."""
+    saturated: int | None = None
+    min_depth: float = 0.0
+    max_depth: float | None = None
+    valid: int = 0
+    dropped_saturated: int = 0
+    dropped_range: int = 0
+
+    def mask(self, depth: np.ndarray, scale: float) -> np.ndarray:
+        valid = depth > 0
+        saturated = valid & (depth == self.saturated) if self.saturated is not None else np.zeros_like(valid)
+        z = depth / scale
+        outside = valid & ~saturated & ((z < self.min_depth) | (z > (self.max_depth or np.inf)))
+        self.valid += int(valid.sum())
+        self.dropped_saturated += int(saturated.sum())
+        self.dropped_range += int(outside.sum())
+        return valid & ~saturated & ~outside
+
+    def report(self, where) -> None:
+        """One line on stderr when pixels were dropped: how many, and why."""
+        if self.dropped_saturated or self.dropped_range:
+            print(f"jepa3d: {where}: dropped {self.dropped_saturated} of {self.valid} depth pixels at the sensor's "
+                  f"saturation value {self.saturated} and {self.dropped_range} outside {self.min_depth}-"
+                  f"{self.max_depth or 'inf'} m (--min-depth, --max-depth)", file=sys.stderr)
+
+
+def depth_to_points(depth: np.ndarray, intrinsics, scale: float = 1.0, extrinsic: np.ndarray | None = None,
+                    keep: "DepthKeep | None" = None) -> np.ndarray:
     """Back-project a depth map (H, W) (0 = no depth) with pinhole (fx, fy, cx, cy):
     x = (u - cx) z / fx, y = (v - cy) z / fy, z = depth / scale. -> (valid pixels, 3) float64,
     y up (OpenCV's camera frame turned to (x, -y, -z)), or world coordinates when the 4x4
-    camera-to-world `extrinsic` is given."""
+    camera-to-world `extrinsic` is given. `keep` drops the sensor's saturation value and depths
+    outside its range (and counts them)."""
     fx, fy, cx, cy = intrinsics
-    v, u = np.nonzero(depth > 0)
+    v, u = np.nonzero(depth > 0 if keep is None else keep.mask(depth, scale))
     z = depth[v, u].astype(np.float64) / scale
     cam = np.stack([(u - cx) * z / fx, (v - cy) * z / fy, z], axis=1)  # OpenCV: x right, y down, z forward
     if extrinsic is not None:
@@ -1379,7 +1421,7 @@ def depth_to_points(depth: np.ndarray, intrinsics, scale: float = 1.0, extrinsic
     return cam * np.array([1.0, -1.0, -1.0])
 
 
-def read_msr_bin(path, intrinsics: tuple | None = None) -> list[np.ndarray]:
+def read_msr_bin(path, intrinsics: tuple | None = None, keep: DepthKeep | None = None) -> list[np.ndarray]:
     """An MSR-Action3D depth video `aXX_sYY_eZZ_sdepth.bin`: three little-endian uint32 (frames,
     width, height), then uint32 depth per pixel, frame after frame. -> one (n_f, 3) array per frame,
     back-projected with `intrinsics` (fx, fy, cx, cy); by default the field's guess, focal 280
@@ -1394,7 +1436,7 @@ def read_msr_bin(path, intrinsics: tuple | None = None) -> list[np.ndarray]:
                         f"{(3 + frames * width * height) * 4} bytes; the file has {path.stat().st_size}")
     video = raw[3:].reshape(frames, height, width)
     intr = intrinsics or (MSR_FOCAL, MSR_FOCAL, width / 2, height / 2)
-    return [depth_to_points(d, intr, MSR_DEPTH_SCALE) for d in video]
+    return [depth_to_points(d, intr, MSR_DEPTH_SCALE, keep=keep) for d in video]
 
 
 def read_msr_npz(path, trust_pickle: bool = False) -> list[np.ndarray]:
@@ -1494,7 +1536,7 @@ def read_msr_action3d(root: Path, split: str, o: "ReadOptions") -> SequenceDatas
         raise DataError(f"{root}: no MSR-Action3D video of the {split} split (subjects "
                         f"{'1-5' if split == 'train' else '6-10'}: aXX_sYY_eZZ_sdepth.bin or aXX_sYY_eZZ*.npz, "
                         "looked for here and one folder down, e.g. the archive's Depth/)")
-    rng = np.random.default_rng(0)
+    rng, keep = np.random.default_rng(0), DepthKeep(MSR_SATURATED, o.min_depth, o.max_depth)
     videos, labels = [], []
     for name, f in chosen.items():
         action = int(name[1:3])
@@ -1503,9 +1545,10 @@ def read_msr_action3d(root: Path, split: str, o: "ReadOptions") -> SequenceDatas
         if f.suffix == ".npz":
             frames = read_msr_npz(f, o.trust_pickle)
         else:
-            frames = read_msr_bin(f, o.intrinsics)
+            frames = read_msr_bin(f, o.intrinsics, keep)
         videos.append(_video(frames, o.num_points, rng, f))
         labels.append(action - 1)
+    keep.report(root)
     return SequenceDataset(videos, labels, list(MSR_ACTIONS), f"msr-action3d-{split}", str(root),
                            frames=o.frames, stride=o.frame_stride, video_names=list(chosen))
 
@@ -1549,7 +1592,7 @@ def read_depth_sequences(root: Path, split: str, o: "ReadOptions") -> SequenceDa
         raise DataError(f"{root}: no depth sequence here (a folder with depth/*.png and cam_intr.txt, or such folders "
                         "one or two levels down)")
     labels, classes = _unlabelled(root, seqs)
-    rng = np.random.default_rng(0)
+    rng, keep = np.random.default_rng(0), DepthKeep(PNG_SATURATED, o.min_depth, o.max_depth)
     videos = []
     for seq in seqs:
         k = _read_matrix(seq / "cam_intr.txt", (3, 3))
@@ -1558,8 +1601,9 @@ def read_depth_sequences(root: Path, split: str, o: "ReadOptions") -> SequenceDa
         pngs = sorted((seq / "depth").glob("*.png"), key=lambda p: natural_key(p.name))
         if not pngs:
             raise DataError(f"{seq / 'depth'}: no .png depth frames")
-        videos.append(_video([depth_to_points(read_depth_png(p), intr, 1000.0, extr) for p in pngs],
+        videos.append(_video([depth_to_points(read_depth_png(p), intr, 1000.0, extr, keep) for p in pngs],
                              o.num_points, rng, seq))
+    keep.report(root)
     return SequenceDataset(videos, labels, classes, f"depth-sequence-{split}", str(root), frames=o.frames,
                            stride=o.frame_stride, video_names=[str(s.relative_to(root)) for s in seqs])
 
@@ -1654,10 +1698,11 @@ def read_tum(root: Path, split: str, o: "ReadOptions") -> SequenceDataset:
     if not seqs:
         raise DataError(f"{root}: no TUM RGB-D sequence here (depth/ with depth.txt or associations.txt)")
     labels, classes = _unlabelled(root, seqs)
-    rng = np.random.default_rng(0)
+    rng, keep = np.random.default_rng(0), DepthKeep(PNG_SATURATED, o.min_depth, o.max_depth)
     intr = o.intrinsics or TUM_INTRINSICS
-    videos = [_video([depth_to_points(read_depth_png(p), intr, TUM_DEPTH_SCALE) for _, p, _ in _tum_frames(seq)],
-                     o.num_points, rng, seq) for seq in seqs]
+    videos = [_video([depth_to_points(read_depth_png(p), intr, TUM_DEPTH_SCALE, keep=keep)
+                      for _, p, _ in _tum_frames(seq)], o.num_points, rng, seq) for seq in seqs]
+    keep.report(root)
     return SequenceDataset(videos, labels, classes, f"tum-rgbd-{split}", str(root), frames=o.frames,
                            stride=o.frame_stride, video_names=[str(s.relative_to(root)) for s in seqs])
 
@@ -1984,6 +2029,7 @@ class PairedData:
     name: str
     video_names: list
     part_names: list | None = None
+    keep: DepthKeep | None = None       # depth readers: what the frames read so far dropped (DepthKeep.report)
 
 
 def read_rgb(path) -> np.ndarray:
@@ -2096,7 +2142,8 @@ def builtin_rgbd(split: str = "train", frames: int = ReadOptions.frames, num_poi
     return PairedData(videos, labels, list(ACTIONS), f"builtin-rgbd-{split}", names, list(BODY_PARTS))
 
 
-def paired_tum(root: Path, split: str, num_points: int, intrinsics: tuple | None = None) -> PairedData:
+def paired_tum(root: Path, split: str, num_points: int, intrinsics: tuple | None = None,
+               keep: DepthKeep | None = None) -> PairedData:
     """TUM RGB-D sequences as paired data: points back-projected from each depth PNG (5000 per
     metre; y up), the RGB image it is registered to (TUM's depth is registered to the colour
     camera), K from --intrinsics or freiburg1's."""
@@ -2116,7 +2163,7 @@ def paired_tum(root: Path, split: str, num_points: int, intrinsics: tuple | None
                             f"({depth.shape[1]}x{depth.shape[0]})")
         _check_intrinsics(rgb, K, rgb_path,
                           "--intrinsics" if intrinsics else "TUM freiburg1's default; set --intrinsics")
-        points = depth_to_points(depth, (fx, fy, cx, cy), TUM_DEPTH_SCALE)
+        points = depth_to_points(depth, (fx, fy, cx, cy), TUM_DEPTH_SCALE, keep=keep)
         if not len(points):
             raise DataError(f"{depth_path}: no valid depth pixel")
         points = fit_frame(points, num_points, np.random.default_rng(index)).astype(np.float32)
@@ -2130,7 +2177,8 @@ def paired_tum(root: Path, split: str, num_points: int, intrinsics: tuple | None
         if not pairs:
             raise DataError(f"{seq}: no RGB frame pairs with a depth frame (within 20 ms)")
         videos.append([lambda r=r, d=d, i=i: frame(r, d, i) for i, (r, d) in enumerate(pairs)])
-    return PairedData(videos, labels, classes, f"tum-rgbd-{split}", [str(s.relative_to(root)) for s in seqs])
+    return PairedData(videos, labels, classes, f"tum-rgbd-{split}", [str(s.relative_to(root)) for s in seqs],
+                      keep=keep)
 
 
 def _is_lidar_cameras(d: Path) -> bool:
@@ -2365,17 +2413,19 @@ PAIRED_TABLE: dict[str, Layout] = {
                            clips=True),
     "lidar-cameras": Layout(lambda p: bool(_sequence_roots(p, _is_lidar_cameras)),
                             lambda root, split, o: paired_lidar_cameras(root, split, o.num_points)),
-    "tum-rgbd": Layout(lambda p: bool(_sequence_roots(p, _is_tum)),
-                       lambda root, split, o: paired_tum(root, split, o.num_points, o.intrinsics)),
+    "tum-rgbd": Layout(lambda p: bool(_sequence_roots(p, _is_tum)), lambda root, split, o: paired_tum(
+        root, split, o.num_points, o.intrinsics, DepthKeep(PNG_SATURATED, o.min_depth, o.max_depth))),
 }
 
 
 def open_paired(path: str | Path | None, split: str = "train", dataset: str | None = None,
                 num_points: int = TeacherFeaturesConfig.num_points, frames: int = TeacherFeaturesConfig.frames,
-                intrinsics: tuple | None = None, per_class: int | None = None) -> PairedData:
+                intrinsics: tuple | None = None, per_class: int | None = None, min_depth: float = 0.0,
+                max_depth: float | None = None) -> PairedData:
     """Paired RGB + points for `jepa3d teacher-features`: the built-in RGB-D videos when path is
     None, else the PAIRED_TABLE layout detected at path (or forced by `dataset`)."""
-    options = ReadOptions(num_points=num_points, frames=frames, intrinsics=intrinsics, per_class=per_class)
+    options = ReadOptions(num_points=num_points, frames=frames, intrinsics=intrinsics, per_class=per_class,
+                          min_depth=min_depth, max_depth=max_depth)
     if path is None:
         if dataset not in (None, "builtin-rgbd"):
             raise DataError(f"--dataset {dataset} needs --data PATH")
@@ -2410,7 +2460,7 @@ def cache_teacher_features(out: str | Path, data: str | None = None, dataset: st
     for split in ("train", "test"):
         try:
             splits[split] = open_paired(data, split, dataset, cfg.num_points, cfg.frames, cfg.intrinsics,
-                                        cfg.per_class)
+                                        cfg.per_class, cfg.min_depth, cfg.max_depth)
         except DataError:
             if split == "train":
                 raise
@@ -2418,10 +2468,15 @@ def cache_teacher_features(out: str | Path, data: str | None = None, dataset: st
     made_by = {"teacher": teacher_identity(model, cfg.teacher), "teacher_size": list(cfg.teacher_size or []),
                "data": None if data is None else str(Path(data).resolve()), "dataset": dataset,
                "num_points": cfg.num_points, "frames": cfg.frames if data is None else None,
-               "intrinsics": list(cfg.intrinsics or []), "occlusion": cfg.occlusion, "per_class": cfg.per_class}
+               "intrinsics": list(cfg.intrinsics or []), "occlusion": cfg.occlusion, "per_class": cfg.per_class,
+               **({"depth_range": [cfg.min_depth, cfg.max_depth]} if cfg.min_depth or cfg.max_depth else {})}
     note = {"teacher_spec": cfg.teacher, "teacher_weights": None if cfg.teacher_weights is None
             else str(Path(cfg.teacher_weights).resolve())}
-    return write_teacher_features(out, splits, model, made_by, cfg.occlusion, progress, device, note)
+    meta = write_teacher_features(out, splits, model, made_by, cfg.occlusion, progress, device, note)
+    for split in splits.values():
+        if split.keep is not None:
+            split.keep.report(f"{data} ({split.name})")
+    return meta
 
 
 def teacher_identity(teacher: nn.Module, spec: str) -> str:
@@ -2529,14 +2584,17 @@ def detect_layout(path: Path) -> str:
 def open_dataset(path: str | Path | None, split: str = "train", dataset: str | None = None,
                  num_points: int = ReadOptions.num_points, variant: str | None = None, trust_pickle: bool = False,
                  skip_bad: bool = False, frames: int = ReadOptions.frames, frame_stride: int = 1,
-                 intrinsics: tuple | None = None) -> torch.utils.data.Dataset:
+                 intrinsics: tuple | None = None, min_depth: float = 0.0,
+                 max_depth: float | None = None) -> torch.utils.data.Dataset:
     """Open a dataset: the built-in shapes when path is None, else the layout detected at
     path (or forced by `dataset`). Items are (points (P, 3) float32, label int64), or for the
     clip layouts (Layout.clips) clips (points (frames, P, 3), label) of `frames` frames
     `frame_stride` apart. `variant` (ScanObjectNN's; DEFAULT_VARIANT when None) is an error on
-    any other layout; `intrinsics` (fx, fy, cx, cy) replace a depth layout's own or default."""
+    any other layout; `intrinsics` (fx, fy, cx, cy) replace a depth layout's own or default;
+    depth layouts keep points within [min_depth, max_depth] metres (DepthKeep)."""
     options = ReadOptions(num_points, variant or DEFAULT_VARIANT, trust_pickle, skip_bad, frames, frame_stride,
-                          None if intrinsics is None else tuple(float(x) for x in intrinsics))
+                          None if intrinsics is None else tuple(float(x) for x in intrinsics),
+                          min_depth=min_depth, max_depth=max_depth)
     if variant is not None and (path is None or (dataset or detect_layout(Path(path))) != "scanobjectnn"):
         where = "the built-in data" if path is None else f"{path} ({dataset or detect_layout(Path(path))} layout)"
         raise DataError(f"--variant {variant} picks a ScanObjectNN variant, but {where} is not ScanObjectNN; "
@@ -2564,8 +2622,8 @@ def open_split(data: dict, split: str, num_points: int, frames: int, clip_model:
     `frames` frames. A clip model reads the built-in clips when no data is given and refuses
     single clouds (ValueError). What --skip-bad skipped is said on stderr."""
     dataset = data["dataset"] or ("builtin4d" if data["data"] is None and clip_model else None)
-    read = {k: data[k] for k in ("variant", "trust_pickle", "skip_bad", "frame_stride", "intrinsics")
-            if data.get(k) is not None}  # None: ReadOptions' default
+    read = {k: data[k] for k in ("variant", "trust_pickle", "skip_bad", "frame_stride", "intrinsics", "min_depth",
+                                 "max_depth") if data.get(k) is not None}  # None: ReadOptions' default
     ds = open_dataset(data["data"], split, dataset, num_points=num_points, frames=frames, **read)
     if clip_model and not isinstance(ds, SequenceDataset):
         raise ValueError(f"the model takes clips of {frames} frames, but {ds.name} holds single clouds; give "

@@ -342,3 +342,35 @@ def test_the_cache_knows_which_network_made_it(tmp_path):
                                           r"torchscript sha256:\w+ in the cache\)"):
         cache(tmp_path / "a.pt")
     assert D.teacher_identity(D.load_teacher("builtin"), "builtin") == D.teacher_identity(D.BuiltinTeacher(), "builtin")
+
+
+@pytest.mark.skipif(not NUSCENES.is_dir(), reason="the real nuScenes sample (../shared/data) is absent")
+def test_real_lidar_points_land_in_their_objects_2d_boxes():
+    # nuScenes' 3D boxes (z: their geometric centre) against the six cameras' annotated 2D boxes:
+    # every LiDAR point inside an object's 3D box projects into that object's 2D box
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from nuscenes_projection import in_box
+
+    calib = json.loads((NUSCENES / "calib.json").read_text())
+    xyz = np.fromfile(NUSCENES / calib["lidar_file"], "<f4").reshape(-1, calib["num_pts_feats"])[:, :3]
+    hits = points = objects = 0
+    for name, cam in calib["cameras"].items():
+        K, to_cam = (np.array(json.loads(cam[k]) if isinstance(cam[k], str) else cam[k], dtype=np.float32)
+                     for k in ("cam2img", "lidar2cam"))
+        uv, _, inside = D.project_points(torch.from_numpy(xyz)[None], torch.from_numpy(K[:3, :3])[None],
+                                         torch.from_numpy(to_cam)[None], (900, 1600))
+        for b2 in calib["boxes_2d"].get(name, []):
+            centre = np.array(b2["box_3d_camera"][:3])
+            box = min(calib["boxes_lidar"],
+                      key=lambda b: np.linalg.norm(to_cam[:3, :3] @ b["box"][:3] + to_cam[:3, 3] - centre))
+            sel = torch.from_numpy(in_box(xyz, box["box"])) & inside[0]
+            if sel.sum() < 3:
+                continue
+            x1, y1, x2, y2 = b2["bbox_xyxy"]
+            u, v = uv[0, sel, 0], uv[0, sel, 1]
+            hits += int(((u >= x1 - 1) & (u <= x2 + 1) & (v >= y1 - 1) & (v <= y2 + 1)).sum())
+            points, objects = points + int(sel.sum()), objects + 1
+    assert objects >= 40 and points >= 1000 and hits == points, (objects, points, hits)

@@ -443,3 +443,27 @@ def test_tum_listings_as_the_public_tools_write_them(tmp_path):
     (tmp_path / "depth.txt").write_text("1.0 x/d0.png\n0.5 x/d1.png\n1.0 x/d2.png\n")
     with pytest.raises(D.DataError, match="depth.txt: timestamp 1.0 is listed twice"):
         D.open_dataset(tmp_path, "train", num_points=64, frames=2)
+
+
+def test_saturated_depth_is_dropped_and_a_depth_range_applies(tmp_path):
+    # 16-bit depth stores "nothing measured" as 65535 (TUM: 13.1 m): such pixels are not points,
+    # and the reader says how many went; --min-depth / --max-depth cut the range in metres
+    (tmp_path / "depth").mkdir()
+    lines = []
+    for i in range(2):
+        depth = np.zeros((48, 64), np.uint16)
+        depth[10:30, 20:40] = 5000                                  # 1 m: the scene
+        depth[0:5, 0:10] = 65535                                    # saturated
+        depth[40:45, 50:60] = 15000                                 # 3 m: far
+        write_png16(tmp_path / "depth" / f"{i}.png", depth)
+        lines.append(f"{i}.0 depth/{i}.png")
+    (tmp_path / "depth.txt").write_text("\n".join(lines) + "\n")
+    for kw, far in (({}, 3.0), ({"max_depth": 2.0}, 1.0)):
+        ds = D.open_dataset(tmp_path, "train", num_points=500, frames=2, **kw)
+        z = -D.depth_to_points(np.asarray(PIL.open(tmp_path / "depth" / "0.png")), D.TUM_INTRINSICS, 5000.0,
+                               keep=D.DepthKeep(D.PNG_SATURATED, 0.0, kw.get("max_depth")))[:, 2]
+        assert np.isclose(z.max(), far) and len(z) == 400 + 50 * (far > 2)
+        assert len(ds) == 1
+    r = run_cli("inspect", tmp_path, "--frames", "2", "--max-depth", "2")
+    assert r.returncode == 0 and "dropped 100 of 1000 depth pixels at the sensor's saturation value 65535 and " \
+                                  "100 outside 0.0-2.0 m" in r.stderr, r.stderr
