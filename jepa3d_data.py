@@ -21,6 +21,7 @@ import math
 import re
 import sys
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -48,8 +49,8 @@ __all__ = [
     "SHAPENETPART_PARTS", "ShapeNetPart", "read_folder",
     # sequences (4D)
     "SequenceDataset", "fit_frame", "ACTIONS", "make_motion", "builtin4d_dataset", "MSR_NAME", "MSR_FOCAL",
-    "MSR_DEPTH_SCALE",
-    "MSR_ACTIONS", "TUM_INTRINSICS", "TUM_DEPTH_SCALE", "depth_to_points", "read_msr_bin", "read_msr_npz",
+    "MSR_DEPTH_SCALE", "MSR_ACTIONS", "TUM_INTRINSICS", "TUM_DEPTH_SCALE", "check_pinhole", "depth_to_points",
+    "read_msr_bin", "read_msr_npz",
     "read_depth_png", "natural_key", "DepthKeep", "MSR_SATURATED", "PNG_SATURATED", "read_msr_action3d",
     "read_depth_sequences", "read_tum", "read_sequence_folder",
     # paired RGB + points, the correspondence, the teachers, the teacher-features cache
@@ -1405,6 +1406,19 @@ class DepthKeep:
                   f"{self.max_depth or 'inf'} m (--min-depth, --max-depth)", file=sys.stderr)
 
 
+def check_pinhole(intrinsics, where, source: str) -> tuple[float, float, float, float]:
+    """Depth intrinsics (fx, fy, cx, cy) a back-projection can use: finite, positive focal
+    lengths below a million pixels. -> the four as floats; DataError naming `where` otherwise."""
+    try:
+        fx, fy, cx, cy = (float(v) for v in intrinsics)
+    except (TypeError, ValueError):
+        raise DataError(f"{where}: intrinsics ({source}) are not four numbers fx fy cx cy") from None
+    if not (all(math.isfinite(v) for v in (fx, fy, cx, cy)) and 0 < fx < 1e6 and 0 < fy < 1e6):
+        raise DataError(f"{where}: intrinsics ({source}) fx {fx:g}, fy {fy:g}, cx {cx:g}, cy {cy:g} cannot "
+                        "back-project depth: focal lengths must be positive pixels (below 1e6), all finite")
+    return fx, fy, cx, cy
+
+
 def depth_to_points(depth: np.ndarray, intrinsics, scale: float = 1.0, extrinsic: np.ndarray | None = None,
                     keep: "DepthKeep | None" = None) -> np.ndarray:
     """Back-project a depth map (H, W) (0 = no depth) with pinhole (fx, fy, cx, cy):
@@ -1435,7 +1449,8 @@ def read_msr_bin(path, intrinsics: tuple | None = None, keep: DepthKeep | None =
         raise DataError(f"{path}: header says {frames} frames of {width}x{height}, which needs "
                         f"{(3 + frames * width * height) * 4} bytes; the file has {path.stat().st_size}")
     video = raw[3:].reshape(frames, height, width)
-    intr = intrinsics or (MSR_FOCAL, MSR_FOCAL, width / 2, height / 2)
+    intr = check_pinhole(intrinsics, path, "--intrinsics") if intrinsics else (MSR_FOCAL, MSR_FOCAL, width / 2,
+                                                                                 height / 2)
     return [depth_to_points(d, intr, MSR_DEPTH_SCALE, keep=keep) for d in video]
 
 
@@ -1485,6 +1500,9 @@ def read_depth_png(path) -> np.ndarray:
         raise DataError(f"{path}: unreadable image ({type(err).__name__}: {err})") from None
     if depth.ndim != 2 or depth.dtype.kind not in "iu":
         raise DataError(f"{path}: not a single-channel integer depth image (shape {depth.shape}, {depth.dtype})")
+    if depth.dtype.itemsize < 2:
+        raise DataError(f"{path}: an 8-bit image (a colour, grey or palette PNG), not a 16-bit depth image; depth PNGs "
+                        "hold millimetres (TUM: 5000 per metre) in 16 bits")
     return depth
 
 
@@ -1596,7 +1614,8 @@ def read_depth_sequences(root: Path, split: str, o: "ReadOptions") -> SequenceDa
     videos = []
     for seq in seqs:
         k = _read_matrix(seq / "cam_intr.txt", (3, 3))
-        intr = o.intrinsics or (k[0, 0], k[1, 1], k[0, 2], k[1, 2])
+        intr = check_pinhole(o.intrinsics or (k[0, 0], k[1, 1], k[0, 2], k[1, 2]), seq / "cam_intr.txt",
+                             "--intrinsics" if o.intrinsics else "cam_intr.txt")
         extr = _read_matrix(seq / "cam_extr.txt", (4, 4)) if (seq / "cam_extr.txt").is_file() else None
         pngs = sorted((seq / "depth").glob("*.png"), key=lambda p: natural_key(p.name))
         if not pngs:
@@ -1699,7 +1718,7 @@ def read_tum(root: Path, split: str, o: "ReadOptions") -> SequenceDataset:
         raise DataError(f"{root}: no TUM RGB-D sequence here (depth/ with depth.txt or associations.txt)")
     labels, classes = _unlabelled(root, seqs)
     rng, keep = np.random.default_rng(0), DepthKeep(PNG_SATURATED, o.min_depth, o.max_depth)
-    intr = o.intrinsics or TUM_INTRINSICS
+    intr = check_pinhole(o.intrinsics or TUM_INTRINSICS, root, "--intrinsics" if o.intrinsics else "freiburg1's")
     videos = [_video([depth_to_points(read_depth_png(p), intr, TUM_DEPTH_SCALE, keep=keep)
                       for _, p, _ in _tum_frames(seq)], o.num_points, rng, seq) for seq in seqs]
     keep.report(root)
@@ -2152,7 +2171,8 @@ def paired_tum(root: Path, split: str, num_points: int, intrinsics: tuple | None
     if not seqs:
         raise DataError(f"{root}: no TUM RGB-D sequence here (depth/ with depth.txt or associations.txt)")
     labels, classes = _unlabelled(root, seqs)
-    fx, fy, cx, cy = intrinsics or TUM_INTRINSICS
+    fx, fy, cx, cy = check_pinhole(intrinsics or TUM_INTRINSICS, root, "--intrinsics" if intrinsics else
+                                   "freiburg1's")
     K = _pinhole(fx, fy, cx, cy)
 
     def frame(rgb_path: Path, depth_path: Path, index: int) -> PairedFrame:
@@ -2197,13 +2217,25 @@ def _matrix(value, shape: tuple, path: Path, what: str) -> np.ndarray:
     return m[:shape[0], :shape[1]]
 
 
+def _rigid(T: np.ndarray, path: Path, name: str) -> np.ndarray:
+    """An extrinsic must be a rigid transform: its rotation block orthonormal (det 1)."""
+    R = T[:3, :3]
+    with np.errstate(all="ignore"):  # a hostile matrix of 1e300s overflows: it is refused, not warned about
+        det = float(np.linalg.det(R))
+        rigid = np.allclose(R @ R.T, np.eye(3), atol=1e-3) and abs(det - 1) < 1e-3
+    if not rigid:
+        raise DataError(f"{path}: {name}'s lidar2cam is not a rigid transform (its 3x3 rotation block is not "
+                        f"orthonormal, det {det:.3g}); it should map LiDAR points into the camera")
+    return T
+
+
 def _check_intrinsics(image: np.ndarray, K: np.ndarray, path: Path, source: str) -> None:
     """An image and its K must agree: positive focal lengths and the principal point inside the
     image. A K meant for another camera or resolution would project every point to the wrong
     pixel without any other error."""
     h, w = image.shape[:2]
     fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
-    if not (fx > 0 and fy > 0 and 0 < cx < w and 0 < cy < h):
+    if not (0 < fx < 100 * max(w, h) and 0 < fy < 100 * max(w, h) and 0 < cx < w and 0 < cy < h):
         raise DataError(f"{path}: the image is {w}x{h} but its intrinsics ({source}) have focal ({fx:g}, {fy:g}) "
                         f"and principal point ({cx:g}, {cy:g}), which is not inside it: wrong image or wrong K")
 
@@ -2221,15 +2253,22 @@ def paired_lidar_cameras(root: Path, split: str, num_points: int) -> PairedData:
         path = sample / "calib.json"
         try:
             calib = json.loads(path.read_text())
+            if not isinstance(calib, dict):
+                raise TypeError(f"a JSON {type(calib).__name__}, not an object")
             lidar = sample / Path(*_entry(calib["lidar_file"], path))
-            width = int(calib.get("num_pts_feats", 5))
+            width = calib.get("num_pts_feats", 5)
             cameras = [(sample / Path(*_entry(c["image"], path)),
                         _matrix(c["cam2img"], (3, 3), path, f"{name}'s cam2img"),
-                        _matrix(c["lidar2cam"], (4, 4), path, f"{name}'s lidar2cam"))
+                        _rigid(_matrix(c["lidar2cam"], (4, 4), path, f"{name}'s lidar2cam"), path, name))
                        for name, c in sorted(calib["cameras"].items())]
-        except (ValueError, KeyError, TypeError, AttributeError) as err:
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
             raise DataError(f"{path}: not a LiDAR + cameras calibration ({type(err).__name__}: {err}); it needs "
                             "lidar_file and cameras{name: {image, cam2img, lidar2cam}}") from None
+        if not cameras:
+            raise DataError(f"{path}: names no camera (cameras is empty); teacher-features needs at least one")
+        if not (isinstance(width, int) and not isinstance(width, bool) and 3 <= width <= 64):
+            raise DataError(f"{path}: num_pts_feats {width!r} is not a number of values per point in 3..64 "
+                            "(nuScenes: 5, x y z intensity ring)")
 
         def frame(lidar=lidar, width=width, cameras=cameras, index=len(videos)) -> PairedFrame:
             if not lidar.is_file():
@@ -2276,6 +2315,7 @@ def _frame_features(frames: list[PairedFrame], teacher, occlusion: str, device: 
             x = torch.from_numpy(np.stack([img for _, _, img, _ in part])).to(device).permute(0, 3, 1, 2).float() / 255
             with torch.no_grad():
                 out = teacher(x, [name for *_, name in part]).float().cpu()
+            _check_maps(out, [name for *_, name in part])
             for (i, j, _, _), fmap in zip(part, out):
                 maps[i, j] = fmap
     feats, visible = [], []
@@ -2291,7 +2331,21 @@ def _frame_features(frames: list[PairedFrame], teacher, occlusion: str, device: 
         feat, seen, _ = pixel_features(torch.from_numpy(f.points)[None], cams, fmaps, occlusion=occlusion)
         feats.append(feat[0].half().numpy())
         visible.append(seen[0].numpy())
+    if not any(v.any() for v in visible):
+        raise DataError(f"{', '.join(frames[0].names)} (and the other images of {len(frames)} frames): no point is "
+                        "seen by any camera; the calibration (cam2img, lidar2cam) or --intrinsics do not fit these "
+                        "images")
     return np.stack(feats), np.stack(visible)
+
+
+def _check_maps(maps: torch.Tensor, names: list[str]) -> None:
+    """A teacher's feature maps (B, C, h, w) must be finite and not empty (TeacherError)."""
+    if maps.ndim != 4 or 0 in maps.shape[1:]:
+        raise TeacherError(f"the teacher returned maps of shape {tuple(maps.shape)} for {names[0]}: a teacher must "
+                           "map images to non-empty feature maps (B, C, h, w)")
+    bad = ~torch.isfinite(maps).flatten(1).all(1)
+    if bad.any():
+        raise TeacherError(f"the teacher returned non-finite features (NaN or Inf) for {names[int(bad.nonzero()[0])]}")
 
 
 def write_teacher_features(out: str | Path, splits: dict, teacher, made_by: dict, occlusion: str = "feature",
@@ -2299,40 +2353,76 @@ def write_teacher_features(out: str | Path, splits: dict, teacher, made_by: dict
                            device: torch.device = torch.device("cpu"), note: dict | None = None) -> dict:
     """Cache per-point teacher features of paired data (`splits`: split -> PairedData) in `out`,
     resuming a stopped run (its `made_by` must match: teacher, data, points; `note` is recorded,
-    not compared). -> the metadata."""
+    not compared). One run writes a folder at a time (a lock on out/.lock). -> the metadata."""
     out = Path(out)
     fresh_out = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    lock = _lock_cache(out)
     meta_path = out / CACHE_META
-    fresh = not meta_path.is_file()
-    if not fresh:
-        old = json.loads(meta_path.read_text())
-        if old.get("made_by") != made_by:
-            before = old.get("made_by", {})
-            diff = "; ".join(f"{k}: {made_by.get(k)} now, {before.get(k)} in the cache"
-                             for k in sorted({**made_by, **before}) if before.get(k) != made_by.get(k))
-            raise DataError(f"{meta_path}: this folder caches teacher features made another way (differs in {diff}); "
-                            "pass a new --out (nothing was overwritten)")
-        if old.get("complete"):
-            return old
-    meta = {"format": CACHE_FORMAT, "made_by": made_by, **(note or {}), "complete": False, "splits": {
-        split: {"videos": len(d.videos), "frames": sum(len(v) for v in d.videos), "labels": list(map(int, d.labels)),
-                "classes": d.classes, "video_names": d.video_names, "part_names": d.part_names,
-                "chunks": -(-len(d.videos) // CACHE_VIDEOS)} for split, d in splits.items()}}
-    _atomic_json(meta_path, meta)
     try:
-        _write_chunks(out, splits, meta, teacher.to(device), occlusion, progress, device)
-    except BaseException:
-        if fresh and not any(out.glob("*/chunk_*.npz")):   # bad input before anything was cached: leave nothing
-            meta_path.unlink(missing_ok=True)
-            for d in [out / split for split in splits] + ([out] if fresh_out else []):
-                if d.is_dir() and not any(d.iterdir()):
-                    d.rmdir()
-        raise
-    meta["complete"] = True
-    meta["teacher_dim"] = int(np.load(out / next(iter(splits)) / "chunk_00000.npz")["feat"].shape[-1])
-    _atomic_json(meta_path, meta)
-    return meta
+        old = _old_meta(meta_path, made_by)
+        if old is not None and old.get("complete"):
+            return old
+        meta = {"format": CACHE_FORMAT, "made_by": made_by, **(note or {}), "complete": False, "splits": {
+            split: {"videos": len(d.videos), "frames": sum(len(v) for v in d.videos),
+                    "labels": list(map(int, d.labels)), "classes": d.classes, "video_names": d.video_names,
+                    "part_names": d.part_names, "chunks": -(-len(d.videos) // CACHE_VIDEOS)}
+            for split, d in splits.items()}}
+        _atomic_json(meta_path, meta)
+        try:
+            _write_chunks(out, splits, meta, teacher.to(device), occlusion, progress, device)
+        except BaseException:
+            if old is None and not any(out.glob("*/chunk_*.npz")):   # bad input before anything was cached
+                meta_path.unlink(missing_ok=True)
+                (out / ".lock").unlink(missing_ok=True)
+                for d in [out / split for split in splits] + ([out] if fresh_out else []):
+                    if d.is_dir() and not any(d.iterdir()):
+                        d.rmdir()
+            raise
+        meta["complete"] = True
+        meta["teacher_dim"] = int(np.load(out / next(iter(splits)) / "chunk_00000.npz")["feat"].shape[-1])
+        _atomic_json(meta_path, meta)
+        return meta
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _old_meta(meta_path: Path, made_by: dict) -> dict | None:
+    """The metadata a cache folder already holds (None for a new one): refused, with what
+    differs, when it was made another way."""
+    if not meta_path.is_file():
+        return None
+    try:
+        old = json.loads(meta_path.read_text())
+    except (OSError, ValueError, RecursionError) as err:
+        raise DataError(f"{meta_path}: unreadable teacher-features metadata ({type(err).__name__}); pass a new --out "
+                        "(nothing was overwritten)") from None
+    before = old.get("made_by", {}) if isinstance(old, dict) else {}
+    if not isinstance(before, dict) or before != made_by:
+        before = before if isinstance(before, dict) else {}
+        diff = "; ".join(f"{k}: {made_by.get(k)} now, {before.get(k)} in the cache"
+                         for k in sorted({**made_by, **before}) if before.get(k) != made_by.get(k))
+        raise DataError(f"{meta_path}: this folder caches teacher features made another way (differs in {diff}); "
+                        "pass a new --out (nothing was overwritten)")
+    return old
+
+
+def _lock_cache(out: Path):
+    """An exclusive, non-blocking lock on out/.lock, held by the returned file (None where fcntl
+    is missing): two runs never write one cache. The kernel drops it when a process dies."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    fh = open(out / ".lock", "a")
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        raise DataError(f"{out}: in use by another teacher-features run (it holds {out / '.lock'}); wait for it to "
+                        "end or choose another --out") from None
+    return fh
 
 
 def _write_chunks(out: Path, splits: dict, meta: dict, teacher, occlusion: str, progress, device) -> None:
@@ -2370,14 +2460,61 @@ def cache_meta(root: str | Path) -> dict:
     path = Path(root) / CACHE_META
     try:
         meta = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise DataError(f"{path}: unreadable teacher-features metadata ({err})") from None
-    if meta.get("format") != CACHE_FORMAT:
-        raise DataError(f"{path}: not a {CACHE_FORMAT} cache (format {meta.get('format')!r})")
+    except (OSError, ValueError, RecursionError) as err:
+        raise DataError(f"{path}: unreadable teacher-features metadata ({type(err).__name__}: {err})") from None
+    if not isinstance(meta, dict) or meta.get("format") != CACHE_FORMAT:
+        raise DataError(f"{path}: not a {CACHE_FORMAT} cache (format "
+                        f"{meta.get('format') if isinstance(meta, dict) else type(meta).__name__!r})")
     if not meta.get("complete"):
         raise DataError(f"{path}: the cache is incomplete (a teacher-features run stopped); run the same "
                         "`jepa3d teacher-features` command again to finish it")
+    whole = {"videos": int, "frames": int, "chunks": int, "labels": list, "classes": list, "video_names": list}
+    splits = meta.get("splits")
+    if not (isinstance(meta.get("teacher_dim"), int) and 0 < meta["teacher_dim"] <= 1 << 16
+            and isinstance(meta.get("made_by"), dict) and isinstance(splits, dict) and splits
+            and all(isinstance(s, dict) and all(isinstance(s.get(k), t) and not isinstance(s.get(k), bool)
+                                                for k, t in whole.items()) for s in splits.values())
+            and all(len(s["labels"]) == len(s["video_names"]) == s["videos"] > 0
+                    and s["chunks"] == -(-s["videos"] // CACHE_VIDEOS) and 0 < s["frames"] < 1 << 24
+                    for s in splits.values())):
+        raise DataError(f"{path}: damaged teacher-features metadata (teacher_dim, made_by, and per split videos, "
+                        "frames, chunks, labels, classes, video_names that agree); delete the folder and run "
+                        "teacher-features again")
     return meta
+
+
+def _read_chunk(path: Path, meta: dict, info: dict) -> dict:
+    """One cache chunk, checked before and after it is inflated: the arrays a chunk holds, no
+    larger than its frames can need, of the shapes, ranges and finite values the metadata implies.
+    Anything else is a DataError naming the chunk (delete it and run teacher-features again)."""
+    points, width = meta["made_by"].get("num_points", 1 << 20), meta["teacher_dim"]
+    need = info["frames"] * points * (12 + 2 * width + 1 + 2) + info["frames"] * 4 + (1 << 20)  # bytes, all chunks
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            sizes = {i.filename[:-4]: i.file_size for i in f.zip.infolist()}
+            if not {"xyz", "feat", "visible", "video"} <= set(sizes) or sum(sizes.values()) > need:
+                raise ValueError(f"arrays {sorted(sizes)} of {sum(sizes.values())} bytes; expected xyz, feat, visible, "
+                                 f"video within {need} bytes")
+            chunk = {k: f[k] for k in f.files}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
+        raise DataError(f"{path}: unreadable cache chunk ({type(err).__name__}: {err}); delete it and run "
+                        "teacher-features again") from None
+    F = len(chunk["video"])
+    parts = len(info.get("part_names") or []) or None
+    problems = [what for what, bad in (
+        ("xyz shape", chunk["xyz"].shape != (F, points, 3) if "num_points" in meta["made_by"]
+         else chunk["xyz"].ndim != 3 or chunk["xyz"].shape[0] != F or chunk["xyz"].shape[-1] != 3),
+        ("feat shape", chunk["feat"].shape != (*chunk["xyz"].shape[:2], width)),
+        ("visible shape", chunk["visible"].shape != chunk["xyz"].shape[:2]),
+        ("video ids", F == 0 or chunk["video"].min() < 0 or chunk["video"].max() >= info["videos"]),
+        ("non-finite xyz or feat", not (np.isfinite(chunk["xyz"]).all() and np.isfinite(chunk["feat"]).all())),
+        ("part labels", "parts" in chunk and (chunk["parts"].shape != chunk["xyz"].shape[:2] or (parts is not None and (
+            chunk["parts"].min() < 0 or chunk["parts"].max() >= parts)))),
+    ) if bad]
+    if problems or not all(0 <= lab < len(info["classes"]) for lab in info["labels"]):
+        raise DataError(f"{path}: a damaged cache chunk ({', '.join(problems) or 'labels outside the classes'} do not "
+                        "fit the metadata); delete the folder and run teacher-features again")
+    return chunk
 
 
 def read_teacher_cache(root: Path, split: str, o: ReadOptions) -> SequenceDataset:
@@ -2387,16 +2524,12 @@ def read_teacher_cache(root: Path, split: str, o: ReadOptions) -> SequenceDatase
     if split not in meta["splits"]:
         raise DataError(f"{root}: the cache has no {split} split (it has {', '.join(meta['splits'])})")
     info = meta["splits"][split]
-    chunks = []
-    for c in range(info["chunks"]):
-        path = root / split / f"chunk_{c:05d}.npz"
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                chunks.append({k: f[k] for k in f.files})
-        except (OSError, ValueError, EOFError) as err:
-            raise DataError(f"{path}: unreadable cache chunk ({type(err).__name__}: {err}); delete it and run "
-                            "teacher-features again") from None
+    chunks = [_read_chunk(root / split / f"chunk_{c:05d}.npz", meta, info) for c in range(info["chunks"])]
     cat = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+    if len(cat["video"]) != info["frames"] or np.any(np.diff(cat["video"]) < 0):
+        raise DataError(f"{root / split}: the chunks hold {len(cat['video'])} frames in video order "
+                        f"{'no' if np.any(np.diff(cat['video']) < 0) else 'yes'}, the metadata says {info['frames']}; "
+                        "delete the folder and run teacher-features again")
     bounds = np.flatnonzero(np.diff(cat["video"])) + 1
     videos = np.split(cat["xyz"], bounds)
     teacher = np.concatenate([cat["visible"][..., None].astype(np.float16), cat["feat"]], axis=-1)  # (F, P, 1 + C)
@@ -2512,7 +2645,8 @@ def cache_summary(out: str | Path, meta: dict) -> dict:
     made_by = meta["made_by"]
     return {"teacher": meta.get("teacher_spec", made_by["teacher"]), "teacher_dim": meta["teacher_dim"],
             "frames": sum(m["frames"] for m in meta["splits"].values()), "points_per_frame": made_by["num_points"],
-            "visible_share": round(visible_share(out), 4), "splits": {k: v["videos"] for k, v in meta["splits"].items()}}
+            "visible_share": round(visible_share(out), 4),
+            "splits": {k: v["videos"] for k, v in meta["splits"].items()}}
 
 
 def probed_features(features: str, dataset, encoder, source: str) -> tuple:

@@ -374,3 +374,85 @@ def test_real_lidar_points_land_in_their_objects_2d_boxes():
             hits += int(((u >= x1 - 1) & (u <= x2 + 1) & (v >= y1 - 1) & (v <= y2 + 1)).sum())
             points, objects = points + int(sel.sum()), objects + 1
     assert objects >= 40 and points >= 1000 and hits == points, (objects, points, hits)
+
+
+class Constant(torch.nn.Module):
+    """A teacher that returns a fixed map whatever it sees: NaN, or empty."""
+
+    def __init__(self, value: float, size: int = 4):
+        super().__init__()
+        self.value, self.size = value, size
+
+    def forward(self, images, names=None):
+        return torch.full((len(images), 3, self.size, self.size), self.value)
+
+
+def test_what_a_teacher_returns_and_a_cache_holds_is_checked(tmp_path):
+    splits = {"train": D.builtin_rgbd("train", frames=2, num_points=16, per_class=1)}
+    for teacher, what in ((Constant(float("nan")), "non-finite features"), (Constant(1.0, 0), "maps of shape")):
+        with pytest.raises(D.TeacherError, match=what):
+            D.write_teacher_features(tmp_path / "bad", splits, teacher, {"t": what})
+        assert not (tmp_path / "bad").exists()                               # nothing left behind
+    D.write_teacher_features(tmp_path / "c", splits, D.load_teacher("builtin"), {"num_points": 16})
+    chunk = tmp_path / "c" / "train" / "chunk_00000.npz"
+    good = dict(np.load(chunk))
+    tampered = {"nan feat": {**good, "feat": np.full_like(good["feat"], np.nan)},
+                "missing key": {k: v for k, v in good.items() if k != "visible"},
+                "shape": {**good, "xyz": good["xyz"][:, :8]},
+                "video ids": {**good, "video": good["video"] + 99},
+                "huge": {**good, "pad": np.zeros(50_000_000, np.uint8)}}            # deflates to little, inflates big
+    for name, arrays in tampered.items():
+        np.savez_compressed(chunk, **arrays)
+        with pytest.raises(D.DataError, match="chunk_00000.npz: (a damaged|unreadable) cache chunk"):
+            D.open_dataset(tmp_path / "c", "train", frames=2)
+    chunk.write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(D.DataError, match="unreadable cache chunk"):
+        D.open_dataset(tmp_path / "c", "train", frames=2)
+    np.savez(chunk, **good)
+    meta = json.loads((tmp_path / "c" / D.CACHE_META).read_text())
+    for broken in ({**meta, "teacher_dim": "x"}, {**meta, "splits": {"train": {**meta["splits"]["train"], "chunks": 9}}},
+                   [1, 2], {"format": D.CACHE_FORMAT, "complete": True}):
+        (tmp_path / "c" / D.CACHE_META).write_text(json.dumps(broken))
+        with pytest.raises(D.DataError, match="teacher_features.json: (damaged|not a)"):
+            D.open_dataset(tmp_path / "c", "train", frames=2)
+    (tmp_path / "c" / D.CACHE_META).write_text("[" * 100_000)                     # deeply nested JSON
+    with pytest.raises(D.DataError, match="unreadable teacher-features metadata"):
+        D.open_dataset(tmp_path / "c", "train", frames=2)
+    (tmp_path / "c" / D.CACHE_META).write_text(json.dumps({**meta, "splits": {"train": {
+        **meta["splits"]["train"], "labels": [99] * meta["splits"]["train"]["videos"]}}}))
+    with pytest.raises(D.DataError, match="labels outside the classes"):
+        D.open_dataset(tmp_path / "c", "train", frames=2)
+
+
+def test_one_cache_is_written_by_one_run(tmp_path):
+    import fcntl
+
+    (tmp_path / "c").mkdir()
+    with open(tmp_path / "c" / ".lock", "a") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        with pytest.raises(D.DataError, match="in use by another teacher-features run"):
+            D.write_teacher_features(tmp_path / "c", {"train": D.builtin_rgbd("train", 2, 16, 1)},
+                                     D.load_teacher("builtin"), {})
+
+
+def test_calibrations_and_intrinsics_are_checked_where_parsed(tmp_path):
+    (tmp_path / "a").mkdir()
+    np.zeros((10, 4), "<f4").tofile(tmp_path / "a" / "x.bin")
+    cam = {"image": "cam.jpg", "cam2img": np.eye(3).tolist(), "lidar2cam": np.eye(4).tolist()}
+    for calib, what in (({"cameras": {}}, "names no camera"),
+                        ({"num_pts_feats": 0, "cameras": {"C": cam}}, "num_pts_feats 0 is not"),
+                        ({"cameras": {"C": {**cam, "lidar2cam": np.zeros((4, 4)).tolist()}}}, "not a rigid transform"),
+                        ({"cameras": {"C": {**cam, "lidar2cam": (np.eye(4) * 1e300).tolist()}}}, "not a rigid")):
+        (tmp_path / "a" / "calib.json").write_text(json.dumps({"lidar_file": "x.bin", **calib}))
+        with pytest.raises(D.DataError, match=what):
+            D.open_paired(tmp_path)
+    image = np.zeros((48, 64, 3), np.uint8)
+    with pytest.raises(D.DataError, match="not inside it"):                    # a focal of 1e300 pixels
+        D._check_intrinsics(image, D._pinhole(1e300, 1e300, 32, 24), tmp_path / "cam.jpg", "cam2img")
+    for intr in ((0, 500, 32, 24), (-5, 500, 32, 24), (float("nan"), 500, 32, 24), (1e-300 * 0, 1, 1, 1)):
+        with pytest.raises(D.DataError, match="cannot back-project depth"):
+            D.check_pinhole(intr, tmp_path, "--intrinsics")
+    write_tum_rgbd(tmp_path / "tum", frames=1)
+    PIL.fromarray(np.zeros((48, 64), np.uint8)).save(tmp_path / "tum" / "depth" / "0.png")   # 8-bit: not depth
+    with pytest.raises(D.DataError, match="0.png: an 8-bit image"):
+        D.open_dataset(tmp_path / "tum", "train", frames=1, num_points=16)
