@@ -1716,6 +1716,7 @@ class PointDataset(torch.utils.data.Dataset):
     teacher: torch.Tensor | None = None         # a teacher-features cache's targets: see teacher_targets
     skipped: tuple = ()                         # files a folder dataset left out (--skip-bad)
     files_read: int | None = None               # files a folder dataset looked at
+    fingerprint: str | None = None              # a digest of the contents: a resumed run must read the same data
 
     def clip_point_labels(self, i: int) -> torch.Tensor:
         """Item i's per-point labels, (T, P), aligned with its points (datasets with point_labels)."""
@@ -1929,7 +1930,8 @@ def pretrain(dataset, out_dir: str | Path, model_cfg: ModelConfig, train_cfg: Tr
                          "(it is the global batch; each rank takes an equal share)")
     per_epoch = max(1, len(dataset) // batch_size)
     total = train_cfg.epochs * per_epoch
-    identity = {"dataset": optional(dataset, "name") or type(dataset).__name__, "clouds": len(dataset)}
+    identity = {"dataset": optional(dataset, "name") or type(dataset).__name__, "clouds": len(dataset),
+                "fingerprint": optional(dataset, "fingerprint")}
     check_run_folder(out, resume)
     lock = _lock_folder(out) if rank == 0 else None
     try:
@@ -2036,12 +2038,12 @@ def _check_same_data(out: Path, identity: dict) -> None:
     """A resumed run reads the data it started with (dataset name and size, as in run.json;
     a folder without one, e.g. a checkpoint copied on its own, has nothing to compare with)."""
     before = _run_info(out)
-    was = {k: before.get(k) for k in identity}
-    if before and was != identity:
-        raise RunFolderError(f"{out}: --resume would train on {identity['dataset']} "
-                             f"({identity['clouds']} clouds) but the run started on {was['dataset']} "
-                             f"({was['clouds']} clouds); pass the run's --data, or --new-data to change the data "
-                             "on purpose")
+    was = {k: before[k] for k in identity if k in before}  # a run saved before fingerprints compares the rest
+    if before and was != {k: identity[k] for k in was}:
+        other = " with other contents (fingerprint)" if was.get("dataset") == identity["dataset"] else ""
+        raise RunFolderError(f"{out}: --resume would train on {identity['dataset']} ({identity['clouds']} clouds"
+                             f"{other}) but the run started on {was.get('dataset')} ({was.get('clouds')} clouds); "
+                             "pass the run's --data, or --new-data to change the data on purpose")
 
 
 def _prepare_folder(out: Path, resumed_step: int | None, info: dict, keep_info: bool) -> None:

@@ -38,7 +38,7 @@ __all__ = [
     "DataError", "ReadOptions", "Layout", "FRAME_POINTS", "TeacherFeaturesConfig", "TEACHER_HELP",
     "DEFAULT_VARIANT", "SCANOBJECTNN_FILES",
     # datasets and the built-in shapes
-    "ArrayDataset", "normalize", "normalize_batch", "BUILTIN_CLASSES", "PART_ROLES", "make_shape", "builtin_dataset",
+    "digest", "files_digest", "ArrayDataset", "normalize", "normalize_batch", "BUILTIN_CLASSES", "PART_ROLES", "make_shape", "builtin_dataset",
     "builtin_parts_dataset",
     # single files
     "read_npy", "read_npz", "read_text_points", "read_ply", "read_pcd", "read_off", "read_obj", "CLOUD_SUFFIXES",
@@ -151,6 +151,23 @@ class TeacherFeaturesConfig:
 
 
 # ----------------------------------------------------------------------------- datasets
+def digest(*arrays) -> str:
+    """A short sha256 of tensors' or arrays' bytes: what a dataset holds, for its fingerprint."""
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a.numpy() if isinstance(a, torch.Tensor) else a).tobytes())
+    return h.hexdigest()[:16]
+
+
+def files_digest(files: list[Path]) -> str:
+    """A short sha256 of files' names, sizes and modification times (a lazily read dataset's fingerprint)."""
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()[:16]
+
+
 class ArrayDataset(jepa3d.PointDataset):
     """Clouds held in memory: points (N, P, 3) float32, labels (N,) int64. A part dataset also
     gives `parts` (N, P), each point's part: its items are (points, parts), its labels the
@@ -172,6 +189,10 @@ class ArrayDataset(jepa3d.PointDataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.points[i], (self.labels[i] if self.parts_of is None else self.parts[i])
+
+    @property
+    def fingerprint(self) -> str:
+        return digest(self.points, self.labels, *([self.parts] if self.parts_of is not None else []))
 
 
 def normalize(points: np.ndarray) -> np.ndarray:
@@ -914,6 +935,10 @@ class ShapeNet55(jepa3d.PointDataset):
         self.labels = torch.tensor([index[f.name.split("-")[0]] for f in self.files])
         self.name, self.source = f"shapenet55-{split}", str(root)
 
+    @property
+    def fingerprint(self) -> str:
+        return files_digest(self.files)
+
     def __len__(self) -> int:
         return len(self.files)
 
@@ -1066,6 +1091,10 @@ class ShapeNetPart(jepa3d.PointDataset):
         self.parts_of = [SHAPENETPART_PARTS.get(c, []) for c in self.classes]
         self.num_points, self.name, self.source = num_points, f"shapenetpart-{split}", str(root)
 
+    @property
+    def fingerprint(self) -> str:
+        return files_digest(self.files)
+
     def __len__(self) -> int:
         return len(self.files)
 
@@ -1206,6 +1235,10 @@ class SequenceDataset(jepa3d.PointDataset):
     def teacher_targets(self, i: int) -> torch.Tensor:
         """Clip i's teacher targets (T, P, 1 + C) float32, aligned with its points."""
         return self.teacher[self._frames_of(i)].float()
+
+    @property
+    def fingerprint(self) -> str:
+        return digest(self.frames_data, self.video_labels)
 
     @property
     def teacher_dim(self) -> int:

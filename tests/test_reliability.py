@@ -425,3 +425,21 @@ def test_a_one_class_split_is_one_line_in_every_probe(tmp_path):
     cfg = jepa3d.make_configs("tiny", num_points=64, num_groups=8, group_size=8)[0]
     with pytest.raises(jepa3d.DataError, match="mugs: the train split holds 8 samples of one class"):
         jepa3d.point_probe(jepa3d.random_encoder(cfg, 0), cfg, parts, parts, 1)
+
+
+def test_resume_refuses_other_data_of_the_same_layout_and_size(tmp_path):
+    # two folders of the same layout, split names and sizes: only their contents differ
+    for name, seed in (("a", 0), ("b", 1)):
+        (tmp_path / name).mkdir()
+        for split in ("train", "test"):
+            np.savez(tmp_path / name / f"x_{split}.npz", labels=np.arange(16) % 2,
+                     points=np.random.default_rng(seed).random((16, 128, 3), dtype=np.float32))
+    out = tmp_path / "run"
+    first = run_cli("pretrain", "--preset", "tiny", *SMALL_FLAGS, "--data", tmp_path / "a", "--max-steps", "1",
+                    "--save-every", "1", "--out", out)
+    assert first.returncode == 0, first.stderr
+    assert len(json.loads((out / "run.json").read_text())["fingerprint"]) == 16
+    other = run_cli("pretrain", "--out", out, "--resume", "--max-steps", "2", "--data", tmp_path / "b")
+    one_clean_line(other, "other contents (fingerprint)", "--new-data")
+    same = run_cli("pretrain", "--out", out, "--resume", "--max-steps", "2", "--data", tmp_path / "a")
+    assert same.returncode == 0, same.stderr
