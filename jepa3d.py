@@ -142,6 +142,10 @@ def _check_fields(cfg) -> None:
                 raise ValueError(f"{name} must lie in [{low}, {high}], got {v!r}")
 
 
+# What one sample may cost, whatever a file or a flag asks for: a clip of 64 frames of 16,384
+# points, 8,192 tokens (attention grows with their square).
+_MAX_SAMPLE_POINTS, _MAX_TOKENS = 1 << 20, 1 << 13
+
 # jepa3d_data.AUGMENTATIONS applies them; a test checks every choice here is one it knows
 _AUGMENT_CHOICES = ("scale-translate", "rotate", "jitter", "scale-translate+rotate", "scale-translate+jitter",
                    "scale-translate+rotate+jitter", "none")
@@ -223,6 +227,13 @@ class ModelConfig:
         if self.group_size > self.num_points or self.num_groups > self.num_points:
             raise ValueError(f"num_groups {self.num_groups} and group_size {self.group_size} must not exceed "
                              f"num_points {self.num_points}")
+        # each bound alone admits a clip of 4096 frames x 2^20 points: bound what one sample costs
+        if self.frames * self.num_points > _MAX_SAMPLE_POINTS or self.num_groups * self.frames > _MAX_TOKENS:
+            raise ValueError(f"{self.frames} frames x {self.num_points} points ({self.num_groups} patches each) is "
+                             f"{self.frames * self.num_points:,} points and {self.num_groups * self.frames:,} tokens a "
+                             f"sample, beyond {_MAX_SAMPLE_POINTS:,} and {_MAX_TOKENS:,} (about "
+                             f"{self.frames * self.num_points * 12 / 2 ** 30:.1f} GiB of coordinates per sample); use "
+                             "fewer frames or points")
         for name in ("target_scale", "context_scale"):
             lo, hi = getattr(self, name)
             if not 0 < lo <= hi <= 1:
@@ -3225,6 +3236,9 @@ def _one_line_errors(click, ctx):
             from None
     except (DataError, CheckpointError, DivergedError, RunFolderError, TeacherError, OSError) as err:
         raise click.ClickException(_one_line(err)) from None
+    except MemoryError:
+        raise click.ClickException("out of memory: this machine cannot hold what the options ask for; use fewer "
+                                   "points, frames, clips or a smaller --batch-size") from None
     except Exception as err:  # a bug: still one line, and how to get the traceback
         raise click.ClickException(f"internal error ({type(err).__name__}: {_one_line(err)}); run "
                                    "`jepa3d --debug ...` for the traceback and report it") from None
@@ -3430,7 +3444,8 @@ def _inspect_command(click):
 
     @_command(click, "inspect", options=(
         click.argument("path", type=click.Path()),
-        click.option("--dataset", type=click.Choice(jepa3d_data.LAYOUTS), default=None, help="force a layout"),
+        click.option("--dataset", type=click.Choice([*jepa3d_data.LAYOUTS, "lidar-cameras"]), default=None,
+                     help="force a layout"),
         *_config_options(jepa3d_data.ReadOptions, only=("num_points", "frames", "frame_stride", "intrinsics",
                                                          "variant", "trust_pickle", "min_depth", "max_depth"))))
     def inspect_cmd(ctx, path, dataset, **read):

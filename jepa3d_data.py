@@ -56,6 +56,7 @@ __all__ = [
     # paired RGB + points, the correspondence, the teachers, the teacher-features cache
     "Y_UP", "project_points", "zbuffer_visible", "bilinear_lookup", "pixel_features", "TeacherError",
     "BuiltinTeacher", "ModuleTeacher", "NpyTeacher", "load_teacher", "PairedFrame", "PairedData", "read_rgb",
+    "MAX_IMAGE_PIXELS",
     "BODY_PARTS", "PART_COLOURS", "PART_STRIPES", "render_rgbd", "builtin_rgbd", "paired_tum", "paired_lidar_cameras",
     "PAIRED_TABLE", "open_paired", "write_teacher_features", "cache_meta", "read_teacher_cache",
     "cache_teacher_features", "teacher_identity", "builtin_distill_data", "cache_summary", "visible_share",
@@ -102,7 +103,7 @@ class ReadOptions:
                                     "layout's own (cam_intr.txt) or default (MSR-Action3D: the field's guess 280 280 "
                                     "W/2 H/2; TUM: freiburg1's)", nargs=4, kind=float)
     per_class: int | None = _opt(None, "built-in data: samples per class  [default: the split's own count]",
-                                 min=1, kind=int)
+                                 min=1, max=10_000, kind=int)
     min_depth: float = _opt(0.0, "depth data: drop points nearer than this (metres)", min=0.0)
     max_depth: float | None = _opt(None, "depth data: drop points farther than this (metres)  [default: keep all "
                                    "but the sensor's saturation value, TUM/DT4D 65535, MSR 13107]", min=0.0,
@@ -121,7 +122,8 @@ TEACHER_HELP = ("builtin (a fixed random conv net, for the demo: see README), to
                 "module, images (B, 3, H, W) in [0, 1] -> (B, C, h, w); it normalises its own input), "
                 "hub:REPO_DIR:ENTRY (torch.hub.load(REPO_DIR, ENTRY, source='local', pretrained=False) on a local "
                 "clone, e.g. of facebookresearch/dinov2 with ENTRY dinov2_vits14; weights from --teacher-weights), "
-                "npy:DIR (precomputed maps, one <image stem>.npy (C, h, w) per image)")
+                "npy:DIR (precomputed maps, one <image stem>.npy (C, h, w) per image). A TorchScript file and a "
+                "hub directory run code with this process's rights: use only ones you trust; npy maps are data only")
 
 
 FRAME_POINTS = 256  # points per frame of the built-in sequences and of a teacher-features cache by default
@@ -147,7 +149,7 @@ class TeacherFeaturesConfig:
     occlusion: str = _opt("feature", "z-buffer on the teacher's feature cells (a point behind its cell's nearest "
                           "would read the occluder's feature) or on the image's pixels", choices=("feature", "pixel"))
     per_class: int | None = _opt(None, "built-in RGB-D data: videos per action  [default: 50 train, 20 test]",
-                                 min=1, kind=int)
+                                 min=1, max=10_000, kind=int)
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -1191,6 +1193,8 @@ class SequenceDataset(jepa3d.PointDataset):
     when the steps miss its tail; a video shorter than one clip gives one clip that repeats its
     last frame. `videos_of[i]` is clip i's video (video accuracy = the vote of its clips)."""
 
+    intrinsics: dict | None = None  # depth layouts: {"fx", "fy", "cx", "cy", "source"} the points were made with
+
     def __init__(self, videos: list, labels, classes: list[str], name: str, source: str = "", *,
                  frames: int = ReadOptions.frames, stride: int = 1, video_names: list[str] | None = None,
                  teacher: np.ndarray | None = None, point_labels: np.ndarray | None = None):
@@ -1452,6 +1456,12 @@ def check_pinhole(intrinsics, where, source: str) -> tuple[float, float, float, 
     return fx, fy, cx, cy
 
 
+def _intrinsics_record(intr, source: str) -> dict:
+    """The intrinsics a depth reader used, as inspect and pretrain print them."""
+    fx, fy, cx, cy = (round(float(v), 2) for v in intr)
+    return {"fx": fx, "fy": fy, "cx": cx, "cy": cy, "source": source}
+
+
 def depth_to_points(depth: np.ndarray, intrinsics, scale: float = 1.0, extrinsic: np.ndarray | None = None,
                     keep: "DepthKeep | None" = None) -> np.ndarray:
     """Back-project a depth map (H, W) (0 = no depth) with pinhole (fx, fy, cx, cy):
@@ -1528,8 +1538,9 @@ def read_depth_png(path) -> np.ndarray:
         raise DataError(f"{path}: reading depth PNGs needs Pillow: pip install 'jepa3d[images]'") from None
     try:
         with Image.open(path) as im:
+            _check_image_size(im, path)
             depth = np.asarray(im)
-    except (OSError, ValueError, SyntaxError) as err:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise DataError(f"{path}: unreadable image ({type(err).__name__}: {err})") from None
     if depth.ndim != 2 or depth.dtype.kind not in "iu":
         raise DataError(f"{path}: not a single-channel integer depth image (shape {depth.shape}, {depth.dtype})")
@@ -1600,8 +1611,11 @@ def read_msr_action3d(root: Path, split: str, o: "ReadOptions") -> SequenceDatas
         videos.append(_video(frames, o.num_points, rng, f))
         labels.append(action - 1)
     keep.report(root)
-    return SequenceDataset(videos, labels, list(MSR_ACTIONS), f"msr-action3d-{split}", str(root),
-                           frames=o.frames, stride=o.frame_stride, video_names=list(chosen))
+    ds = SequenceDataset(videos, labels, list(MSR_ACTIONS), f"msr-action3d-{split}", str(root),
+                         frames=o.frames, stride=o.frame_stride, video_names=list(chosen))
+    ds.intrinsics = _intrinsics_record(o.intrinsics, "--intrinsics") if o.intrinsics else {
+        "fx": MSR_FOCAL, "fy": MSR_FOCAL, "cx": "W/2", "cy": "H/2", "source": "the field's guess (MSR ships none)"}
+    return ds
 
 
 def _sequence_roots(root: Path, is_sequence: Callable[[Path], bool]) -> list[Path]:
@@ -1656,8 +1670,12 @@ def read_depth_sequences(root: Path, split: str, o: "ReadOptions") -> SequenceDa
         videos.append(_video([depth_to_points(read_depth_png(p), intr, 1000.0, extr, keep) for p in pngs],
                              o.num_points, rng, seq))
     keep.report(root)
-    return SequenceDataset(videos, labels, classes, f"depth-sequence-{split}", str(root), frames=o.frames,
-                           stride=o.frame_stride, video_names=[str(s.relative_to(root)) for s in seqs])
+    ds = SequenceDataset(videos, labels, classes, f"depth-sequence-{split}", str(root), frames=o.frames,
+                         stride=o.frame_stride, video_names=[str(s.relative_to(root)) for s in seqs])
+    ds.intrinsics = _intrinsics_record(intr, "--intrinsics" if o.intrinsics else
+                                       f"{seqs[-1].relative_to(root) / 'cam_intr.txt'}" + (", each sequence its own"
+                                                                                          if len(seqs) > 1 else ""))
+    return ds
 
 
 def _is_tum(d: Path) -> bool:
@@ -1755,8 +1773,10 @@ def read_tum(root: Path, split: str, o: "ReadOptions") -> SequenceDataset:
     videos = [_video([depth_to_points(read_depth_png(p), intr, TUM_DEPTH_SCALE, keep=keep)
                       for _, p, _ in _tum_frames(seq)], o.num_points, rng, seq) for seq in seqs]
     keep.report(root)
-    return SequenceDataset(videos, labels, classes, f"tum-rgbd-{split}", str(root), frames=o.frames,
-                           stride=o.frame_stride, video_names=[str(s.relative_to(root)) for s in seqs])
+    ds = SequenceDataset(videos, labels, classes, f"tum-rgbd-{split}", str(root), frames=o.frames,
+                         stride=o.frame_stride, video_names=[str(s.relative_to(root)) for s in seqs])
+    ds.intrinsics = _intrinsics_record(intr, "--intrinsics" if o.intrinsics else "TUM freiburg1's default")
+    return ds
 
 
 def _sequence_folder_videos(root: Path, split: str) -> list[tuple[str, Path]]:
@@ -2056,7 +2076,11 @@ def load_teacher(spec: str, weights: str | None = None, size: tuple[int, int] | 
                                     "--teacher hub:REPO_DIR:ENTRY needs a local clone")
         model = torch.hub.load(repo, entry, source="local", pretrained=False, trust_repo=True)
         if weights:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
+            try:
+                state = torch.load(weights, map_location="cpu", weights_only=True)  # tensors only: never unpickle code
+            except Exception as err:  # torch's message would suggest weights_only=False: it is not an option here
+                raise ValueError(f"{weights}: not a file of plain tensors ({type(err).__name__}); jepa3d loads teacher "
+                                 "weights as data only: save them with torch.save(model.state_dict(), FILE)") from None
             model.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
         return ModuleTeacher(model.requires_grad_(False), spec, size)
     raise ValueError(f"--teacher {spec!r}: use {TEACHER_HELP}")
@@ -2092,9 +2116,21 @@ def read_rgb(path) -> np.ndarray:
         raise DataError(f"{path}: reading images needs Pillow: pip install 'jepa3d[images]'") from None
     try:
         with Image.open(path) as im:
+            _check_image_size(im, path)
             return np.asarray(im.convert("RGB"))
-    except (OSError, ValueError, SyntaxError) as err:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise DataError(f"{path}: unreadable image ({type(err).__name__}: {err})") from None
+
+
+MAX_IMAGE_PIXELS = 1 << 26  # 8192 x 8192: a larger image (a decompression bomb, or not a sensor's) is refused
+
+
+def _check_image_size(im, path) -> None:
+    """An image's size, read off its header before it is decoded, must be a sensor's."""
+    w, h = im.size
+    if w * h > MAX_IMAGE_PIXELS or not (w and h):
+        raise DataError(f"{path}: a {w}x{h} image ({w * h:,} pixels); images of at most {MAX_IMAGE_PIXELS:,} pixels "
+                        f"are read (decoding this one needs about {w * h * 4 / 2 ** 30:.1f} GiB)")
 
 
 def _pinhole(fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
@@ -2798,6 +2834,10 @@ def open_split(data: dict, split: str, num_points: int, frames: int, clip_model:
     if ds.skipped:
         print(f"jepa3d: skipped {len(ds.skipped)} bad file(s) of {ds.files_read or '?'}; first: {ds.skipped[0]}",
               file=sys.stderr)
+    if isinstance(ds, SequenceDataset) and ds.intrinsics:
+        k = ds.intrinsics
+        print(f"jepa3d: {ds.name}: depth back-projected with fx {k['fx']}, fy {k['fy']}, cx {k['cx']}, cy {k['cy']} "
+              f"({k['source']})", file=sys.stderr)
     return ds
 
 
@@ -2883,6 +2923,9 @@ def inspect_data(path: str | Path, dataset: str | None = None, **kw) -> dict:
     if not root.exists():
         raise DataError(f"{root}: no such file or folder")
     layout = dataset or detect_layout(root)
+    if layout in PAIRED_TABLE and layout not in LAYOUT_TABLE or layout == "folder" and root.is_dir() and any(
+            p.detect is not None and p.detect(root) for name, p in PAIRED_TABLE.items() if name not in LAYOUT_TABLE):
+        return _inspect_paired(root, dataset if dataset in PAIRED_TABLE else "lidar-cameras", **kw)
     report = {"path": str(root), "layout": layout, "splits": {}}
     for split in ("train", "test"):
         try:
@@ -2890,14 +2933,17 @@ def inspect_data(path: str | Path, dataset: str | None = None, **kw) -> dict:
         except DataError as err:
             report["splits"][split] = {"samples": 0, "problems": [str(err)]}
             continue
-        problems = list(jepa3d.optional(ds, "skipped"))
-        if not isinstance(ds, (ArrayDataset, SequenceDataset)):  # lazy: read every item, as training will
-            for i in range(len(ds)):
-                try:
-                    ds[i]
-                except DataError as err:
-                    problems.append(str(err))
-        first = ds[0][0]
+        problems, first = list(jepa3d.optional(ds, "skipped")), None
+        for i in range(len(ds) if not isinstance(ds, (ArrayDataset, SequenceDataset)) else 1):  # lazy: read each
+            try:
+                points = ds[i][0]
+            except DataError as err:
+                problems.append(str(err))
+                continue
+            first = points if first is None else first
+        if first is None:
+            report["splits"][split] = {"samples": 0, "problems": problems}
+            continue
         labels = jepa3d.optional(ds, "labels")
         per_class = {} if labels is None else {ds.classes[c]: n for c, n in
                                                 zip(*np.unique(np.asarray(labels), return_counts=True))}
@@ -2909,7 +2955,34 @@ def inspect_data(path: str | Path, dataset: str | None = None, **kw) -> dict:
             report["splits"][split].update(
                 sequences=len(ds.counts), frames_per_clip=ds.frames, frame_stride=ds.stride,
                 frames_per_sequence={"min": int(ds.counts.min()), "mean": round(float(ds.counts.mean()), 1),
-                                     "max": int(ds.counts.max())})
+                                     "max": int(ds.counts.max())},
+                **({"intrinsics": ds.intrinsics} if ds.intrinsics else {}))
+    return report
+
+
+def _inspect_paired(root: Path, layout: str, num_points: int | None = None, intrinsics: tuple | None = None,
+                    **_) -> dict:
+    """inspect of paired RGB + points (what teacher-features reads): samples and frames, and for
+    the first frame every camera's image size, intrinsics and how many of its points it sees."""
+    report = {"path": str(root), "layout": layout, "splits": {}}
+    for split in ("train", "test"):
+        try:
+            data = open_paired(root, split, layout, num_points=num_points or FRAME_POINTS, intrinsics=intrinsics)
+            frame = data.videos[0][0]()
+        except DataError as err:
+            report["splits"][split] = {"samples": 0, "problems": [str(err)]}
+            continue
+        cameras = []
+        for image, name, (K, T) in zip(frame.images, frame.names, frame.cameras):
+            h, w = image.shape[:2]
+            _, _, inside = project_points(torch.from_numpy(frame.points)[None], torch.tensor(K, dtype=torch.float32)[None],
+                                          torch.tensor(T, dtype=torch.float32)[None], (h, w))
+            cameras.append({"image": name, "size": [w, h], "intrinsics": [round(float(v), 2) for v in
+                                                                         (K[0, 0], K[1, 1], K[0, 2], K[1, 2])],
+                            "points_in_view": int(inside.sum())})
+        report["splits"][split] = {"samples": len(data.videos), "frames": sum(len(v) for v in data.videos),
+                                   "classes": len(data.classes), "points_per_frame": len(frame.points),
+                                   "cameras_of_first_frame": cameras, "problems": []}
     return report
 
 
@@ -2917,15 +2990,24 @@ def describe(report: dict) -> list[str]:
     """Human-readable lines of an inspect report."""
     lines = [f"{report['path']}: layout {report['layout']}"]
     for split, info in report["splits"].items():
+        if info.get("samples") and "cameras_of_first_frame" in info:
+            lines.append(f"  {split}: {info['samples']} samples, {info['frames']} frames, {info['points_per_frame']} "
+                         "points per frame; cameras of the first frame:")
+            lines += [f"    {c['image']}: {c['size'][0]}x{c['size'][1]}, fx fy cx cy {c['intrinsics']}, sees "
+                      f"{c['points_in_view']} points" for c in info["cameras_of_first_frame"]]
         if info.get("samples") and "sequences" in info:
             f = info["frames_per_sequence"]
             lines.append(f"  {split}: {info['sequences']} sequences ({f['min']}-{f['max']} frames, mean {f['mean']}), "
                          f"{info['samples']} clips of {info['frames_per_clip']} frames (stride "
                          f"{info['frame_stride']}), {info['classes']} classes, {info['points_per_cloud']} points "
                          "per frame")
-        elif info.get("samples"):
+        elif info.get("samples") and "cameras_of_first_frame" not in info:
             lines.append(f"  {split}: {info['samples']} clouds, {info['classes']} classes, "
                          f"{info['points_per_cloud']} points per cloud")
+        if info.get("intrinsics"):
+            k = info["intrinsics"]
+            lines.append(f"  {split}: depth back-projected with fx {k['fx']}, fy {k['fy']}, cx {k['cx']}, cy {k['cy']} "
+                         f"({k['source']})")
         for problem in info["problems"][:10]:
             lines.append(f"  {split}: problem: {problem}")
         if len(info["problems"]) > 10:

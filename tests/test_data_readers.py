@@ -371,3 +371,13 @@ def test_a_new_layout_is_one_table_entry(tmp_path, monkeypatch):
     assert len(jepa3d_data.open_dataset(tmp_path, "test")) == 4
     report = jepa3d_data.inspect_data(tmp_path)
     assert report["layout"] == "bin" and report["splits"]["train"]["samples"] == 4
+
+
+def test_inspect_lists_a_bad_first_file_and_goes_on(tmp_path):
+    make_shapenet55(tmp_path)
+    bad = np.load(tmp_path / "shapenet_pc" / "02691156-a.npy")
+    bad[0, 0] = np.nan
+    np.save(tmp_path / "shapenet_pc" / "02691156-a.npy", bad)
+    report = jepa3d_data.inspect_data(tmp_path)
+    train = report["splits"]["train"]
+    assert any("02691156-a.npy" in p and "NaN" in p for p in train["problems"]) and train["samples"] > 0

@@ -89,6 +89,10 @@ def test_hub_teacher_from_a_local_clone(tmp_path):
     assert out.shape == (1, 6, 4, 7)
     with pytest.raises(FileNotFoundError, match="not a local torch.hub repository"):
         D.load_teacher(f"hub:{tmp_path}:tiny_vit")
+    torch.save({"proj.weight": print}, tmp_path / "code.pth")                # a pickle that is not plain tensors
+    with pytest.raises(ValueError, match="code.pth: not a file of plain tensors") as refused:
+        D.load_teacher(f"hub:{repo}:tiny_vit", weights=str(tmp_path / "code.pth"))
+    assert "weights_only=False" not in str(refused.value)                    # never advised
 
 
 def test_npy_teacher(tmp_path):
@@ -456,3 +460,14 @@ def test_calibrations_and_intrinsics_are_checked_where_parsed(tmp_path):
     PIL.fromarray(np.zeros((48, 64), np.uint8)).save(tmp_path / "tum" / "depth" / "0.png")   # 8-bit: not depth
     with pytest.raises(D.DataError, match="0.png: an 8-bit image"):
         D.open_dataset(tmp_path / "tum", "train", frames=1, num_points=16)
+
+
+@pytest.mark.skipif(not NUSCENES.is_dir(), reason="the real nuScenes sample (../shared/data) is absent")
+def test_inspect_shows_a_lidar_and_cameras_folder():
+    for extra in ([], ["--dataset", "lidar-cameras"]):
+        r = run_cli("inspect", NUSCENES, *extra)
+        assert r.returncode == 0, r.stderr
+        train = json.loads(r.stdout)["splits"]["train"]
+        assert json.loads(r.stdout)["layout"] == "lidar-cameras" and len(train["cameras_of_first_frame"]) == 6
+        assert all(c["size"] == [1600, 900] and c["points_in_view"] > 0 for c in train["cameras_of_first_frame"])
+        assert "CAM_FRONT" in r.stderr and "fx fy cx cy [1266.42" in r.stderr

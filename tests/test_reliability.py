@@ -443,3 +443,26 @@ def test_resume_refuses_other_data_of_the_same_layout_and_size(tmp_path):
     one_clean_line(other, "other contents (fingerprint)", "--new-data")
     same = run_cli("pretrain", "--out", out, "--resume", "--max-steps", "2", "--data", tmp_path / "a")
     assert same.returncode == 0, same.stderr
+
+
+def test_memory_is_bounded_by_what_was_asked_not_by_a_file(tmp_path):
+    # a 4D checkpoint whose fields are each within bounds but ask for a 4096-frame clip of 2^20 points
+    with pytest.raises(ValueError, match="4096 frames x 1048576 points .* use fewer frames or points"):
+        jepa3d.make_configs("tiny4d", frames=4096, num_points=1 << 20)
+    cfg, tcfg = jepa3d.make_configs("tiny4d")
+    jepa3d.save_checkpoint(tmp_path / "c.safetensors", jepa3d.JEPA(cfg), None, None, tcfg, step=0, seed=0)
+    big = rewrite_metadata(tmp_path / "c.safetensors", tmp_path / "big.safetensors",
+                           model_config=json.dumps({**json.loads(jepa3d.read_header(tmp_path / "c.safetensors")[1]
+                                                                 ["model_config"]), "frames": 4096}))
+    one_clean_line(run_cli("linear-probe", "--checkpoint", big, "--out", tmp_path / "p"), "big.safetensors", "tokens")
+    # an image whose header asks for 20000 x 20000 pixels is refused before it is decoded
+    from PIL import Image
+
+    Image.new("I;16", (9000, 8000)).save(tmp_path / "big.png")                 # below Pillow's own bomb limit
+    with pytest.raises(jepa3d_data.DataError, match="big.png: a 9000x8000 image .* needs about 0.3 GiB"):
+        jepa3d_data.read_depth_png(tmp_path / "big.png")
+    Image.new("L", (20000, 20000)).save(tmp_path / "bomb.png")                 # beyond it: also one line
+    with pytest.raises(jepa3d_data.DataError, match="bomb.png: unreadable image \\(DecompressionBombError"):
+        jepa3d_data.read_rgb(tmp_path / "bomb.png")
+    r = run_cli("teacher-features", "--per-class", "1000000000", "--out", tmp_path / "tf")
+    assert r.returncode == 2 and "1000000000" in r.stderr and "Traceback" not in r.stderr

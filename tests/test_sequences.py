@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import jepa3d_data as D
-from conftest import ROOT, run_cli
+from conftest import ROOT, SHARED, run_cli
 
 SHARED = ROOT.parent / "shared" / "data"
 PIL = pytest.importorskip("PIL.Image", reason="the depth-PNG readers need Pillow (pip install 'jepa3d[images]')")
@@ -467,3 +467,12 @@ def test_saturated_depth_is_dropped_and_a_depth_range_applies(tmp_path):
     r = run_cli("inspect", tmp_path, "--frames", "2", "--max-depth", "2")
     assert r.returncode == 0 and "dropped 100 of 1000 depth pixels at the sensor's saturation value 65535 and " \
                                   "100 outside 0.0-2.0 m" in r.stderr, r.stderr
+
+
+@pytest.mark.skipif(not (SHARED / "deformingthings4d_example").is_dir(), reason="the real DT4D sample is absent")
+def test_the_intrinsics_in_use_are_printed():
+    r = run_cli("inspect", SHARED / "deformingthings4d_example", "--frames", "4")
+    assert r.returncode == 0 and "depth back-projected with fx 519.93, fy 519.93, cx 300.0, cy 250.0 (cam_intr.txt)" \
+        in r.stderr, r.stderr
+    r = run_cli("inspect", SHARED / "deformingthings4d_example", "--frames", "4", "--intrinsics", "500", "500", "300", "250")
+    assert "(--intrinsics)" in r.stderr
