@@ -1719,9 +1719,12 @@ def _tum_listing(listing: Path, seq: Path, columns: int) -> list[list[str]]:
             raise DataError(f"{listing}: line {n} has {len(fields)} fields; expected "
                             f"{'timestamp rgb timestamp depth' if columns == 4 else 'timestamp file'}")
         try:
-            float(fields[0])
+            stamps = [float(fields[i]) for i in range(0, columns, 2)]
         except ValueError:
-            raise DataError(f"{listing}: line {n} is not 'timestamp file'") from None
+            what = "timestamp file" if columns == 2 else "timestamp file timestamp file"
+            raise DataError(f"{listing}: line {n} is not '{what}'") from None
+        if not all(math.isfinite(t) for t in stamps):
+            raise DataError(f"{listing}: line {n} has a timestamp that is not a finite number")
         for i in range(1, columns, 2):
             _entry(fields[i], listing, 2)
         rows.append(fields)
@@ -2559,13 +2562,13 @@ def _read_chunk(path: Path, meta: dict, info: dict) -> dict:
     points, width = meta["made_by"].get("num_points", 1 << 20), meta["teacher_dim"]
     need = info["frames"] * points * (12 + 2 * width + 1 + 2) + info["frames"] * 4 + (1 << 20)  # bytes, all chunks
     try:
-        with np.load(path, allow_pickle=False) as f:
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as f:  # closed however np.load fails
             sizes = {i.filename[:-4]: i.file_size for i in f.zip.infolist()}
             if not {"xyz", "feat", "visible", "video"} <= set(sizes) or sum(sizes.values()) > need:
                 raise ValueError(f"arrays {sorted(sizes)} of {sum(sizes.values())} bytes; expected xyz, feat, visible, "
                                  f"video within {need} bytes")
             chunk = {k: f[k] for k in f.files}
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
+    except (OSError, ValueError, EOFError, KeyError, AttributeError, TypeError, zipfile.BadZipFile) as err:
         raise DataError(f"{path}: unreadable cache chunk ({type(err).__name__}: {err}); delete it and run "
                         "teacher-features again") from None
     F = len(chunk["video"])

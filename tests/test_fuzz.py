@@ -109,3 +109,90 @@ def test_huge_or_odd_coordinates_are_normalised_or_refused(tmp_path):
     np.save(big, np.full((8, 3), 1e300))
     with pytest.raises(jepa3d_data.DataError, match="big.npy: .*float32"):
         jepa3d_data.read_cloud(big)
+
+
+# ----------------------------------------------------------------------------- sequences, calibration, caches
+# The 4D and cross-modal surfaces (issue 29): an MSR-Action3D .bin, a 16-bit depth PNG, a TUM
+# associations.txt, a LiDAR + cameras calib.json, a teacher-features cache's metadata and chunk.
+# Each case mutates one file of a valid folder and reads the folder as a user's command would.
+SEQUENCE_CASES = 40  # per surface: 6 x 40 = 240 cases in the suite; benchmarks/fuzz_readers.py --sequences runs more
+
+
+def sequence_folders(tmp_path) -> dict:
+    """surface -> (folder, the file in it that is mutated, how the folder is read)."""
+    import json
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    made = {}
+    msr = tmp_path / "msr"
+    msr.mkdir()
+    depth = np.zeros((2, 12, 16), "<u4")
+    depth[:, 3:9, 4:12] = 2000
+    np.concatenate([np.array([2, 16, 12], "<u4"), depth.ravel()]).tofile(msr / "a01_s01_e01_sdepth.bin")
+    made["msr .bin"] = (msr, msr / "a01_s01_e01_sdepth.bin",
+                        lambda: jepa3d_data.open_dataset(msr, "train", num_points=16, frames=2)[0][0])
+    tum = tmp_path / "tum"
+    (tum / "depth").mkdir(parents=True)
+    (tum / "rgb").mkdir()
+    for i in range(2):
+        d = np.zeros((12, 16), np.uint16)
+        d[3:9, 4:12] = 5000
+        Image.fromarray(d).save(tum / "depth" / f"{i}.png")
+        Image.fromarray(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)).save(tum / "rgb" / f"{i}.png")
+    (tum / "associations.txt").write_text("".join(f"{i}.0 rgb/{i}.png {i}.01 depth/{i}.png\n" for i in range(2)))
+    read_tum = lambda: jepa3d_data.open_dataset(tum, "train", num_points=16, frames=2)[0][0]  # noqa: E731
+    made["depth png"] = (tum, tum / "depth" / "0.png", read_tum)
+    made["associations.txt"] = (tum, tum / "associations.txt", read_tum)
+    lidar = tmp_path / "lidar"
+    lidar.mkdir()
+    rng.normal(size=(64, 4)).astype("<f4").tofile(lidar / "x.bin")
+    Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(lidar / "cam.png")
+    to_cam = np.eye(4)
+    to_cam[2, 3] = 5.0
+    (lidar / "calib.json").write_text(json.dumps({"lidar_file": "x.bin", "num_pts_feats": 4, "cameras": {"CAM": {
+        "image": "cam.png", "cam2img": [[20, 0, 16], [0, 20, 12], [0, 0, 1]], "lidar2cam": to_cam.tolist()}}}))
+    made["calib.json"] = (lidar, lidar / "calib.json",
+                          lambda: jepa3d_data.open_paired(lidar, num_points=32).videos[0][0]().points)
+    cache = tmp_path / "cache"
+    jepa3d_data.write_teacher_features(cache, {"train": jepa3d_data.builtin_rgbd("train", 2, 16, 1)},
+                                       jepa3d_data.load_teacher("builtin"), {"num_points": 16})
+
+    def read_cache():
+        ds = jepa3d_data.open_dataset(cache, "train", frames=2)
+        return ds.teacher_targets(len(ds) - 1)
+    made["cache metadata"] = (cache, cache / jepa3d_data.CACHE_META, read_cache)
+    made["cache chunk"] = (cache, cache / "train" / "chunk_00000.npz", read_cache)
+    return made
+
+
+def run_sequence_case(folder, path, read, data: bytes) -> str:
+    """Mutate one file of a folder and read the folder -> 'read' or 'refused' (one line naming a file)."""
+    path.write_bytes(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        try:
+            out = read()
+        except jepa3d_data.DataError as err:
+            assert str(folder) in str(err) and "\n" not in str(err), str(err)
+            return "refused"
+    out = out.numpy() if hasattr(out, "numpy") else out
+    assert np.isfinite(out).all() and out.size
+    return "read"
+
+
+def test_mutated_sequences_calibrations_and_caches_are_read_or_refused(tmp_path):
+    outcomes = {"read": 0, "refused": 0}
+    for surface, (folder, path, read) in sequence_folders(tmp_path).items():
+        original = path.read_bytes()
+        assert run_sequence_case(folder, path, read, original) == "read", surface
+        for seed in range(SEQUENCE_CASES):
+            case = mutate(original, np.random.default_rng([seed, len(surface), 2]))
+            try:
+                outcomes[run_sequence_case(folder, path, read, case)] += 1
+            except Exception as err:  # report the reproducer
+                raise AssertionError(f"{surface} seed {seed}: {type(err).__name__}: {err}; bytes {case[:200]!r}") \
+                    from err
+        path.write_bytes(original)
+    assert outcomes["refused"] > 40 and outcomes["read"] >= 5  # the mutations exercise both outcomes
