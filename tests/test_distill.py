@@ -471,3 +471,12 @@ def test_inspect_shows_a_lidar_and_cameras_folder():
         assert json.loads(r.stdout)["layout"] == "lidar-cameras" and len(train["cameras_of_first_frame"]) == 6
         assert all(c["size"] == [1600, 900] and c["points_in_view"] > 0 for c in train["cameras_of_first_frame"])
         assert "CAM_FRONT" in r.stderr and "fx fy cx cy [1266.42" in r.stderr
+
+
+def test_a_teacher_that_raises_is_one_line():
+    class Broken(torch.nn.Module):
+        def forward(self, x):
+            raise ValueError("my model wants 5 channels")
+
+    with pytest.raises(D.TeacherError, match="teacher mine failed on images .*wants 5 channels"):
+        D.ModuleTeacher(Broken(), "mine", normalize=False)(torch.rand(1, 3, 8, 8))
