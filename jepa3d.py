@@ -1490,7 +1490,11 @@ def save_checkpoint(path: str | Path, model: JEPA, optimizer: torch.optim.Optimi
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        save_file(tensors, str(tmp), metadata=metadata)
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except Exception as err:  # safetensors reports a full disk as its own error type: say it as an OS error
+            kept = f"the previous checkpoint {path} is intact" if path.exists() else "nothing was saved"
+            raise OSError(f"could not write {tmp} ({' '.join(str(err).split())}); {kept}") from None
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -466,3 +466,17 @@ def test_memory_is_bounded_by_what_was_asked_not_by_a_file(tmp_path):
         jepa3d_data.read_rgb(tmp_path / "bomb.png")
     r = run_cli("teacher-features", "--per-class", "1000000000", "--out", tmp_path / "tf")
     assert r.returncode == 2 and "1000000000" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_full_disk_is_one_line_and_the_checkpoint_stays(tmp_path):
+    import resource
+
+    out = tmp_path / "run"
+    assert run_cli("pretrain", "--preset", "tiny", *SMALL_FLAGS, "--max-steps", "1", "--out", out).returncode == 0
+    before = (out / "checkpoint.safetensors").read_bytes()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "jepa3d", "pretrain", "--out", str(out), "--resume", "--max-steps", "2"],
+                          capture_output=True, text=True, env=env, timeout=300,  # files may not grow past 20 kB
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000)))
+    one_clean_line(proc, "could not write", "checkpoint.safetensors.tmp", "the previous checkpoint", "is intact")
+    assert (out / "checkpoint.safetensors").read_bytes() == before and not (out / "checkpoint.safetensors.tmp").exists()
