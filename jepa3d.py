@@ -2967,8 +2967,11 @@ def mask_preview(points: torch.Tensor, cfg: ModelConfig, seed: int = 0) -> tuple
     -> points (num_points, 3), roles (num_points,) long: 0 unused, 1 context, 2+m target block m
     (a patch in two overlapping target blocks shows the later one). A clip (T, P, 3) comes back
     as a film strip: frame i shifted by 2.5 i along x, (T * num_points, 3), so tubes and future
-    targets can be followed across frames."""
+    targets can be followed across frames; a single-cloud model given a clip previews its first
+    frame (it pretrains on one frame of each clip)."""
     cfg.check_masking()
+    if points.ndim == 3 and cfg.frames == 1:
+        points = points[0]
     g = torch.Generator().manual_seed(seed)
     pts = fit_points(points[None].float(), cfg.num_points, g)                # (1, [T,] P, 3)
     _, centres = tokenize(pts, cfg, g)                                        # (1, N, C)

@@ -476,3 +476,9 @@ def test_the_intrinsics_in_use_are_printed():
         in r.stderr, r.stderr
     r = run_cli("inspect", SHARED / "deformingthings4d_example", "--frames", "4", "--intrinsics", "500", "500", "300", "250")
     assert "(--intrinsics)" in r.stderr
+
+
+def test_a_cloud_checkpoint_previews_one_frame_of_a_clip(tmp_path):
+    cfg = jepa3d.make_configs("tiny", num_points=64, num_groups=16, group_size=8)[0]
+    pts, roles = jepa3d.mask_preview(clips(B=1, T=4, P=96)[0], cfg)
+    assert pts.shape == (64, 3) and roles.shape == (64,) and (roles == 1).any()
