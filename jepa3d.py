@@ -89,7 +89,7 @@ __all__ = [
     # datasets
     "DataError", "check_classes", "PointDataset", "optional",
     # pretraining
-    "RunConfig", "pretrain", "check_run_folder", "resume_settings", "RunFolderError", "DivergedError",
+    "RunConfig", "pretrain", "lock_folder", "check_run_folder", "resume_settings", "RunFolderError", "DivergedError",
     "epoch_batches", "shard", "distributed_env", "params_digest",
     # downstream
     "pool", "encode", "extract_features", "OneVsOne", "fit_svc", "fit_linear", "fit_classifier", "fit_and_score",
@@ -1948,7 +1948,7 @@ def pretrain(dataset, out_dir: str | Path, model_cfg: ModelConfig, train_cfg: Tr
     identity = {"dataset": optional(dataset, "name") or type(dataset).__name__, "clouds": len(dataset),
                 "fingerprint": optional(dataset, "fingerprint")}
     check_run_folder(out, resume)
-    lock = _lock_folder(out) if rank == 0 else None
+    lock = lock_folder(out) if rank == 0 else None
     try:
         if resume and not new_data:
             _check_same_data(out, identity)
@@ -2000,10 +2000,11 @@ class RunFolderError(RuntimeError):
     """A run folder that is in use, or holds another run than the one asked for."""
 
 
-def _lock_folder(out: Path):
-    """Own the run folder: an exclusive, non-blocking lock on out/.lock, held by the returned
-    open file (close it to release). The kernel drops it when the process dies, so a killed
-    run never leaves the folder stuck. Where fcntl is missing (Windows) nothing is locked."""
+def lock_folder(out: Path, who: str = "jepa3d run", option: str = "--out"):
+    """Own a folder: an exclusive, non-blocking lock on out/.lock, held by the returned open file
+    (close it to release). The kernel drops it when the process dies, so a killed run never
+    leaves the folder stuck. Where fcntl is missing (Windows) nothing is locked. RunFolderError
+    when another process holds it (`who` names that process's kind, `option` the way out)."""
     out.mkdir(parents=True, exist_ok=True)
     fh = open(out / ".lock", "a")
     try:
@@ -2014,8 +2015,8 @@ def _lock_folder(out: Path):
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         fh.close()
-        raise RunFolderError(f"{out}: in use by another jepa3d run (it holds {out / '.lock'}); wait for it "
-                             "to end or choose another --out") from None
+        raise RunFolderError(f"{out}: in use by another {who} (it holds {out / '.lock'}); wait for it to end or "
+                             f"choose another {option}") from None
     return fh
 
 

@@ -2428,7 +2428,7 @@ def write_teacher_features(out: str | Path, splits: dict, teacher, made_by: dict
     out = Path(out)
     fresh_out = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    lock = _lock_cache(out)
+    lock = jepa3d.lock_folder(out, "teacher-features run")  # two runs never write one cache
     meta_path = out / CACHE_META
     try:
         old = _old_meta(meta_path, made_by)
@@ -2477,23 +2477,6 @@ def _old_meta(meta_path: Path, made_by: dict) -> dict | None:
         raise DataError(f"{meta_path}: this folder caches teacher features made another way (differs in {diff}); "
                         "pass a new --out (nothing was overwritten)")
     return old
-
-
-def _lock_cache(out: Path):
-    """An exclusive, non-blocking lock on out/.lock, held by the returned file (None where fcntl
-    is missing): two runs never write one cache. The kernel drops it when a process dies."""
-    try:
-        import fcntl
-    except ImportError:
-        return None
-    fh = open(out / ".lock", "a")
-    try:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        fh.close()
-        raise DataError(f"{out}: in use by another teacher-features run (it holds {out / '.lock'}); wait for it to "
-                        "end or choose another --out") from None
-    return fh
 
 
 def _write_chunks(out: Path, splits: dict, meta: dict, teacher, occlusion: str, progress, device) -> None:

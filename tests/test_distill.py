@@ -434,7 +434,7 @@ def test_one_cache_is_written_by_one_run(tmp_path):
     (tmp_path / "c").mkdir()
     with open(tmp_path / "c" / ".lock", "a") as held:
         fcntl.flock(held.fileno(), fcntl.LOCK_EX)
-        with pytest.raises(D.DataError, match="in use by another teacher-features run"):
+        with pytest.raises(jepa3d.RunFolderError, match="in use by another teacher-features run"):
             D.write_teacher_features(tmp_path / "c", {"train": D.builtin_rgbd("train", 2, 16, 1)},
                                      D.load_teacher("builtin"), {})
 

@@ -161,7 +161,7 @@ def test_a_run_folder_is_owned_by_one_process(tmp_path, configs):
     cfg, tcfg = configs
     out = tmp_path / "run"
     data = jepa3d_data.builtin_dataset("train", 128, per_class=2)
-    held = jepa3d._lock_folder(out)  # another process's run, as far as the lock can tell
+    held = jepa3d.lock_folder(out)  # another process's run, as far as the lock can tell
     try:
         with pytest.raises(jepa3d.RunFolderError, match="in use"):
             jepa3d.pretrain(data, out, cfg, tcfg, device=torch.device("cpu"), max_steps=1)
@@ -175,9 +175,9 @@ def test_a_run_folder_is_owned_by_one_process(tmp_path, configs):
 
 def test_a_killed_run_does_not_leave_its_folder_locked(tmp_path):
     out = tmp_path / "run"
-    code = f"import jepa3d, os; from pathlib import Path; jepa3d._lock_folder(Path({str(out)!r})); os._exit(9)"
+    code = f"import jepa3d, os; from pathlib import Path; jepa3d.lock_folder(Path({str(out)!r})); os._exit(9)"
     subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
-    jepa3d._lock_folder(out).close()
+    jepa3d.lock_folder(out).close()
 
 
 # 4, 5. resume keeps the data, the settings and the logs -----------------------------------
