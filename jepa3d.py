@@ -3175,7 +3175,7 @@ def _given(kwargs: dict) -> dict:
 
 def _usage(build: Callable, *args, **kwargs):
     """build(*args, **kwargs), with a ValueError (an inconsistent option) as a usage error (exit
-    2); a bad file stays a data or checkpoint error (exit 1, see _fail_cleanly)."""
+    2); a bad file stays a data or checkpoint error (exit 1, see _one_line_errors)."""
     import click
 
     from jepa3d_data import DataError

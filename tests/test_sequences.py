@@ -362,7 +362,7 @@ def test_sequence_data_makes_a_clip_model_unless_told(tmp_path):
              "--num-targets", "1", "--max-steps", "1"]
     r = run_cli("pretrain", "--data", tmp_path / "data", *small, "--out", tmp_path / "clip")
     assert r.returncode == 0, r.stderr
-    assert "8 clips of 16 frames" in r.stderr                      # DEFAULT_FRAMES: 3-frame videos repeat their last
+    assert "8 clips of 16 frames" in r.stderr                      # ReadOptions.frames: 3-frame videos repeat their last
     r = run_cli("pretrain", "--data", tmp_path / "data", *small, "--frames", "1", "--out", tmp_path / "frame")
     assert r.returncode == 0, r.stderr
     assert "24 clouds" in r.stderr                                 # the per-frame baseline: every frame is a clip of 1
