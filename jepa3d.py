@@ -148,7 +148,7 @@ _MAX_SAMPLE_POINTS, _MAX_TOKENS = 1 << 20, 1 << 13
 
 # jepa3d_data.AUGMENTATIONS applies them; a test checks every choice here is one it knows
 _AUGMENT_CHOICES = ("scale-translate", "rotate", "jitter", "scale-translate+rotate", "scale-translate+jitter",
-                   "scale-translate+rotate+jitter", "none")
+                    "scale-translate+rotate+jitter", "none")
 
 
 @dataclass(frozen=True)
@@ -532,6 +532,7 @@ def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Set the learning rate of every parameter group (schedules are pure functions of the step)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
+
 
 class Progress:
     """A dependency-free progress line on stderr: redrawn in place on a terminal, one plain
@@ -1424,7 +1425,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig | FinetuneConfig) -> torch
 
 
 def _optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
-                   grad_clip: float) -> torch.Tensor:
+                    grad_clip: float) -> torch.Tensor:
     """Backward (scaled for fp16), clip the gradient norm (0 = no clip), step. -> the norm before clipping."""
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
@@ -1571,7 +1572,7 @@ def check_fit(want: dict[str, tuple[int, ...]], have: dict[str, tuple[int, ...]]
 
 
 def _build_checked(build: Callable[[], nn.Module], shapes: dict[str, tuple[int, ...]], prefix: str,
-                  path: str | Path) -> nn.Module:
+                   path: str | Path) -> nn.Module:
     """build() once on the meta device (no memory) to check its tensor shapes against the
     checkpoint header's, then for real: a config that does not match its file never allocates."""
     with torch.device("meta"):
@@ -1639,7 +1640,7 @@ def _checked_jepa(cfg: ModelConfig, shapes: dict[str, tuple[int, ...]], path: st
     """JEPA(cfg), built only once its tensor shapes match the checkpoint header's model tensors
     (all but optimizer.*, as _load_model loads them)."""
     return _build_checked(lambda: JEPA(cfg), {k: v for k, v in shapes.items() if not k.startswith("optimizer.")},
-                         "", path)
+                          "", path)
 
 
 def random_encoder(cfg: ModelConfig, seed: int) -> Encoder:

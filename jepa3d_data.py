@@ -37,8 +37,8 @@ __all__ = [
     "DataError", "ReadOptions", "Layout", "FRAME_POINTS", "TeacherFeaturesConfig", "TEACHER_HELP",
     "DEFAULT_VARIANT", "SCANOBJECTNN_FILES",
     # datasets and the built-in shapes
-    "digest", "files_digest", "ArrayDataset", "normalize", "normalize_batch", "BUILTIN_CLASSES", "PART_ROLES", "make_shape", "builtin_dataset",
-    "builtin_parts_dataset",
+    "digest", "files_digest", "ArrayDataset", "normalize", "normalize_batch", "BUILTIN_CLASSES", "PART_ROLES",
+    "make_shape", "builtin_dataset", "builtin_parts_dataset",
     # single files
     "read_npy", "read_npz", "read_text_points", "read_ply", "read_pcd", "read_off", "read_obj", "CLOUD_SUFFIXES",
     "MESH_SUFFIXES", "read_cloud", "resample",
@@ -2037,8 +2037,6 @@ class NpyTeacher(nn.Module):
             raise FileNotFoundError(f"{self.folder}: no such folder of precomputed feature maps (npy:DIR)")
 
     def forward(self, images: torch.Tensor, names: list[str] | None = None) -> torch.Tensor:
-        import numpy as np
-
         maps = []
         for name in names or []:
             path = self.folder / (Path(name).stem + ".npy")
@@ -2427,8 +2425,7 @@ def write_teacher_features(out: str | Path, splits: dict, teacher, made_by: dict
     not compared). One run writes a folder at a time (a lock on out/.lock). -> the metadata."""
     out = Path(out)
     fresh_out = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    lock = jepa3d.lock_folder(out, "teacher-features run")  # two runs never write one cache
+    lock = jepa3d.lock_folder(out, "teacher-features run")  # makes the folder; two runs never write one cache
     meta_path = out / CACHE_META
     try:
         old = _old_meta(meta_path, made_by)
@@ -2469,9 +2466,9 @@ def _old_meta(meta_path: Path, made_by: dict) -> dict | None:
     except (OSError, ValueError, RecursionError) as err:
         raise DataError(f"{meta_path}: unreadable teacher-features metadata ({type(err).__name__}); pass a new --out "
                         "(nothing was overwritten)") from None
-    before = old.get("made_by", {}) if isinstance(old, dict) else {}
-    if not isinstance(before, dict) or before != made_by:
-        before = before if isinstance(before, dict) else {}
+    before = old.get("made_by") if isinstance(old, dict) else None
+    before = before if isinstance(before, dict) else {}
+    if before != made_by:
         diff = "; ".join(f"{k}: {made_by.get(k)} now, {before.get(k)} in the cache"
                          for k in sorted({**made_by, **before}) if before.get(k) != made_by.get(k))
         raise DataError(f"{meta_path}: this folder caches teacher features made another way (differs in {diff}); "
@@ -2714,10 +2711,16 @@ def probed_features(features: str, dataset, encoder, source: str) -> tuple:
 
 
 def visible_share(out: str | Path) -> float:
-    """The share of cached points some camera sees, averaged over the splits of a cache."""
-    meta = cache_meta(out)
-    shares = [read_teacher_cache(Path(out), split, ReadOptions(frames=1)).teacher[..., 0].float().mean().item()
-              for split in meta["splits"]]
+    """The share of cached points some camera sees, averaged over the splits of a cache (only
+    the chunks' visibility arrays are read, not the features)."""
+    meta, shares = cache_meta(out), []
+    for split, info in meta["splits"].items():
+        seen = total = 0
+        for c in range(info["chunks"]):
+            with open(Path(out) / split / f"chunk_{c:05d}.npz", "rb") as fh, np.load(fh, allow_pickle=False) as f:
+                visible = f["visible"]
+            seen, total = seen + int(visible.sum()), total + visible.size
+        shares.append(seen / max(total, 1))
     return sum(shares) / len(shares)
 
 
@@ -2908,9 +2911,10 @@ def inspect_data(path: str | Path, dataset: str | None = None, **kw) -> dict:
     if not root.exists():
         raise DataError(f"{root}: no such file or folder")
     layout = dataset or detect_layout(root)
-    if layout in PAIRED_TABLE and layout not in LAYOUT_TABLE or layout == "folder" and root.is_dir() and any(
-            p.detect is not None and p.detect(root) for name, p in PAIRED_TABLE.items() if name not in LAYOUT_TABLE):
-        return _inspect_paired(root, dataset if dataset in PAIRED_TABLE else "lidar-cameras", **kw)
+    if layout == "folder" and root.is_dir() and _sequence_roots(root, _is_lidar_cameras):
+        layout = "lidar-cameras"  # no point-cloud layout, but paired RGB + points (what teacher-features reads)
+    if layout in PAIRED_TABLE and layout not in LAYOUT_TABLE:
+        return _inspect_paired(root, layout, **kw)
     report = {"path": str(root), "layout": layout, "splits": {}}
     for split in ("train", "test"):
         try:
