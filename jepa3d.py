@@ -66,7 +66,7 @@ _LEGACY_TRAIN_FIELDS = {"subsample": "fps"}
 
 __all__ = [
     # configs
-    "ModelConfig", "TrainConfig", "FinetuneConfig", "ProbeConfig", "FewShotConfig", "PointProbeConfig", "EmbedConfig",
+    "ModelConfig", "TrainConfig", "FinetuneConfig", "FinetuneRun", "ProbeConfig", "FewShotConfig", "PointProbeConfig", "EmbedConfig",
     "PRESETS",
     "TASK_GEOMETRY", "FORMAT_VERSION", "make_configs", "config_from_json", "choices_of",
     # runtime
@@ -97,7 +97,7 @@ __all__ = [
     "ClassificationHead", "Classifier", "seg_layers", "part_miou", "restrict_to_category", "Segmenter", "make_head",
     "evaluate", "embed", "linear_probe", "point_features", "point_probe", "few_shot", "finetune",
     # tools
-    "mask_preview", "write_mask_preview", "write_ply", "write_result", "plot_run", "make_cli", "main",
+    "mask_preview", "make_cli", "main",
 ]
 
 
@@ -140,6 +140,36 @@ def _check_fields(cfg) -> None:
             low, high = meta.get("min"), meta.get("max")
             if low is not None and (v < low or v == low and meta.get("min_open")) or high is not None and v > high:
                 raise ValueError(f"{name} must lie in [{low}, {high}], got {v!r}")
+
+
+def _config_options(cls, with_presets: bool = False, only: tuple | None = None) -> list:
+    """Click options generated from a config dataclass: one --flag per field (of `only`), default
+    None (= the preset's or the dataclass's value), with the default (and each preset's value) in
+    the help; the field's metadata gives its help, bounds, choices, and for a None default its kind."""
+    import click
+
+    options = []
+    for f in (f for f in fields(cls) if only is None or f.name in only):
+        meta = dict(f.metadata)
+        shown = f"{'paper' if with_presets else 'default'}: {f.default}" + "".join(
+            f", {p}: {PRESETS[p][f.name]}" for p in PRESETS if with_presets and f.name in PRESETS[p])
+        kw = {"default": None, "show_default": False, "required": meta.get("required", False), "help": meta["help"]
+              + (f"  [{shown}]" if f.default is not None and not meta.get("required") else "")}
+        kind = meta.get("kind", type(f.default[0] if isinstance(f.default, tuple) else f.default))
+        bounded = {"min": meta.get("min"), "max": meta.get("max")} if "min" in meta or "max" in meta else None
+        if kind is bool:
+            kw.update(is_flag=True, default=False, help=meta["help"])
+        elif "choices" in meta:
+            kw["type"] = click.Choice(choices_of(f))
+        elif kind in ("file", "folder"):
+            kw["type"] = click.Path(exists=kind == "folder", dir_okay=kind == "folder", file_okay=kind == "file")
+        elif kind in (int, float):
+            kw["type"] = kind if bounded is None else click.IntRange(**bounded) if kind is int else \
+                click.FloatRange(**bounded, min_open=meta.get("min_open", False))
+        if isinstance(f.default, tuple) or "nargs" in meta:
+            kw["nargs"] = meta.get("nargs", len(f.default or ()))
+        options.append(click.option(meta.get("flag", "--" + f.name.replace("_", "-")), f.name, **kw))
+    return options
 
 
 # What one sample may cost, whatever a file or a flag asks for: a clip of 64 frames of 16,384
@@ -343,6 +373,21 @@ class FinetuneConfig:
     dropout: float = _opt(0.5, "dropout in the head (Point-MAE)", min=0.0, max=0.9)
     augment: str = _opt("scale-translate", "train-time augmentation (see pretrain --augment)",
                         choices=_AUGMENT_CHOICES)
+    __post_init__ = _check_fields  # types and bounds, also for configs read from files
+
+
+@dataclass(frozen=True)
+class FinetuneRun:
+    """What a fine-tuning run is for and how it reports (FinetuneConfig is its recipe)."""
+    task: str | None = _opt(None, "modelnet40 | scanobjectnn | shapenetpart | msr-action3d (these need --data), "
+                            "builtin | builtin-parts | builtin4d (the built-in shapes, parts, figures in motion), or "
+                            "a folder of your own (one subfolder per class, train/ and test/)", required=True, kind=str)
+    vote: int = _opt(0, "also report test-time voting over this many scaled views at the end (peers: 10)", min=0)
+    eval_every: int = _opt(0, "evaluate on the test split every N epochs (0 = at the end only); logged, never "
+                           "selected", min=0)
+    select_best_on_test: bool = _opt(False, "also report the best test epoch, labelled as selected on the test set "
+                                     "(optimistic)")
+    max_steps: int | None = _opt(None, "stop after this many steps", min=1, kind=int)
     __post_init__ = _check_fields  # types and bounds, also for configs read from files
 
 
@@ -565,6 +610,18 @@ def progress_callback(unit: str) -> Callable[[int, int], None]:
         if done == total:
             bar[0].close()
     return update
+
+
+def _one_line(err: BaseException) -> str:
+    """What went wrong, as one line: an OS error names its file; an error re-raised from a
+    DataLoader worker (whose message carries the worker's traceback) keeps its own last line."""
+    if isinstance(err, OSError) and err.filename is not None:
+        return f"{err.filename}: {err.strerror or err}"
+    text = str(err).strip()
+    if "Original Traceback" in text:  # torch.utils.data's ExceptionWrapper
+        text = text.splitlines()[-1]
+        text = text.split(": ", 1)[1] if text.split(": ", 1)[0].endswith("Error") else text
+    return " ".join(text.split()) or type(err).__name__
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -2886,6 +2943,10 @@ def finetune(encoder: Encoder, cfg: ModelConfig, train_set, test_set, ft: Finetu
     (one line per epoch) and out_dir/finetuned.safetensors (encoder., head. ...)."""
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
+    if meta is not None:
+        print(f"jepa3d finetune: {meta.get('task')}, {len(train_set)} train / {len(test_set)} test "
+              f"{'clips' if optional(train_set, 'videos_of') is not None else 'clouds'}, encoder "
+              f"{meta.get('encoder_source')}", file=sys.stderr)
     torch.manual_seed(seed)
     model = make_head(encoder, cfg, train_set, ft.dropout).to(device)
     amp_dtype = resolve_precision(precision, device)
@@ -2922,6 +2983,9 @@ def finetune(encoder: Encoder, cfg: ModelConfig, train_set, test_set, ft: Finetu
                         finetune_config=dataclasses.asdict(ft), classes=train_set.classes, **(meta or {}))
     result = {k: v for k, v in history[-1].items() if k != "step"}
     result.update({"epochs_run": len(history), "steps": train.step, "reported": "last epoch"})
+    result["protocol"] = {**dataclasses.asdict(ft), "seed": seed, "selection": "last epoch" + (
+        " (+ best test epoch, labelled)" if select_best_on_test else ""),
+        "voting": f"{votes} views, isotropic scale 0.85-1.15, softmax average" if votes else "none"}
     if select_best_on_test:
         result["best_epoch_on_test"] = {**best, "note": "selected on the test set: optimistic, not comparable "
                                                         "to last-epoch numbers"}
@@ -2998,167 +3062,55 @@ def mask_preview(points: torch.Tensor, cfg: ModelConfig, seed: int = 0) -> tuple
     return (frames + shift).flatten(0, 1), roles.flatten()
 
 
-def write_mask_preview(path: str | Path, points: torch.Tensor, cfg: ModelConfig, seed: int = 0) -> dict:
-    """mask_preview of one cloud written as a coloured PLY -> what `jepa3d mask-preview` prints:
-    the file, the points and how many of them are unused, context, target."""
-    pts, roles = mask_preview(points, cfg, seed=seed)
-    write_ply(path, pts, roles)
-    return {"out": str(path), "points": len(pts), "sampler": cfg.sampler, "unused": int((roles == 0).sum()),
-            "context": int((roles == 1).sum()), "target": int((roles >= 2).sum())}
-
-
-_ROLE_COLOURS = [(200, 200, 200), (70, 110, 220), (230, 60, 50), (60, 180, 75), (245, 160, 30), (150, 60, 200),
-                (30, 190, 200), (240, 50, 230), (150, 110, 40), (0, 0, 0)]
-
-
-def write_ply(path: str | Path, points: torch.Tensor, roles: torch.Tensor) -> None:
-    """ASCII PLY with per-vertex colour (opens in MeshLab, CloudCompare, Blender, Open3D)."""
-    lines = [f"ply\nformat ascii 1.0\ncomment jepa3d mask preview: grey unused, blue context, other colours "
-             f"target blocks\nelement vertex {len(points)}\nproperty float x\nproperty float y\nproperty float z\n"
-             "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header"]
-    for (x, y, z), r in zip(points.tolist(), roles.tolist()):
-        c = _ROLE_COLOURS[min(r, len(_ROLE_COLOURS) - 1)]
-        lines.append(f"{x:.6f} {y:.6f} {z:.6f} {c[0]} {c[1]} {c[2]}")
-    Path(path).write_text("\n".join(lines) + "\n")
-
-
-def write_result(result: dict, path: str | Path) -> Path:
-    """A command's JSON result into `path` (a folder gets metrics.json), written atomically -> the file."""
-    path = Path(path)
-    if path.suffix != ".json":
-        path.mkdir(parents=True, exist_ok=True)
-        path = path / "metrics.json"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.exists() else []
-
-
-def plot_run(run_dir: str | Path) -> Path:
-    """Draw a pretraining run's learning curves into run_dir/curves.png: the loss next to the
-    batch-mean prediction's (a run that learns stays below it), the collapse monitors, and the
-    probe accuracy of probe.jsonl (pretrain --eval-every). matplotlib is imported here only
-    (the optional 'plot' extra); ImportError without it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    run_dir = Path(run_dir)
-    rows, probe = _read_jsonl(run_dir / "metrics.jsonl"), _read_jsonl(run_dir / "probe.jsonl")
-    if not rows:
-        raise CheckpointError(f"{run_dir / 'metrics.jsonl'}: no metrics to plot (is this a pretraining run folder?)")
-    steps = [r["step"] for r in rows]
-    window = max(1, len(rows) // 100)  # a running mean over 1% of the run
-
-    def smooth(key: str) -> list[float]:
-        values = [r[key] for r in rows]
-        return [sum(values[max(0, i - window + 1):i + 1]) / len(values[max(0, i - window + 1):i + 1])
-                for i in range(len(values))]
-
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    for key, label in (("loss", "loss"), ("mean_loss", "loss of the batch-mean prediction")):
-        if key in rows[0]:
-            axes[0].plot(steps, smooth(key), label=label)
-    for key in ("target_spread", "pred_spread", "feature_std"):
-        if key in rows[0]:
-            axes[1].plot(steps, smooth(key), label=key)
-    if probe:
-        axes[2].plot([p["step"] for p in probe], [p["probe_accuracy"] for p in probe], "o-", label="test")
-        axes[2].plot([p["step"] for p in probe], [p["probe_train_accuracy"] for p in probe], "o--", label="train")
-    titles = ("loss (running mean)", "collapse monitors (0 = collapsed)",
-              "linear probe accuracy (%)" + ("" if probe else ": pretrain --eval-every N"))
-    for ax, title in zip(axes, titles):
-        ax.set_title(title)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend()
-    fig.suptitle(str(run_dir))
-    fig.tight_layout()
-    out = run_dir / "curves.png"
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
-
-
 # ----------------------------------------------------------------------------- command line
 # A thin layer: each command parses its options, opens the data and the encoder, calls the
 # library function of the same name and reports (progress on stderr, one JSON result on
 # stdout). Options are generated from the config dataclasses, their only home. click and
 # jepa3d_data are imported only in here, so `import jepa3d` needs torch alone.
 
-def _config_options(cls, with_presets: bool = False, only: tuple | None = None) -> list:
-    """Click options generated from a config dataclass: one --flag per field (of `only`), default
-    None (= the preset's or the dataclass's value), with the default (and each preset's value) in
-    the help; the field's metadata gives its help, bounds, choices, and for a None default its kind."""
-    import click
+_COMMANDS: dict[str, tuple] = {}  # name -> (groups, --out default, options(click, jepa3d_data), fn)
 
-    options = []
-    for f in (f for f in fields(cls) if only is None or f.name in only):
-        meta = dict(f.metadata)
-        shown = f"{'paper' if with_presets else 'default'}: {f.default}" + "".join(
-            f", {p}: {PRESETS[p][f.name]}" for p in PRESETS if with_presets and f.name in PRESETS[p])
-        kw = {"default": None, "show_default": False, "required": meta.get("required", False), "help": meta["help"]
-              + (f"  [{shown}]" if f.default is not None and not meta.get("required") else "")}
-        kind = meta.get("kind", type(f.default[0] if isinstance(f.default, tuple) else f.default))
-        bounded = {"min": meta.get("min"), "max": meta.get("max")} if "min" in meta or "max" in meta else None
-        if kind is bool:
-            kw.update(is_flag=True, default=False, help=meta["help"])
-        elif "choices" in meta:
-            kw["type"] = click.Choice(choices_of(f))
-        elif kind in ("file", "folder"):
-            kw["type"] = click.Path(exists=kind == "folder", dir_okay=kind == "folder", file_okay=kind == "file")
-        elif kind in (int, float):
-            kw["type"] = kind if bounded is None else click.IntRange(**bounded) if kind is int else \
-                click.FloatRange(**bounded, min_open=meta.get("min_open", False))
-        if isinstance(f.default, tuple) or "nargs" in meta:
-            kw["nargs"] = meta.get("nargs", len(f.default or ()))
-        options.append(click.option(meta.get("flag", "--" + f.name.replace("_", "-")), f.name, **kw))
-    return options
+
+def _command(name: str, *groups, out: str | None = None, options: Callable = lambda click, jd: ()):
+    """Register `fn` as the command `name`: --out (a folder for metrics.json, default `out`),
+    options(click, jepa3d_data), then per group a config dataclass, whose fields become options
+    and whose instance fn gets, or "data", the data options as a dict: fn(ctx, *a value per
+    group, **the others). make_cli builds the click commands."""
+    def register(fn):
+        _COMMANDS[name] = (groups, out, options, fn)
+        return fn
+    return register
+
+
+def _click_command(click, jd, name: str, groups: tuple, out: str | None, options: Callable, fn):
+    """A registered command as a click command, with its one error boundary: bad input ends in
+    one line and exit 1 (_one_line_errors)."""
+    @functools.wraps(fn)
+    def run(ctx, **kw):
+        values = [_data_values(kw) if group == "data" else
+                  _usage(group, **_given({f.name: kw.pop(f.name) for f in fields(group)})) for group in groups]
+        with _one_line_errors(click, ctx):
+            return fn(ctx, *values, **kw)
+
+    out = () if out is None else (click.option("--out", type=click.Path(file_okay=False), default=out,
+                                               help="folder for metrics.json"),)
+    made = click.pass_context(run)
+    for option in reversed([*out, *options(click, jd), *(o for g in groups for o in (
+            _data_options(click, jd) if g == "data" else _config_options(g)))]):
+        made = option(made)
+    return click.command(name)(made)
 
 
 _READ_KEYS = ("variant", "trust_pickle", "skip_bad", "frame_stride", "intrinsics", "min_depth", "max_depth")
 
 
-def _data_options(click) -> list:
+def _data_options(click, jd) -> list:
     """The options every command that reads data shares: --data, --dataset and jepa3d_data.ReadOptions'."""
-    import jepa3d_data
-
     return [click.option("--data", type=click.Path(), default=None,
                          help="dataset folder or .npz file; the built-in procedural shapes when not given"),
-            click.option("--dataset", type=click.Choice(jepa3d_data.LAYOUTS), default=None,
+            click.option("--dataset", type=click.Choice(jd.LAYOUTS), default=None,
                          help="force a layout instead of detecting it (`jepa3d inspect PATH` shows the detected one)"),
-            *_config_options(jepa3d_data.ReadOptions, only=_READ_KEYS)]
-
-
-def _command(click, name: str, *groups, out: str | None = None, options: tuple = ()):
-    """A command of the group: --out (a folder for metrics.json, default `out`), `options`, then
-    per group a config dataclass, whose fields become options and whose instance the command
-    gets, or "data", the data options as a dict: the command takes (ctx, *a value per group,
-    **the others). Its one error boundary: bad input ends in one line and exit 1 (_one_line)."""
-    if out is not None:
-        options = (click.option("--out", type=click.Path(file_okay=False), default=out,
-                                help="folder for metrics.json"), *options)
-
-    def decorate(fn):
-        @functools.wraps(fn)
-        def run(ctx, **kw):
-            values = [_data_values(kw) if group == "data" else
-                      _usage(group, **_given({f.name: kw.pop(f.name) for f in fields(group)})) for group in groups]
-            with _one_line_errors(click, ctx):
-                return fn(ctx, *values, **kw)
-
-        made = click.pass_context(run)
-        for option in reversed([*options, *(o for g in groups for o in (_data_options(click) if g == "data"
-                                                                          else _config_options(g)))]):
-            made = option(made)
-        return click.command(name)(made)
-    return decorate
+            *_config_options(jd.ReadOptions, only=_READ_KEYS)]
 
 
 def _data_values(kw: dict) -> dict:
@@ -3209,21 +3161,11 @@ def _open(ctx, spec: EncoderSpec, data: dict, splits: tuple = ("train", "test"),
 
 
 def _report(result: dict, path: str | Path) -> None:
-    """The JSON result: on stdout, and into `path` (write_result)."""
+    """The JSON result: on stdout, and into `path` (jepa3d_data.write_result)."""
+    from jepa3d_data import write_result
+
     write_result(result, path)
     print(json.dumps(result))
-
-
-def _one_line(err: BaseException) -> str:
-    """What went wrong, as one line: an OS error names its file; an error re-raised from a
-    DataLoader worker (whose message carries the worker's traceback) keeps its own last line."""
-    if isinstance(err, OSError) and err.filename is not None:
-        return f"{err.filename}: {err.strerror or err}"
-    text = str(err).strip()
-    if "Original Traceback" in text:  # torch.utils.data's ExceptionWrapper
-        text = text.splitlines()[-1]
-        text = text.split(": ", 1)[1] if text.split(": ", 1)[0].endswith("Error") else text
-    return " ".join(text.split()) or type(err).__name__
 
 
 @contextlib.contextmanager
@@ -3261,7 +3203,7 @@ def _pretrain_configs(ctx, out: str, preset: str, data: dict, run: RunConfig,
     import jepa3d_data
 
     if run.resume:
-        model_cfg, train_cfg, ctx.obj["seed"], info = _usage(resume_settings, out, _given(overrides))
+        model_cfg, train_cfg, ctx.obj["seed"], info = resume_settings(out, _given(overrides))
         if data["data"] is None and data["dataset"] is None and info.get("data_options"):
             data = {**data, **info["data_options"]}  # the run's own data, unless --data says otherwise
         return model_cfg, train_cfg, data, run if run.save_every else dataclasses.replace(
@@ -3272,226 +3214,192 @@ def _pretrain_configs(ctx, out: str, preset: str, data: dict, run: RunConfig,
         data["data"] = jepa3d_data.builtin_distill_data(out, objective, progress_callback("chunks"), ctx.obj["device"])
     says = jepa3d_data.model_fields(data["data"], data["dataset"], objective,
                                     PRESETS[preset].get("frames", jepa3d_data.ReadOptions.frames))
-    model_cfg, train_cfg = _usage(make_configs, preset, **{**says, **_given(overrides)})
+    model_cfg, train_cfg = make_configs(preset, **{**says, **_given(overrides)})
     if train_cfg.batch_size % distributed_env()[1]:
         raise ValueError(f"--batch-size {train_cfg.batch_size} is the global batch and must divide by the "
                          f"{distributed_env()[1]} torchrun processes")
     return model_cfg, train_cfg, data, run
 
 
-def _pretrain_command(click):
-    @_command(click, "pretrain", "data", RunConfig, options=(
-        click.option("--out", type=click.Path(file_okay=False), default="runs/pretrain",
-                     help="run folder: checkpoint.safetensors, metrics.jsonl, run.json"),
-        click.option("--preset", type=click.Choice(list(PRESETS)), default="paper",
-                     help="named configuration; the options below override it"),
-        click.option("--eval-data", type=click.Path(), default=None,
-                     help="labelled data (train and test splits) for --eval-every; the built-in shapes when not given"),
-        *_config_options(ModelConfig, True), *_config_options(TrainConfig, True)))
-    def pretrain_cmd(ctx, data, run, out, preset, eval_data, **overrides):
-        """Pretrain a 3D-JEPA encoder (self-supervised; labels are ignored).
-
-        Several GPUs or nodes: torchrun --nproc-per-node N -m jepa3d pretrain ... (DDP; the
-        --batch-size is global; rank 0 writes --out)."""
-        import jepa3d_data
-
-        model_cfg, train_cfg, data, run = _usage(_pretrain_configs, ctx, out, preset, data, run, overrides)
-        ds = _load_data(data, "train", _usage(model_cfg.check_masking), model_cfg.frames)
-        evals = tuple(_load_data({**data, "data": eval_data, "dataset": None}, split, model_cfg)
-                      for split in ("train", "test")) if run.eval_every else None
-        recorded = {**data, "data": None if data["data"] is None else str(Path(data["data"]).resolve())}
-        result = pretrain(ds, out, model_cfg, train_cfg, **dataclasses.asdict(run), eval_sets=evals,
-                          data_options=recorded, augment=jepa3d_data.augmentation(train_cfg.augment), **ctx.obj)
-        if distributed_env()[0] == 0:  # under torchrun, one result line, from rank 0
-            _plot_or_say(Path(out))
-            print(json.dumps(result))
-    return pretrain_cmd
+def _preset_option(click, help: str):
+    return click.option("--preset", type=click.Choice(list(PRESETS)), default="paper", help=help)
 
 
-def _mask_preview_command(click):
-    @_command(click, "mask-preview", "data", options=(
-        click.option("--index", type=click.IntRange(0), default=0, help="which cloud of the train split"),
-        click.option("--checkpoint", type=click.Path(), default=None, help="the masking configuration of a checkpoint"),
-        click.option("--preset", type=click.Choice(list(PRESETS)), default="paper", help="named configuration"),
-        click.option("--out", type=click.Path(dir_okay=False), default="mask_preview.ply", help="PLY file to write"),
-        *_config_options(ModelConfig, True)))
-    def mask_preview_cmd(ctx, data, index, checkpoint, preset, out, **overrides):
-        """Write a coloured PLY of one cloud: grey unused, blue context, one colour per target block."""
-        cfg = _usage(checkpoint_config, ModelConfig, read_header(checkpoint)[1], checkpoint, **_given(overrides)) \
-            if checkpoint else _usage(make_configs, preset, **overrides)[0]
-        ds = _load_data(data, "train", _usage(cfg.check_masking))
-        if index >= len(ds):
-            raise click.BadParameter(f"{index} is past the last cloud ({len(ds) - 1})", param_hint="--index")
-        print(json.dumps(write_mask_preview(out, ds[index][0], cfg, ctx.obj["seed"])))
-    return mask_preview_cmd
+@_command("pretrain", "data", RunConfig, options=lambda click, jd: (
+    click.option("--out", type=click.Path(file_okay=False), default="runs/pretrain",
+                 help="run folder: checkpoint.safetensors, metrics.jsonl, run.json"),
+    _preset_option(click, "named configuration; the options below override it"),
+    click.option("--eval-data", type=click.Path(), default=None,
+                 help="labelled data (train and test splits) for --eval-every; the built-in shapes when not given"),
+    *_config_options(ModelConfig, True), *_config_options(TrainConfig, True)))
+def _pretrain(ctx, data, run, out, preset, eval_data, **overrides):
+    """Pretrain a 3D-JEPA encoder (self-supervised; labels are ignored).
 
-
-def _finetune_command(click):
-    @_command(click, "finetune", EncoderSpec, "data", FinetuneConfig, options=(
-        click.option("--task", required=True, help="modelnet40 | scanobjectnn | shapenetpart | msr-action3d (these "
-                     "need --data), builtin | builtin-parts | builtin4d (the built-in shapes, parts, figures in "
-                     "motion), or a folder of your own (one subfolder per class, train/ and test/)"),
-        click.option("--out", type=click.Path(file_okay=False), default="runs/finetune",
-                     help="folder for metrics.json and finetuned.safetensors"),
-        click.option("--vote", type=click.IntRange(0), default=0,
-                     help="also report test-time voting over this many scaled views at the end (peers: 10)"),
-        click.option("--eval-every", type=click.IntRange(0), default=0,
-                     help="evaluate on the test split every N epochs (0 = at the end only); logged, never selected"),
-        click.option("--select-best-on-test", is_flag=True,
-                     help="also report the best test epoch, labelled as selected on the test set (optimistic)"),
-        click.option("--max-steps", type=click.IntRange(1), default=None, help="stop after this many steps")))
-    def finetune_cmd(ctx, spec, data, ft, task, out, vote, eval_every, select_best_on_test, max_steps):
-        """Fine-tune the encoder with a classification or part-segmentation head (Point-MAE's recipe).
-        Reports the last epoch's test accuracy (or mIoU)."""
-        import jepa3d_data
-
-        data["data"], data["dataset"] = _usage(jepa3d_data.task_data, task, data["data"], data["dataset"])
-        geometry = {**TASK_GEOMETRY.get(task, {}), **_given({k: getattr(spec, k) for k in TASK_GEOMETRY["modelnet40"]})}
-        encoder, cfg, source, train_set, test_set = _open(ctx, dataclasses.replace(spec, **geometry), data,
-                                                          drop_path=ft.drop_path)
-        _usage(jepa3d_data.check_task, task, train_set)
-        unit = "clips" if optional(train_set, "videos_of") is not None else "clouds"
-        print(f"jepa3d finetune: {task}, {len(train_set)} train / {len(test_set)} test {unit}, encoder {source}",
-              file=sys.stderr)
-        result = finetune(encoder, cfg, train_set, test_set, ft, out_dir=out, votes=vote, eval_every=eval_every,
-                          select_best_on_test=select_best_on_test, max_steps=max_steps, meta={"task": task,
-                          "encoder_source": source}, augment=jepa3d_data.augmentation(ft.augment), **ctx.obj)
-        protocol = {**dataclasses.asdict(ft), **geometry, "seed": ctx.obj["seed"],
-                    "voting": f"{vote} views, isotropic scale 0.85-1.15, softmax average" if vote else "none",
-                    "selection": "last epoch" + (" (+ best test epoch, labelled)" if select_best_on_test else "")}
-        _report({"command": "finetune", "task": task, "encoder": source, "data": optional(test_set, "name"), **result,
-                 "checkpoint": str(Path(out) / "finetuned.safetensors"), "protocol": protocol}, out)
-    return finetune_cmd
-
-
-def _linear_probe_command(click):
-    @_command(click, "linear-probe", EncoderSpec, "data", ProbeConfig, out="runs/linear-probe")
-    def linear_probe_cmd(ctx, spec, data, probe, out):
-        """Frozen encoder, concat(max, mean) features, linear classifier on the train split, test accuracy."""
-        encoder, cfg, source, train_set, test_set = _open(ctx, spec, data)
-        _report({"command": "linear-probe", "encoder": source,
-                 **linear_probe(encoder, cfg, train_set, test_set, probe, **ctx.obj)}, out)
-    return linear_probe_cmd
-
-
-def _few_shot_command(click):
-    @_command(click, "few-shot", EncoderSpec, "data", FewShotConfig, out="runs/few-shot")
-    def few_shot_cmd(ctx, spec, data, fs, out):
-        """W-way S-shot episodes; reports mean +- std of the query accuracy over folds."""
-        import jepa3d_data
-
-        encoder, cfg, source, *splits = _open(ctx, spec, data, () if fs.fold_files else ("train", "test"))
-        episodes = [jepa3d_data.read_fewshot_fold(Path(fs.fold_files), fs.way, fs.shot, fold, data["trust_pickle"])
-                    for fold in range(fs.folds)] if fs.fold_files else \
-            _usage(draw_episodes, *splits, fs, ctx.obj["seed"])
-        result = few_shot(encoder, cfg, *(splits or (None, None)), fs, episodes=episodes, out_dir=out,
-                          augment=jepa3d_data.augmentation(FinetuneConfig.augment), **ctx.obj)
-        _report({"command": "few-shot", "encoder": source, **result}, out)
-    return few_shot_cmd
-
-
-def _point_probe_command(click):
-    @_command(click, "point-probe", EncoderSpec, "data", PointProbeConfig, out="runs/point-probe")
-    def point_probe_cmd(ctx, spec, data, pp, out):
-        """Per-point linear probe on frozen features: what each point's feature says about its
-        part (a teacher-features cache of the built-in RGB-D videos, or a part dataset such as
-        builtin-parts / ShapeNetPart). Reports point accuracy and mIoU."""
-        import jepa3d_data
-
-        data["dataset"] = data["dataset"] or (None if data["data"] else "builtin-parts")
-        encoder, cfg, source, train_set, test_set = _open(ctx, spec, data)
-        names = jepa3d_data.point_label_names(train_set)
-        encoder, source = jepa3d_data.probed_features(pp.features, train_set, encoder, source)
-        result = point_probe(encoder, dataclasses.replace(cfg, num_points=train_set[0][0].shape[-2]), train_set,
-                             test_set, len(names), train_points=pp.train_points, test_points=pp.test_points,
-                             device=ctx.obj["device"], seed=ctx.obj["seed"], names=names)
-        print(f"point probe: accuracy {result['point_accuracy']:.2f}, mIoU {result['miou']:.2f}", file=sys.stderr)
-        _report({"command": "point-probe", "encoder": source, "data": train_set.name, **result}, out)
-    return point_probe_cmd
-
-
-def _embed_command(click):
-    @_command(click, "embed", EncoderSpec, "data", EmbedConfig, options=(click.option(
-        "--out", type=click.Path(dir_okay=False), default="features.npz",
-        help="the .npz to write (the JSON result goes beside it, as <out>.json)"),))
-    def embed_cmd(ctx, spec, data, how, out):
-        """Write per-cloud features (and optionally per-patch tokens) to an .npz for other tools."""
-        import jepa3d_data
-
-        encoder, cfg, source, ds = _open(ctx, spec, data, (how.split,))
-        feats = embed(encoder, cfg, ds, per_patch=how.per_patch, batch_size=how.batch_size, **ctx.obj)
-        _report({"command": "embed", "encoder": source, "data": optional(ds, "name"), "split": how.split,
-                 "file": str(out), "arrays": jepa3d_data.write_features(out, feats, optional(ds, "classes")),
-                 "features": "concat(max, mean) of the last-layer tokens"}, f"{out}.json")
-    return embed_cmd
-
-
-def _teacher_features_command(click):
+    Several GPUs or nodes: torchrun --nproc-per-node N -m jepa3d pretrain ... (DDP; the
+    --batch-size is global; rank 0 writes --out)."""
     import jepa3d_data
 
-    @_command(click, "teacher-features", jepa3d_data.TeacherFeaturesConfig, options=(
-        click.option("--data", type=click.Path(), default=None, help="paired RGB + points: a TUM RGB-D folder, or a "
-                     "LiDAR + cameras folder (calib.json, as nuScenes); the built-in RGB-D videos when not given"),
-        click.option("--dataset", type=click.Choice(list(jepa3d_data.PAIRED_TABLE)), default=None,
-                     help="force the paired layout instead of detecting it"),
-        click.option("--out", type=click.Path(file_okay=False), default="runs/teacher-features",
-                     help="cache folder (pretrain reads it with --data); an interrupted run resumes")))
-    def teacher_features_cmd(ctx, cfg, data, dataset, out):
-        """Cache a frozen 2D teacher's per-point features: every point takes the feature of the
-        pixel it projects to (calibrated cameras, z-buffer visibility), float16, resumable.
-        Then: jepa3d pretrain --data OUT --objective distill (or jepa+distill)."""
-        t = time.time()
-        meta = jepa3d_data.cache_teacher_features(out, data, dataset, cfg, progress_callback("chunks"),
-                                                  ctx.obj["device"])
-        print(json.dumps({"command": "teacher-features", "out": str(out), **jepa3d_data.cache_summary(out, meta),
-                          "seconds": round(time.time() - t, 1)}))
-    return teacher_features_cmd
+    model_cfg, train_cfg, data, run = _usage(_pretrain_configs, ctx, out, preset, data, run, overrides)
+    ds = _load_data(data, "train", _usage(model_cfg.check_masking), model_cfg.frames)
+    evals = tuple(_load_data({**data, "data": eval_data, "dataset": None}, split, model_cfg)
+                  for split in ("train", "test")) if run.eval_every else None
+    recorded = {**data, "data": None if data["data"] is None else str(Path(data["data"]).resolve())}
+    result = pretrain(ds, out, model_cfg, train_cfg, **dataclasses.asdict(run), eval_sets=evals,
+                      data_options=recorded, augment=jepa3d_data.augmentation(train_cfg.augment), **ctx.obj)
+    if distributed_env()[0] == 0:  # under torchrun, one result line, from rank 0
+        print(jepa3d_data.plot_or_say(Path(out)), file=sys.stderr)
+        print(json.dumps(result))
 
 
-def _inspect_command(click):
+@_command("mask-preview", "data", options=lambda click, jd: (
+    click.option("--index", type=click.IntRange(0), default=0, help="which cloud of the train split"),
+    click.option("--checkpoint", type=click.Path(), default=None, help="the masking configuration of a checkpoint"),
+    _preset_option(click, "named configuration"),
+    click.option("--out", type=click.Path(dir_okay=False), default="mask_preview.ply", help="PLY file to write"),
+    *_config_options(ModelConfig, True)))
+def _mask_preview(ctx, data, index, checkpoint, preset, out, **overrides):
+    """Write a coloured PLY of one cloud: grey unused, blue context, one colour per target block."""
+    import click
+
     import jepa3d_data
 
-    @_command(click, "inspect", options=(
-        click.argument("path", type=click.Path()),
-        click.option("--dataset", type=click.Choice([*jepa3d_data.LAYOUTS, "lidar-cameras"]), default=None,
-                     help="force a layout"),
-        *_config_options(jepa3d_data.ReadOptions, only=("num_points", "frames", "frame_stride", "intrinsics",
-                                                         "variant", "trust_pickle", "min_depth", "max_depth"))))
-    def inspect_cmd(ctx, path, dataset, **read):
-        """Show the layout detected at PATH, samples per split, classes, points per cloud (sequence
-        data: sequences, frames, clips, points per frame) and problems."""
-        report = jepa3d_data.inspect_data(path, dataset=dataset, **_given(read))
-        print("\n".join(jepa3d_data.describe(report)), file=sys.stderr)
-        print(json.dumps(report))
-        if not any(s.get("samples") for s in report["splits"].values()):
-            raise SystemExit(1)
-    return inspect_cmd
+    cfg = _usage(checkpoint_config, ModelConfig, read_header(checkpoint)[1], checkpoint, **_given(overrides)) \
+        if checkpoint else _usage(make_configs, preset, **overrides)[0]
+    ds = _load_data(data, "train", _usage(cfg.check_masking))
+    if index >= len(ds):
+        raise click.BadParameter(f"{index} is past the last cloud ({len(ds) - 1})", param_hint="--index")
+    points, roles = mask_preview(ds[index][0], cfg, ctx.obj["seed"])
+    print(json.dumps(jepa3d_data.write_mask_ply(out, points, roles, cfg.sampler)))
 
 
-def _plot_or_say(run_dir: Path) -> None:
-    """Draw the run's curves.png, or say on stderr how to get the plotting extra."""
+@_command("finetune", FinetuneRun, EncoderSpec, "data", FinetuneConfig, options=lambda click, jd: (
+    click.option("--out", type=click.Path(file_okay=False), default="runs/finetune",
+                 help="folder for metrics.json and finetuned.safetensors"),))
+def _finetune(ctx, how, spec, data, ft, out):
+    """Fine-tune the encoder with a classification or part-segmentation head (Point-MAE's recipe).
+    Reports the last epoch's test accuracy (or mIoU)."""
+    import jepa3d_data
+
+    data["data"], data["dataset"] = _usage(jepa3d_data.task_data, how.task, data["data"], data["dataset"])
+    geometry = {**TASK_GEOMETRY.get(how.task, {}), **_given({k: getattr(spec, k) for k in TASK_GEOMETRY["modelnet40"]})}
+    encoder, cfg, source, train_set, test_set = _open(ctx, dataclasses.replace(spec, **geometry), data,
+                                                      drop_path=ft.drop_path)
+    _usage(jepa3d_data.check_task, how.task, train_set)
+    result = finetune(encoder, cfg, train_set, test_set, ft, out_dir=out, votes=how.vote, eval_every=how.eval_every,
+                      select_best_on_test=how.select_best_on_test, max_steps=how.max_steps, augment=jepa3d_data
+                      .augmentation(ft.augment), meta={"task": how.task, "encoder_source": source}, **ctx.obj)
+    _report({"command": "finetune", "task": how.task, "encoder": source, "data": optional(test_set, "name"), **result,
+             "checkpoint": str(Path(out) / "finetuned.safetensors"),
+             "protocol": {**result.pop("protocol"), **geometry}}, out)
+
+
+@_command("linear-probe", EncoderSpec, "data", ProbeConfig, out="runs/linear-probe")
+def _linear_probe(ctx, spec, data, probe, out):
+    """Frozen encoder, concat(max, mean) features, linear classifier on the train split, test accuracy."""
+    encoder, cfg, source, train_set, test_set = _open(ctx, spec, data)
+    _report({"command": "linear-probe", "encoder": source,
+             **linear_probe(encoder, cfg, train_set, test_set, probe, **ctx.obj)}, out)
+
+
+@_command("few-shot", EncoderSpec, "data", FewShotConfig, out="runs/few-shot")
+def _few_shot(ctx, spec, data, fs, out):
+    """W-way S-shot episodes; reports mean +- std of the query accuracy over folds."""
+    import jepa3d_data
+
+    encoder, cfg, source, *splits = _open(ctx, spec, data, () if fs.fold_files else ("train", "test"))
+    episodes = [jepa3d_data.read_fewshot_fold(Path(fs.fold_files), fs.way, fs.shot, fold, data["trust_pickle"])
+                for fold in range(fs.folds)] if fs.fold_files else _usage(draw_episodes, *splits, fs, ctx.obj["seed"])
+    result = few_shot(encoder, cfg, *(splits or (None, None)), fs, episodes=episodes, out_dir=out,
+                      augment=jepa3d_data.augmentation(FinetuneConfig.augment), **ctx.obj)
+    _report({"command": "few-shot", "encoder": source, **result}, out)
+
+
+@_command("point-probe", EncoderSpec, "data", PointProbeConfig, out="runs/point-probe")
+def _point_probe(ctx, spec, data, pp, out):
+    """Per-point linear probe on frozen features: what each point's feature says about its
+    part (a teacher-features cache of the built-in RGB-D videos, or a part dataset such as
+    builtin-parts / ShapeNetPart). Reports point accuracy and mIoU."""
+    import jepa3d_data
+
+    data["dataset"] = data["dataset"] or (None if data["data"] else "builtin-parts")
+    encoder, cfg, source, train_set, test_set = _open(ctx, spec, data)
+    names = jepa3d_data.point_label_names(train_set)
+    encoder, source = jepa3d_data.probed_features(pp.features, train_set, encoder, source)
+    result = point_probe(encoder, dataclasses.replace(cfg, num_points=train_set[0][0].shape[-2]), train_set,
+                         test_set, len(names), train_points=pp.train_points, test_points=pp.test_points,
+                         device=ctx.obj["device"], seed=ctx.obj["seed"], names=names)
+    print(f"point probe: accuracy {result['point_accuracy']:.2f}, mIoU {result['miou']:.2f}", file=sys.stderr)
+    _report({"command": "point-probe", "encoder": source, "data": train_set.name, **result}, out)
+
+
+@_command("embed", EncoderSpec, "data", EmbedConfig, options=lambda click, jd: (click.option(
+    "--out", type=click.Path(dir_okay=False), default="features.npz",
+    help="the .npz to write (the JSON result goes beside it, as <out>.json)"),))
+def _embed(ctx, spec, data, how, out):
+    """Write per-cloud features (and optionally per-patch tokens) to an .npz for other tools."""
+    import jepa3d_data
+
+    encoder, cfg, source, ds = _open(ctx, spec, data, (how.split,))
+    feats = embed(encoder, cfg, ds, per_patch=how.per_patch, batch_size=how.batch_size, **ctx.obj)
+    _report({"command": "embed", "encoder": source, "data": optional(ds, "name"), "split": how.split,
+             "file": str(out), "arrays": jepa3d_data.write_features(out, feats, optional(ds, "classes")),
+             "features": "concat(max, mean) of the last-layer tokens"}, f"{out}.json")
+
+
+@_command("teacher-features", options=lambda click, jd: (
+    click.option("--data", type=click.Path(), default=None, help="paired RGB + points: a TUM RGB-D folder, or a "
+                 "LiDAR + cameras folder (calib.json, as nuScenes); the built-in RGB-D videos when not given"),
+    click.option("--dataset", type=click.Choice(list(jd.PAIRED_TABLE)), default=None,
+                 help="force the paired layout instead of detecting it"),
+    click.option("--out", type=click.Path(file_okay=False), default="runs/teacher-features",
+                 help="cache folder (pretrain reads it with --data); an interrupted run resumes"),
+    *_config_options(jd.TeacherFeaturesConfig)))
+def _teacher_features(ctx, data, dataset, out, **cfg):
+    """Cache a frozen 2D teacher's per-point features: every point takes the feature of the
+    pixel it projects to (calibrated cameras, z-buffer visibility), float16, resumable.
+    Then: jepa3d pretrain --data OUT --objective distill (or jepa+distill)."""
+    import jepa3d_data
+
+    t, cfg = time.time(), _usage(jepa3d_data.TeacherFeaturesConfig, **_given(cfg))
+    meta = jepa3d_data.cache_teacher_features(out, data, dataset, cfg, progress_callback("chunks"), ctx.obj["device"])
+    print(json.dumps({"command": "teacher-features", "out": str(out), **jepa3d_data.cache_summary(out, meta),
+                      "seconds": round(time.time() - t, 1)}))
+
+
+@_command("inspect", options=lambda click, jd: (
+    click.argument("path", type=click.Path()),
+    click.option("--dataset", type=click.Choice([*jd.LAYOUTS, "lidar-cameras"]), default=None, help="force a layout"),
+    *_config_options(jd.ReadOptions, only=("num_points", "frames", "frame_stride", "intrinsics", "variant",
+                                          "trust_pickle", "min_depth", "max_depth"))))
+def _inspect(ctx, path, dataset, **read):
+    """Show the layout detected at PATH, samples per split, classes, points per cloud (sequence
+    data: sequences, frames, clips, points per frame) and problems."""
+    import jepa3d_data
+
+    report = jepa3d_data.inspect_data(path, dataset=dataset, **_given(read))
+    print("\n".join(jepa3d_data.describe(report)), file=sys.stderr)
+    print(json.dumps(report))
+    if not any(s.get("samples") for s in report["splits"].values()):
+        raise SystemExit(1)
+
+
+@_command("plot", options=lambda click, jd: (click.argument("run", type=click.Path(exists=True, file_okay=False)),))
+def _plot(ctx, run):
+    """Draw RUN/curves.png from a pretraining run's metrics.jsonl (and probe.jsonl): loss against
+    the batch-mean prediction's, the collapse monitors, the probe accuracy. Needs matplotlib."""
+    import jepa3d_data
+
     try:
-        print(f"curves: {plot_run(run_dir)}", file=sys.stderr)
+        print(json.dumps({"curves": str(jepa3d_data.plot_run(Path(run)))}))
     except ImportError:
-        print(f"jepa3d: no curves.png: the plots need matplotlib (pip install 'jepa3d[plot]'), then `jepa3d plot "
-              f"{run_dir}`", file=sys.stderr)
-
-
-def _plot_command(click):
-    @_command(click, "plot", options=(click.argument("run", type=click.Path(exists=True, file_okay=False)),))
-    def plot_cmd(ctx, run):
-        """Draw RUN/curves.png from a pretraining run's metrics.jsonl (and probe.jsonl): loss against
-        the batch-mean prediction's, the collapse monitors, the probe accuracy. Needs matplotlib."""
-        try:
-            print(json.dumps({"curves": str(plot_run(Path(run)))}))
-        except ImportError:
-            raise click.ClickException("plotting needs matplotlib: pip install 'jepa3d[plot]'") from None
-    return plot_cmd
+        raise DataError("plotting needs matplotlib: pip install 'jepa3d[plot]'") from None
 
 
 def make_cli():
     """The `jepa3d` click group with every command (click is imported here, not at import time)."""
     import click
+
+    import jepa3d_data
 
     def cli(ctx, **kw):
         """jepa3d: 3D-JEPA self-supervised learning on point clouds, pure torch.
@@ -3509,10 +3417,8 @@ def make_cli():
         cli = option(cli)
     cli = click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})(
         click.version_option(__version__, prog_name="jepa3d")(click.pass_context(cli)))
-    for command in (_pretrain_command, _mask_preview_command, _finetune_command, _linear_probe_command,
-                    _few_shot_command, _point_probe_command, _embed_command, _teacher_features_command,
-                    _inspect_command, _plot_command):
-        cli.add_command(command(click))
+    for name, spec in _COMMANDS.items():
+        cli.add_command(_click_command(click, jepa3d_data, name, *spec))
     return cli
 
 

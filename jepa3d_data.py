@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 import sys
 import warnings
@@ -65,6 +66,8 @@ __all__ = [
     "task_data", "check_task", "model_fields", "point_label_names", "write_features", "inspect_data", "describe",
     # augmentation
     "scale_translate", "rotate_up", "jitter", "AUGMENTATIONS", "augmentation",
+    # outputs
+    "write_result", "write_mask_ply", "plot_run", "plot_or_say",
 ]
 
 
@@ -3050,3 +3053,99 @@ def augmentation(name: str) -> Callable[[torch.Tensor, torch.Generator], torch.T
             points = fn(points, generator)
         return points
     return apply
+
+
+# ----------------------------------------------------------------------------- outputs
+# What the commands write besides checkpoints: JSON results, the mask preview's PLY, the curves.
+
+def write_result(result: dict, path: str | Path) -> Path:
+    """A command's JSON result into `path` (a folder gets metrics.json), written atomically -> the file."""
+    path = Path(path)
+    if path.suffix != ".json":
+        path.mkdir(parents=True, exist_ok=True)
+        path = path / "metrics.json"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+_ROLE_COLOURS = [(200, 200, 200), (70, 110, 220), (230, 60, 50), (60, 180, 75), (245, 160, 30), (150, 60, 200),
+                (30, 190, 200), (240, 50, 230), (150, 110, 40), (0, 0, 0)]
+
+
+def write_mask_ply(path: str | Path, points: torch.Tensor, roles: torch.Tensor, sampler: str) -> dict:
+    """jepa3d.mask_preview's points (P, 3) and roles (P,) as an ASCII PLY with per-vertex colour
+    (MeshLab, CloudCompare, Blender, Open3D): grey unused, blue context, other colours target
+    blocks -> what `jepa3d mask-preview` prints: the file, the points and how many are unused,
+    context, target."""
+    lines = [f"ply\nformat ascii 1.0\ncomment jepa3d mask preview: grey unused, blue context, other colours "
+             f"target blocks\nelement vertex {len(points)}\nproperty float x\nproperty float y\nproperty float z\n"
+             "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header"]
+    for (x, y, z), r in zip(points.tolist(), roles.tolist()):
+        c = _ROLE_COLOURS[min(r, len(_ROLE_COLOURS) - 1)]
+        lines.append(f"{x:.6f} {y:.6f} {z:.6f} {c[0]} {c[1]} {c[2]}")
+    Path(path).write_text("\n".join(lines) + "\n")
+    return {"out": str(path), "points": len(points), "sampler": sampler, "unused": int((roles == 0).sum()),
+            "context": int((roles == 1).sum()), "target": int((roles >= 2).sum())}
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.exists() else []
+
+
+def plot_run(run_dir: str | Path) -> Path:
+    """Draw a pretraining run's learning curves into run_dir/curves.png: the loss next to the
+    batch-mean prediction's (a run that learns stays below it), the collapse monitors, and the
+    probe accuracy of probe.jsonl (pretrain --eval-every). matplotlib is imported here only
+    (the optional 'plot' extra); ImportError without it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    rows, probe = _read_jsonl(run_dir / "metrics.jsonl"), _read_jsonl(run_dir / "probe.jsonl")
+    if not rows:
+        raise DataError(f"{run_dir / 'metrics.jsonl'}: no metrics to plot (is this a pretraining run folder?)")
+    steps = [r["step"] for r in rows]
+    window = max(1, len(rows) // 100)  # a running mean over 1% of the run
+
+    def smooth(key: str) -> list[float]:
+        values = [r[key] for r in rows]
+        return [sum(values[max(0, i - window + 1):i + 1]) / len(values[max(0, i - window + 1):i + 1])
+                for i in range(len(values))]
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    for key, label in (("loss", "loss"), ("mean_loss", "loss of the batch-mean prediction")):
+        if key in rows[0]:
+            axes[0].plot(steps, smooth(key), label=label)
+    for key in ("target_spread", "pred_spread", "feature_std"):
+        if key in rows[0]:
+            axes[1].plot(steps, smooth(key), label=key)
+    if probe:
+        axes[2].plot([p["step"] for p in probe], [p["probe_accuracy"] for p in probe], "o-", label="test")
+        axes[2].plot([p["step"] for p in probe], [p["probe_train_accuracy"] for p in probe], "o--", label="train")
+    titles = ("loss (running mean)", "collapse monitors (0 = collapsed)",
+              "linear probe accuracy (%)" + ("" if probe else ": pretrain --eval-every N"))
+    for ax, title in zip(axes, titles):
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend()
+    fig.suptitle(str(run_dir))
+    fig.tight_layout()
+    out = run_dir / "curves.png"
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
+
+
+def plot_or_say(run_dir: Path) -> str:
+    """Draw the run's curves.png -> the line to show: where it is, or how to get the plotting extra."""
+    try:
+        return f"curves: {plot_run(run_dir)}"
+    except ImportError:
+        return (f"jepa3d: no curves.png: the plots need matplotlib (pip install 'jepa3d[plot]'), then `jepa3d plot "
+                f"{run_dir}`")

@@ -12,7 +12,7 @@ import jepa3d_data
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI_MARK = "# ----------------------------------------------------------------------------- command line"
-BUDGET = {"function": 60, "cli": 435, "jepa3d.py": 3525}  # lines; see the note on the CLI budget below
+BUDGET = {"function": 60, "cli": 365, "jepa3d.py": 3430}  # lines; see the note on the CLI budget below
 
 
 def _tree(name: str) -> tuple[ast.Module, list[str]]:
@@ -77,8 +77,8 @@ def test_size_budgets():
                 start = body[1].lineno if docstring and len(body) > 1 else body[0].lineno
                 assert node.end_lineno - start + 1 <= BUDGET["function"], f"{name}: {node.name} is too long"
     _, lines = _tree("jepa3d.py")
-    # The issue asked for a 300-line CLI; it stands at ~435 (every option generated from the config
-    # dataclasses, every decision a library function): the rest is click declarations and help text.
+    # The issue asked for a 300-line CLI; it stands at ~365: commands registered at module level, every
+    # option generated from a config dataclass, the writers in jepa3d_data; the rest is click wiring.
     assert len(lines) - lines.index(CLI_MARK) <= BUDGET["cli"]
     assert len(lines) <= BUDGET["jepa3d.py"]
 
