@@ -374,6 +374,148 @@ def bench_subsample(shared: Path, repeats: int = 7) -> list[dict]:
     return rows
 
 
+# ----------------------------------------------------------------------------- 6. CPU steps, before vs after
+def load_jepa3d_at(rev: str):
+    """jepa3d.py as it was at git revision `rev`, imported as its own module (jepa3d_<rev>),
+    so the same process can time the old and the new step side by side."""
+    import importlib.util
+    import subprocess
+    import tempfile
+
+    text = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:jepa3d.py"], check=True,
+                          capture_output=True, text=True).stdout
+    name = f"jepa3d_{rev}".replace("-", "_").replace("~", "_").replace("^", "_")
+    path = Path(tempfile.mkdtemp()) / f"{name}.py"
+    path.write_text(text)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def _step_runner(code, preset: str, precision: str, clouds: torch.Tensor, batch: int):
+    """A pretraining step of `preset` with module `code` (jepa3d, or an older one), as `jepa3d
+    pretrain` takes it on a CPU: fit_points (--subsample random) + scale-translate + train_step."""
+    model_cfg, train_cfg = code.make_configs(preset, batch_size=batch)
+    torch.manual_seed(0)
+    model = code.JEPA(model_cfg).train()
+    opt = code.make_optimizer(model, train_cfg)
+    amp = code.resolve_precision(precision, torch.device("cpu"))
+    augment = jepa3d_data.augmentation("scale-translate")
+    g = torch.Generator()
+    state = {"i": 0}
+
+    def step():
+        state["i"] += 1
+        g.manual_seed(state["i"])
+        x = code.fit_points(clouds[torch.randint(len(clouds), (batch,), generator=g)], model_cfg.num_points, g,
+                            "random")
+        x = augment(x, g)
+        stats = code.train_step(model, opt, None, x, g, lr=1e-4, momentum=0.996, grad_clip=10.0, amp_dtype=amp)
+        return stats
+    return step, model_cfg, amp
+
+
+def bench_cpu_steps(before: str, presets: list[str], shared: Path, batch: int = 32, rounds: int = 12) -> dict:
+    """The pretraining step of each preset, the code at `before` (at its default precision,
+    fp32 on a CPU) against this code at its default (--precision auto) and at fp32, timed in
+    turns in one process (one step of each per round, median over rounds after a warm-up round),
+    on ModelNet40's real 1024-point clouds. With the matmul rate of fp32 and bf16 measured in
+    the same run."""
+    old = load_jepa3d_at(before)
+    arr, source = real_clouds(1024, 512, shared)
+    clouds = torch.from_numpy(arr)
+    runs = {}
+    for preset in presets:
+        for label, code, precision in ((f"before ({before})", old, "auto"), ("after", jepa3d, "auto"),
+                                       ("after, fp32", jepa3d, "fp32")):
+            step, cfg, amp = _step_runner(code, preset, precision, clouds, batch)
+            runs[(preset, label)] = {"step": step, "cfg": cfg, "amp": amp, "times": [], "shape": []}
+    for r in range(rounds + 1):
+        for run in runs.values():
+            t = time.perf_counter()
+            stats = run["step"]()
+            seconds = time.perf_counter() - t
+            if r:  # the first round warms up
+                run["times"].append(seconds)
+                run["shape"].append((stats["context_padded"].item(), stats["target_patches"].item()))
+    peak = {"fp32": bench_matmul(torch.device("cpu"), torch.float32, 3),
+            "bf16": bench_matmul(torch.device("cpu"), torch.bfloat16, 3)}
+    rows = []
+    for (preset, label), run in runs.items():
+        median = sorted(run["times"])[len(run["times"]) // 2]
+        cfg = run["cfg"]
+        flops = sum(step_flops(cfg, batch, c, t // cfg.num_targets) for c, t in run["shape"]) / len(run["shape"])
+        precision = "bf16" if run["amp"] == torch.bfloat16 else "fp32"
+        rows.append({"preset": preset, "code": label, "precision": precision, "step_s": median,
+                     "clouds_per_s": batch / median, "gflop_per_step": flops / 1e9,
+                     "matmul_fraction": flops / median / peak[precision]})
+    for row in rows:
+        base = next(r for r in rows if r["preset"] == row["preset"] and r["code"].startswith("before"))
+        row["speedup"] = row["clouds_per_s"] / base["clouds_per_s"]
+    return {"rows": rows, "matmul_flops": peak, "data": source, "batch": batch, "rounds": rounds, "before": before}
+
+
+def profile_step(preset: str, shared: Path, precision: str = "auto", batch: int = 32, steps: int = 5) -> dict:
+    """Where a step's time goes (torch.profiler, this code): the self time of the ops, summed by
+    kind; what no op accounts for is Python and dispatch."""
+    from torch.profiler import profile
+
+    arr, _ = real_clouds(1024, 512, shared)
+    step, _, amp = _step_runner(jepa3d, preset, precision, torch.from_numpy(arr), batch)
+    for _ in range(3):
+        step()
+    kinds = {"matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul"),
+             "attention": ("scaled_dot_product", "aten::_softmax", "aten::softmax", "aten::masked_fill"),
+             "norms": ("layer_norm",), "activations": ("gelu",),
+             "optimizer and EMA": ("Optimizer.", "_foreach", "aten::lerp", "aten::addcdiv", "aten::addcmul",
+                                   "linalg_vector_norm", "aten::sqrt", "aten::mul_", "aten::add_", "aten::div_"),
+             "grouping (FPS, KNN, masks)": ("aten::topk", "aten::sort", "aten::argmax", "aten::cdist",
+                                            "aten::gather", "aten::randperm"),
+             "copies and casts": ("aten::copy_", "aten::_to_copy", "aten::cat", "aten::clone")}
+    t = time.perf_counter()
+    with profile() as prof:
+        for _ in range(steps):
+            step()
+    wall = (time.perf_counter() - t) / steps
+    spent = {k: 0.0 for k in [*kinds, "other ops"]}
+    for e in prof.key_averages():
+        kind = next((k for k, names in kinds.items() if any(n in e.key for n in names)), "other ops")
+        if e.key.startswith("Optimizer.") and "step" not in e.key and "zero_grad" not in e.key:
+            continue
+        spent[kind] += e.self_cpu_time_total / 1e6 / steps
+    spent["Python and dispatch"] = max(0.0, wall - sum(spent.values()))
+    return {"preset": preset, "precision": "bf16" if amp == torch.bfloat16 else "fp32", "step_s": wall,
+            "shares": {k: v / wall for k, v in spent.items()}}
+
+
+def cpu_steps_section(before: str, presets: list[str], shared: Path) -> dict:
+    """Section 4 of the report: bench_cpu_steps' table and profile_step's shares -> lines, payload."""
+    result = bench_cpu_steps(before, presets, shared)
+    profiles = [profile_step(p, shared) for p in presets]
+    peak = result["matmul_flops"]
+    lines = [f"## 4. CPU presets: the step before ({before}) and after", "",
+             f"`python benchmarks/bench_speed.py --before {before}`: {result['data']}, batch {result['batch']}, "
+             "the step of `jepa3d pretrain` (fit_points --subsample random, scale-translate, train_step), each "
+             f"variant one step per round in turns, median of {result['rounds']} rounds. Matmul rate measured in "
+             f"the same run: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s.", "",
+             "| preset | code | precision | clouds/s | step (s) | vs before | GFLOP/step | of the matmul rate "
+             "(its precision) |", "|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['preset']} | {r['code']} | {r['precision']} | {r['clouds_per_s']:.1f} | "
+                     f"{r['step_s']:.3f} | {r['speedup']:.2f}x | {r['gflop_per_step']:.1f} | "
+                     f"{100 * r['matmul_fraction']:.0f}% |")
+    kinds = list(profiles[0]["shares"])
+    lines += ["", "Where this code's step spends its time (torch.profiler, self time of the ops by kind; Python "
+              "and dispatch = the wall time no op accounts for):", "",
+              "| preset | precision | step (s) | " + " | ".join(kinds) + " |", "|---|---|---|" + "---|" * len(kinds)]
+    for p in profiles:
+        lines.append(f"| {p['preset']} | {p['precision']} | {p['step_s']:.3f} | "
+                     + " | ".join(f"{100 * p['shares'][k]:.0f}%" for k in kinds) + " |")
+    return {"lines": lines, "payload": {**result, "profiles": profiles}}
+
+
 def threads_table(rows: list[dict]) -> list[str]:
     lines = ["| load | what | threads | seconds | vs the best thread count |", "|---|---|---|---|---|"]
     for r in rows:
@@ -416,8 +558,21 @@ def main():
                     help="only the 4D step: the tiny4d preset on built-in clips of --frames frames, clips/s and the "
                          "share of matmul peak, into benchmarks/speed_clips.{md,json}")
     ap.add_argument("--frames", type=int, default=24, help="frames per clip of the 4D step (MSR-Action3D uses 24)")
+    ap.add_argument("--before", default=None, metavar="REV",
+                    help="also time the CPU presets' step with jepa3d.py of git revision REV against this code, in "
+                         "turns in one process, and profile this code's steps (section 4)")
+    ap.add_argument("--cpu-presets", nargs="+", default=["tiny", "tiny-wide", "small"],
+                    help="the presets of --before's table")
+    ap.add_argument("--before-only", action="store_true",
+                    help="only --before's table and profiles, into benchmarks/speed_cpu_steps.{md,json}")
     args = ap.parse_args()
     shared = Path(args.shared)
+    if args.before_only:
+        section = cpu_steps_section(args.before, args.cpu_presets, shared)
+        write_result("cpu_steps", section["payload"], [
+            f"# CPU steps before and after ({platform.processor() or 'cpu'}, {torch.get_num_threads()} threads, "
+            f"torch {torch.__version__})", "", *section["lines"]])
+        return
     if args.clips_only:
         device = jepa3d.resolve_device(args.device)
         amp = jepa3d.resolve_precision(args.precision, device)
@@ -510,10 +665,16 @@ def main():
     for r in data:
         lines.append(f"| {r['data']} | {r['batch']} | {r['clouds_per_s']:.0f} | "
                      f"{'yes' if r['clouds_per_s'] >= fastest else 'NO'} ({r['clouds_per_s'] / fastest:.1f}x) |")
+    payload_steps = None
+    if args.before and device.type == "cpu":
+        section = cpu_steps_section(args.before, args.cpu_presets, shared)
+        lines += ["", *section["lines"]]
+        payload_steps = section["payload"]
     meta = {"device": str(device), "device_name": kind, "threads": threads, "torch": torch.__version__,
             "python": platform.python_version(), "matmul_flops": peak,
             "args": {**vars(args), "shared": os.path.relpath(os.path.abspath(shared), ROOT)}}  # portable: relative to the root
-    write_result(args.name or device.type, {"meta": meta, "tokenization": tok, "steps": steps, "data": data}, lines)
+    write_result(args.name or device.type, {"meta": meta, "tokenization": tok, "steps": steps, "data": data,
+                                            "cpu_steps": payload_steps}, lines)
 
 
 if __name__ == "__main__":
