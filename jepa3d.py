@@ -879,7 +879,7 @@ class MiniPointNet(nn.Module):
         (points, 512) activations stay in cache: the same numbers (each patch is its own row
         block), a 1.4x faster embedding of a 512-point cloud batch (benchmarks/speed_cpu.md)."""
         K = patches.shape[-2]
-        if patches.device.type != "cpu" or patches[..., 0, 0].numel() * K <= _EMBED_SLICE or not _SLICED[0]:
+        if patches.device.type != "cpu" or patches[..., 0, 0].numel() * K <= _EMBED_SLICE:
             return self._embed(patches)
         flat, step = patches.flatten(0, -3), max(1, _EMBED_SLICE // K)      # (n, K, c), patches per slice
         return torch.cat([self._embed(flat[i:i + step]) for i in range(0, len(flat), step)]).view(
@@ -896,8 +896,6 @@ class MiniPointNet(nn.Module):
 
 
 _EMBED_SLICE = 2048  # points per slice of the mini-PointNet on a CPU (2048 x 512 fp32 = 4 MB)
-_SLICED = [True]
-_MATH = [True]
 
 
 def _position_mlp(dim: int, coords: int = 3) -> nn.Module:
@@ -952,7 +950,7 @@ class Attention(nn.Module):
         if keep is not None:
             keep = keep.repeat(B // keep.shape[0], 1) if keep.shape[0] != B else keep
             keep = keep[:, None, None, :]                                     # (B, 1, 1, keys)
-        if q.device.type == "cpu" and q.dtype == torch.bfloat16 and _MATH[0]:
+        if q.device.type == "cpu" and q.dtype == torch.bfloat16:
             # the fused CPU kernel's bf16 backward is ~4x slower than two matmuls at these lengths
             scores = (q @ k.transpose(-2, -1)) * (D // H) ** -0.5                # (B, H, N, keys)
             scores = scores if keep is None else scores.masked_fill(~keep, float("-inf"))
@@ -1515,6 +1513,11 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig | FinetuneConfig) -> torch
         if p.requires_grad:
             (no_decay if p.ndim < 2 or "token" in name else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if all(p.device.type == "cpu" for p in decay + no_decay):
+        try:  # one fused kernel instead of ~10 ops per parameter: 3x faster on a CPU (torch >= 2.4)
+            return torch.optim.AdamW(groups, lr=cfg.lr, fused=True)
+        except (RuntimeError, ValueError, TypeError):
+            pass
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
@@ -1528,7 +1531,8 @@ def _optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler
     else:
         loss.backward()
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"),
+                                               foreach=True if params[0].device.type == "cpu" else None)
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()

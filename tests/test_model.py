@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import jepa3d
 from conftest import rewrite_metadata
@@ -145,8 +146,17 @@ def test_fp16_step_uses_a_grad_scaler(configs):
     out = jepa3d.train_step(model, opt, scaler, torch.randn(4, 128, 3), torch.Generator().manual_seed(0),
                             lr=1e-3, momentum=0.99, grad_clip=1.0, amp_dtype=torch.float16)
     assert torch.isfinite(out["loss"]) and scaler.get_scale() > 0
-    assert jepa3d.resolve_precision("auto", torch.device("cpu")) is None
     assert jepa3d.resolve_precision("fp16", torch.device("cpu")) == torch.float16
+
+
+def test_auto_precision_on_a_cpu_is_bf16_where_it_is_native(monkeypatch):
+    cpu = torch.device("cpu")
+    native = torch.bfloat16 if jepa3d.cpu_has_bf16() else None
+    assert jepa3d.resolve_precision("auto", cpu) == native
+    for forced, dtype in (("0", None), ("1", torch.bfloat16)):
+        monkeypatch.setenv("JEPA3D_CPU_BF16", forced)
+        assert jepa3d.resolve_precision("auto", cpu) == dtype
+    assert jepa3d.resolve_precision("fp32", cpu) is None
 
 
 def test_chamfer_l2_hand_cases():
@@ -304,3 +314,40 @@ def test_target_layers_average_the_teachers_last_blocks_each_layer_normed(config
     mean = (outs[-2] + outs[-1]) / 2
     assert torch.allclose(jepa3d._teacher_targets(teacher, patches, centres, 2), mean, atol=1e-6)
     assert not torch.allclose(mean, final, atol=1e-3)
+
+
+def test_the_sliced_cpu_embedding_gives_the_same_numbers():
+    # on a CPU the mini-PointNet runs in slices that stay in cache: forward values bit for bit
+    torch.manual_seed(0)
+    embed = jepa3d.MiniPointNet(96)
+    patches = torch.randn(5, 40, 16, 3)                                       # 3,200 points: two slices
+    with torch.no_grad():
+        assert torch.equal(embed(patches), embed._embed(patches))
+    sliced = embed(patches)
+    sliced.square().sum().backward()
+    grads = [p.grad.clone() for p in embed.parameters()]
+    embed.zero_grad()
+    embed._embed(patches).square().sum().backward()                          # the gradients: within rounding
+    for a, p in zip(grads, embed.parameters()):
+        torch.testing.assert_close(a, p.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_cpu_bf16_attention_matches_the_fused_kernel():
+    torch.manual_seed(0)
+    attn = jepa3d.Attention(96, 3)
+    x = torch.randn(4, 20, 96)
+    keep = torch.ones(4, 20, dtype=torch.bool)
+    keep[:, 15:] = False                                                      # padding keys
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = attn(x, keep=keep).float()                                     # the CPU bf16 path: two matmuls
+    q, k, v = attn.qkv(x).view(4, 20, 3, 3, 32).permute(2, 0, 3, 1, 4)
+    fused = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :])
+    ref = attn.proj(fused.transpose(1, 2).reshape(4, 20, 96))
+    torch.testing.assert_close(ours, ref, rtol=0.05, atol=0.02)               # bf16's precision
+
+
+def test_cpu_training_uses_the_fused_optimizer_where_torch_has_it(configs):
+    cfg, tcfg = configs
+    opt = jepa3d.make_optimizer(jepa3d.JEPA(cfg), tcfg)
+    major, minor = (int(v) for v in torch.__version__.split(".")[:2])
+    assert opt.defaults.get("fused") is ((major, minor) >= (2, 4) or None)

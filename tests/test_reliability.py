@@ -48,8 +48,9 @@ def shapenet_folder(root, clouds: dict, test: list | None = None):
 # 1. divergence ----------------------------------------------------------------------------
 def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     out = tmp_path / "nan"
-    proc = run_cli("pretrain", "--preset", "tiny", *SMALL_FLAGS, "--lr", "1e6", "--max-steps", "4",
-                      "--save-every", "2", "--out", out)
+    # fp32: a run that diverges inside its first save interval (bf16 keeps lr 1e6 finite a step longer)
+    proc = run_cli("--precision", "fp32", "pretrain", "--preset", "tiny", *SMALL_FLAGS, "--lr", "1e6",
+                   "--max-steps", "4", "--save-every", "2", "--out", out)
     one_clean_line(proc, "not finite", "--lr")
     assert proc.stdout == ""  # no result line, and never a bare NaN
     assert not (out / "checkpoint.safetensors").exists()

@@ -12,7 +12,7 @@ import jepa3d_data
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI_MARK = "# ----------------------------------------------------------------------------- command line"
-BUDGET = {"function": 60, "cli": 365, "jepa3d.py": 3430}  # lines; see the note on the CLI budget below
+BUDGET = {"function": 60, "cli": 365, "jepa3d.py": 3475}  # lines; see the note on the CLI budget below
 
 
 def _tree(name: str) -> tuple[ast.Module, list[str]]:
