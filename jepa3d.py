@@ -339,7 +339,7 @@ class TrainConfig:
 
 
 # Named presets: field overrides on top of the paper's configuration. `tiny` trains in minutes
-# on 2 CPU cores; `tiny-wide` is the CPU recipe for ModelNet40 (~1.3 h on 2 cores); `small` is the
+# on 2 CPU cores; `tiny-wide` is the CPU recipe for ModelNet40 (51 min on 2 bf16 cores); `small` is the
 # usual laptop-GPU size; `paper` is the paper; `tiny4d` is tiny for clips.
 _TINY = dict(num_points=512, num_groups=32, group_size=16, dim=96, depth=4, heads=3, pred_dim=96, pred_depth=2,
              pred_heads=3, drop_path=0.0, batch_size=32, epochs=10, warmup_epochs=1.0, lr=5e-4, ema_start=0.99)
@@ -876,8 +876,9 @@ class MiniPointNet(nn.Module):
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         """patches (..., K, c) -> (..., D). On a CPU in slices of ~_EMBED_SLICE points, whose
-        (points, 512) activations stay in cache: the same numbers (each patch is its own row
-        block), a 1.4x faster embedding of a 512-point cloud batch (benchmarks/speed_cpu.md)."""
+        (points, 512) activations stay in cache: the same forward values (each patch is its own
+        rows), gradients summed slice by slice (equal up to rounding); the teacher's embedding
+        1.4x faster, the `small` step 2x in fp32 (benchmarks/speed_cpu.md, section 4)."""
         K = patches.shape[-2]
         if patches.device.type != "cpu" or patches[..., 0, 0].numel() * K <= _EMBED_SLICE:
             return self._embed(patches)
@@ -2296,12 +2297,14 @@ def _probe_step(run: _Run, eval_sets: tuple, step: int, path: Path, seed: int) -
                    for ds in eval_sets)
     model.train()  # extract_features put the encoder in eval mode
     score = fit_and_score("svc", train, test, len(eval_sets[0].classes))
+    split = "validation" if "validation" in (optional(eval_sets[1], "name") or "") else "test"
     record = {"step": step, "probe_accuracy": score["accuracy"], "probe_train_accuracy": score["train_accuracy"],
+              "probe_split": split,
               "probe": _PROBE_PROTOCOLS["svc"].format(C=ProbeConfig.C) + f" on {optional(eval_sets[0], 'name')} -> "
                        f"{optional(eval_sets[1], 'name')}", "seconds": round(time.time() - t, 1)}
     with open(path, "a") as fh:
         fh.write(json.dumps(record) + "\n")
-    print(f"probe at step {step}: test accuracy {record['probe_accuracy']:.2f} ({record['seconds']} s)",
+    print(f"probe at step {step}: {split} accuracy {record['probe_accuracy']:.2f} ({record['seconds']} s)",
           file=sys.stderr)
     return record
 
@@ -2835,8 +2838,9 @@ def linear_probe(encoder: Encoder, cfg: ModelConfig, train_set, test_set, probe:
     train, test = feats["train"], feats["test"]
     check_classes(train["labels"], optional(train_set, "name"))
     n = len(train_set.classes)
-    result = {"data": optional(train_set, "name"), "train_clouds": len(train["labels"]),
-              "test_clouds": len(test["labels"]),
+    split = "validation" if "validation" in (optional(test_set, "name") or "") else "test"  # --validation
+    result = {"data": optional(train_set, "name"), "scored_on": optional(test_set, "name"),
+              "train_clouds": len(train["labels"]), "test_clouds": len(test["labels"]),
               "protocol": {"features": "concat(max, mean) of the last-layer tokens, frozen",
                            "num_points": cfg.num_points, "num_groups": cfg.num_groups,
                            "group_size": cfg.group_size, "seed": seed}}
@@ -2845,7 +2849,7 @@ def linear_probe(encoder: Encoder, cfg: ModelConfig, train_set, test_set, probe:
     for kind in kinds:
         score = result[kind.replace("-", "_")] = fit_and_score(kind, train, test, n, probe)
         result["protocol"][kind] = _PROBE_PROTOCOLS[kind].format(C=probe.C, logreg_C=probe.logreg_C)
-        print(f"{kind}: test accuracy {score['accuracy']:.2f} (class mean {score['class_mean_accuracy']:.2f}), "
+        print(f"{kind}: {split} accuracy {score['accuracy']:.2f} (class mean {score['class_mean_accuracy']:.2f}), "
               f"train {score['train_accuracy']:.2f}", file=sys.stderr)
     result["classes"] = list(optional(train_set, "classes"))
     if probe.against_random:
@@ -3142,7 +3146,8 @@ def _click_command(click, jd, name: str, groups: tuple, out: str | None, options
     return click.command(name)(made)
 
 
-_READ_KEYS = ("variant", "trust_pickle", "skip_bad", "frame_stride", "intrinsics", "min_depth", "max_depth")
+_READ_KEYS = ("variant", "trust_pickle", "skip_bad", "frame_stride", "intrinsics", "min_depth", "max_depth",
+              "validation")
 
 
 def _data_options(click, jd) -> list:
@@ -3282,8 +3287,8 @@ def _pretrain(ctx, data, run, out, preset, eval_data, **overrides):
 
     model_cfg, train_cfg, data, run = _usage(_pretrain_configs, ctx, out, preset, data, run, overrides)
     ds = _load_data(data, "train", _usage(model_cfg.check_masking), model_cfg.frames)
-    evals = tuple(_load_data({**data, "data": eval_data, "dataset": None}, split, model_cfg)
-                  for split in ("train", "test")) if run.eval_every else None
+    evals = tuple(_load_data({**data, "data": eval_data, "dataset": None, "validation": True}, split, model_cfg)
+                  for split in ("train", "test")) if run.eval_every else None  # the curve: train less val -> val
     recorded = {**data, "data": None if data["data"] is None else str(Path(data["data"]).resolve())}
     result = pretrain(ds, out, model_cfg, train_cfg, **dataclasses.asdict(run), eval_sets=evals,
                       data_options=recorded, augment=jepa3d_data.augmentation(train_cfg.augment), **ctx.obj)

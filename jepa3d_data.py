@@ -66,6 +66,8 @@ __all__ = [
     "task_data", "check_task", "model_fields", "point_label_names", "write_features", "inspect_data", "describe",
     # augmentation
     "scale_translate", "rotate_up", "jitter", "AUGMENTATIONS", "augmentation",
+    # the validation split
+    "VALIDATION_FRACTION", "VALIDATION_SEED", "validation_indices", "Holdout", "holdout",
     # outputs
     "write_result", "write_mask_ply", "plot_run", "plot_or_say",
 ]
@@ -110,6 +112,9 @@ class ReadOptions:
     max_depth: float | None = _opt(None, "depth data: drop points farther than this (metres)  [default: keep all "
                                    "but the sensor's saturation value, TUM/DT4D 65535, MSR 13107]", min=0.0,
                                    kind=float)
+    validation: bool = _opt(False, "hold out the validation split: read a stratified, seeded 10% of the train "
+                            "split (whole videos for clips) as the test split and the rest as the train split, so "
+                            "every choice is made without the test split")
 
 
 @dataclass(frozen=True)
@@ -2727,6 +2732,68 @@ def visible_share(out: str | Path) -> float:
     return sum(shares) / len(shares)
 
 
+# ----------------------------------------------------------------------------- the validation split
+VALIDATION_FRACTION, VALIDATION_SEED = 0.1, 0  # of each class of a train split, held out for every choice
+
+
+def validation_indices(labels: torch.Tensor, groups: torch.Tensor | None = None,
+                       fraction: float = VALIDATION_FRACTION, seed: int = VALIDATION_SEED) -> torch.Tensor:
+    """The validation part of a train split: per class a seeded ~`fraction` of its units (its
+    items, or with `groups` the videos its clips are cut from, so no video sits on both sides),
+    at least one unit of every class that has two. labels (N,), groups (N,) -> sorted indices."""
+    labels = torch.as_tensor(labels).long()
+    units = torch.arange(len(labels)) if groups is None else torch.as_tensor(groups).long()
+    g = torch.Generator().manual_seed(seed)
+    chosen = [torch.empty(0, dtype=torch.long)]
+    for c in torch.unique(labels).tolist():
+        members = torch.unique(units[labels == c])                            # sorted: the draw is reproducible
+        if len(members) >= 2:
+            chosen.append(members[torch.randperm(len(members), generator=g)[:max(1, round(fraction * len(members)))]])
+    return torch.isin(units, torch.cat(chosen)).nonzero().flatten()
+
+
+class Holdout(jepa3d.PointDataset):
+    """The items `indices` of a train split `base`: its validation part or the rest (open_split
+    with the validation option). Keeps base's declared attributes, restricted to those items."""
+
+    def __init__(self, base, indices: torch.Tensor, part: str):
+        self.base, self.indices = base, indices.tolist()
+        self.name = f"{jepa3d.optional(base, 'name') or type(base).__name__} ({part})"
+        self.classes = jepa3d.optional(base, "classes")
+        for attr in ("labels", "videos_of", "category"):  # per-item attributes, taken at the items
+            value = jepa3d.optional(base, attr)
+            setattr(self, attr, None if value is None else torch.as_tensor(value)[indices])
+        for attr in ("video_labels", "parts_of", "num_parts", "point_labels", "part_names", "teacher"):
+            setattr(self, attr, jepa3d.optional(base, attr))
+        fingerprint = jepa3d.optional(base, "fingerprint")
+        self.fingerprint = None if fingerprint is None else digest(np.frombuffer(f"{fingerprint} {part}".encode(),
+                                                                                  np.uint8), indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.base[self.indices[i]]
+
+    def clip_point_labels(self, i: int) -> torch.Tensor:
+        return self.base.clip_point_labels(self.indices[i])
+
+    def teacher_targets(self, i: int) -> torch.Tensor:
+        return self.base.teacher_targets(self.indices[i])
+
+
+def holdout(train, split: str):
+    """A train split's validation part (split "test") or the rest ("train"), as Holdout."""
+    labels = next((v for v in (jepa3d.optional(train, "labels"), jepa3d.optional(train, "category"))
+                   if v is not None), torch.zeros(len(train), dtype=torch.long))
+    val = validation_indices(labels, jepa3d.optional(train, "videos_of"))
+    if split == "test":
+        return Holdout(train, val, f"validation: {VALIDATION_FRACTION:.0%} of train, seed {VALIDATION_SEED}")
+    rest = torch.ones(len(train), dtype=torch.bool)
+    rest[val] = False
+    return Holdout(train, rest.nonzero().flatten(), "train less the validation split")
+
+
 # ----------------------------------------------------------------------------- opening datasets
 # Every layout, in the order detection tries them; `open_dataset`, `inspect` and the --dataset
 # choices all come from this table, so a new reader is one entry.
@@ -2818,7 +2885,8 @@ def open_split(data: dict, split: str, num_points: int, frames: int, clip_model:
     dataset = data["dataset"] or ("builtin4d" if data["data"] is None and clip_model else None)
     read = {k: data[k] for k in ("variant", "trust_pickle", "skip_bad", "frame_stride", "intrinsics", "min_depth",
                                  "max_depth") if data.get(k) is not None}  # None: ReadOptions' default
-    ds = open_dataset(data["data"], split, dataset, num_points=num_points, frames=frames, **read)
+    ds = open_dataset(data["data"], "train" if data.get("validation") else split, dataset, num_points=num_points,
+                      frames=frames, **read)
     if clip_model and not isinstance(ds, SequenceDataset):
         raise ValueError(f"the model takes clips of {frames} frames, but {ds.name} holds single clouds; give "
                          "sequence data (jepa3d inspect shows what a folder is)")
@@ -2829,7 +2897,7 @@ def open_split(data: dict, split: str, num_points: int, frames: int, clip_model:
         k = ds.intrinsics
         print(f"jepa3d: {ds.name}: depth back-projected with fx {k['fx']}, fy {k['fy']}, cx {k['cx']}, cy {k['cy']} "
               f"({k['source']})", file=sys.stderr)
-    return ds
+    return holdout(ds, split) if data.get("validation") else ds
 
 
 # The on-disk layouts each named fine-tuning task reads; another is refused, so a result is
@@ -3124,7 +3192,8 @@ def plot_run(run_dir: str | Path) -> Path:
         if key in rows[0]:
             axes[1].plot(steps, smooth(key), label=key)
     if probe:
-        axes[2].plot([p["step"] for p in probe], [p["probe_accuracy"] for p in probe], "o-", label="test")
+        axes[2].plot([p["step"] for p in probe], [p["probe_accuracy"] for p in probe], "o-",
+                     label=probe[-1].get("probe_split", "test"))
         axes[2].plot([p["step"] for p in probe], [p["probe_train_accuracy"] for p in probe], "o--", label="train")
     titles = ("loss (running mean)", "collapse monitors (0 = collapsed)",
               "linear probe accuracy (%)" + ("" if probe else ": pretrain --eval-every N"))

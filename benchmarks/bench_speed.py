@@ -635,7 +635,7 @@ def main():
 
     lines = [f"# Speed ({device}: {kind}, {threads} threads, torch {torch.__version__})", "",
              "`python benchmarks/bench_speed.py" + (f" --device {args.device}" if args.device != "auto" else "")
-             + "`; every figure from one run, best of "
+             + (f" --before {args.before}" if args.before else "") + "`; every figure from one run, best of "
              f"{args.repeats} where timed repeatedly.", "",
              f"## 1. Tokenization, B={args.batch}", "",
              "| task | method | clouds/s | jepa3d is faster by |", "|---|---|---|---|"]
