@@ -2733,7 +2733,8 @@ def visible_share(out: str | Path) -> float:
 
 
 # ----------------------------------------------------------------------------- the validation split
-VALIDATION_FRACTION, VALIDATION_SEED = 0.1, 0  # of each class of a train split, held out for every choice
+VALIDATION_FRACTION = 0.1  # of each class of a train split, held out for every choice
+VALIDATION_SEED = 0
 
 
 def validation_indices(labels: torch.Tensor, groups: torch.Tensor | None = None,

@@ -173,7 +173,9 @@ def test_pretrain_draws_its_learning_curve_and_resumes_it(tmp_path):
            "--eval-data", tmp_path, "--out", out)
     probe = [json.loads(line) for line in (out / "probe.jsonl").read_text().splitlines()]
     assert [p["step"] for p in probe] == [0, 2, 4] and all(0 < p["probe_accuracy"] <= 100 for p in probe)
-    assert probe[0]["probe"].endswith("on npz-train -> npz-test")  # the probe read --eval-data
+    # the probe read --eval-data's train split: less its validation part -> the validation part
+    assert probe[0]["probe"].endswith("on npz-train (train less the validation split) -> npz-train (validation: "
+                                      "10% of train, seed 0)") and probe[0]["probe_split"] == "validation"
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     jepa3d("pretrain", "--out", out, "--resume", "--max-steps", "6", "--eval-every", "2")
     probe = [json.loads(line) for line in (out / "probe.jsonl").read_text().splitlines()]
