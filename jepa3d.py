@@ -66,12 +66,12 @@ _LEGACY_TRAIN_FIELDS = {"subsample": "fps"}
 
 __all__ = [
     # configs
-    "ModelConfig", "TrainConfig", "FinetuneConfig", "FinetuneRun", "ProbeConfig", "FewShotConfig", "PointProbeConfig", "EmbedConfig",
-    "PRESETS",
+    "ModelConfig", "TrainConfig", "FinetuneConfig", "FinetuneRun", "ProbeConfig", "FewShotConfig", "PointProbeConfig",
+    "EmbedConfig", "PRESETS",
     "TASK_GEOMETRY", "FORMAT_VERSION", "make_configs", "config_from_json", "choices_of",
     # runtime
-    "RuntimeConfig", "set_threads", "auto_threads", "cpu_threads", "resolve_device", "resolve_precision", "cpu_has_bf16",
-    "autocast",
+    "RuntimeConfig", "set_threads", "auto_threads", "cpu_threads", "resolve_device", "resolve_precision",
+    "cpu_has_bf16", "autocast",
     "grad_scaler", "Progress", "progress_callback",
     # geometry
     "gather", "farthest_point_sample", "knn", "group_points", "fit_index", "take_points", "fit_points", "interpolate",
@@ -574,8 +574,7 @@ def cpu_has_bf16() -> bool:
     forced = os.environ.get("JEPA3D_CPU_BF16", "")
     if forced in ("0", "1"):
         return forced == "1"
-    cpu = getattr(torch, "cpu", None)
-    return any(getattr(cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return any(getattr(torch.cpu, f, lambda: False)() for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
 def autocast(device: torch.device, amp_dtype: torch.dtype | None) -> torch.autocast:
@@ -880,7 +879,7 @@ class MiniPointNet(nn.Module):
         rows), gradients summed slice by slice (equal up to rounding); the teacher's embedding
         1.4x faster, the `small` step 2x in fp32 (benchmarks/speed_cpu.md, section 4)."""
         K = patches.shape[-2]
-        if patches.device.type != "cpu" or patches[..., 0, 0].numel() * K <= _EMBED_SLICE:
+        if patches.device.type != "cpu" or patches.shape[:-1].numel() <= _EMBED_SLICE:           # points
             return self._embed(patches)
         flat, step = patches.flatten(0, -3), max(1, _EMBED_SLICE // K)      # (n, K, c), patches per slice
         return torch.cat([self._embed(flat[i:i + step]) for i in range(0, len(flat), step)]).view(
@@ -1514,12 +1513,9 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig | FinetuneConfig) -> torch
         if p.requires_grad:
             (no_decay if p.ndim < 2 or "token" in name else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if all(p.device.type == "cpu" for p in decay + no_decay):
-        try:  # one fused kernel instead of ~10 ops per parameter: 3x faster on a CPU (torch >= 2.4)
-            return torch.optim.AdamW(groups, lr=cfg.lr, fused=True)
-        except (RuntimeError, ValueError, TypeError):
-            pass
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+    on_cpu = all(p.device.type == "cpu" for p in decay + no_decay)  # fused: one kernel, not ~10 ops a parameter
+    fused = on_cpu and tuple(map(int, torch.__version__.split(".")[:2])) >= (2, 4)  # 3x on a CPU (torch >= 2.4)
+    return torch.optim.AdamW(groups, lr=cfg.lr, **({"fused": True} if fused else {}))
 
 
 def _optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
@@ -1832,6 +1828,7 @@ class PointDataset(torch.utils.data.Dataset):
     skipped: tuple = ()                         # files a folder dataset left out (--skip-bad)
     files_read: int | None = None               # files a folder dataset looked at
     fingerprint: str | None = None              # a digest of the contents: a resumed run must read the same data
+    validation: bool = False                    # a train split's held-out part (--validation), scored as test is
 
     def clip_point_labels(self, i: int) -> torch.Tensor:
         """Item i's per-point labels, (T, P), aligned with its points (datasets with point_labels)."""
@@ -1847,6 +1844,11 @@ def optional(dataset, name: str):
     """A declared optional attribute of any dataset: its own value, or PointDataset's default
     (an undeclared name is an AttributeError)."""
     return getattr(dataset, name, getattr(PointDataset, name))
+
+
+def _scored_split(dataset) -> str:
+    """What a probe scored on: the validation part of a train split, or the test split."""
+    return "validation" if optional(dataset, "validation") else "test"
 
 
 # ----------------------------------------------------------------------------- pretraining loop
@@ -2297,7 +2299,7 @@ def _probe_step(run: _Run, eval_sets: tuple, step: int, path: Path, seed: int) -
                    for ds in eval_sets)
     model.train()  # extract_features put the encoder in eval mode
     score = fit_and_score("svc", train, test, len(eval_sets[0].classes))
-    split = "validation" if "validation" in (optional(eval_sets[1], "name") or "") else "test"
+    split = _scored_split(eval_sets[1])
     record = {"step": step, "probe_accuracy": score["accuracy"], "probe_train_accuracy": score["train_accuracy"],
               "probe_split": split,
               "probe": _PROBE_PROTOCOLS["svc"].format(C=ProbeConfig.C) + f" on {optional(eval_sets[0], 'name')} -> "
@@ -2838,7 +2840,7 @@ def linear_probe(encoder: Encoder, cfg: ModelConfig, train_set, test_set, probe:
     train, test = feats["train"], feats["test"]
     check_classes(train["labels"], optional(train_set, "name"))
     n = len(train_set.classes)
-    split = "validation" if "validation" in (optional(test_set, "name") or "") else "test"  # --validation
+    split = _scored_split(test_set)
     result = {"data": optional(train_set, "name"), "scored_on": optional(test_set, "name"),
               "train_clouds": len(train["labels"]), "test_clouds": len(test["labels"]),
               "protocol": {"features": "concat(max, mean) of the last-layer tokens, frozen",

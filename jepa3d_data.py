@@ -2757,8 +2757,8 @@ class Holdout(jepa3d.PointDataset):
     """The items `indices` of a train split `base`: its validation part or the rest (open_split
     with the validation option). Keeps base's declared attributes, restricted to those items."""
 
-    def __init__(self, base, indices: torch.Tensor, part: str):
-        self.base, self.indices = base, indices.tolist()
+    def __init__(self, base, indices: torch.Tensor, part: str, validation: bool = False):
+        self.base, self.indices, self.validation = base, indices.tolist(), validation
         self.name = f"{jepa3d.optional(base, 'name') or type(base).__name__} ({part})"
         self.classes = jepa3d.optional(base, "classes")
         for attr in ("labels", "videos_of", "category"):  # per-item attributes, taken at the items
@@ -2789,7 +2789,7 @@ def holdout(train, split: str):
                    if v is not None), torch.zeros(len(train), dtype=torch.long))
     val = validation_indices(labels, jepa3d.optional(train, "videos_of"))
     if split == "test":
-        return Holdout(train, val, f"validation: {VALIDATION_FRACTION:.0%} of train, seed {VALIDATION_SEED}")
+        return Holdout(train, val, f"validation: {VALIDATION_FRACTION:.0%} of train, seed {VALIDATION_SEED}", True)
     rest = torch.ones(len(train), dtype=torch.bool)
     rest[val] = False
     return Holdout(train, rest.nonzero().flatten(), "train less the validation split")

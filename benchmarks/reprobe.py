@@ -27,11 +27,10 @@ def export(checkpoint: str, data: str, out: str) -> None:
     import jepa3d_data
 
     encoder, cfg, source = jepa3d.load_encoder(checkpoint)
-    arrays = {"source": np.array(f"{source}; jepa3d.extract_features, batch {jepa3d.ProbeConfig.batch_size}, seed 0")}
+    arrays = {"source": np.array(f"{source}; jepa3d.embed, batch {jepa3d.ProbeConfig.batch_size}, seed 0")}
     for split in ("train", "test"):
         ds = jepa3d_data.open_dataset(data, split, num_points=cfg.num_points)
-        feats = jepa3d.extract_features(encoder, cfg, ds, torch.device("cpu"),
-                                        amp_dtype=jepa3d.resolve_precision("auto", torch.device("cpu")))
+        feats = jepa3d.embed(encoder, cfg, ds)  # what linear-probe fits: same batches, seed, precision
         arrays[f"{split}_features"] = feats["features"].numpy().astype(np.float16)
         arrays[f"{split}_labels"] = feats["labels"].numpy().astype(np.int16)
         arrays["classes"] = np.array(list(ds.classes))

@@ -29,7 +29,7 @@ def test_the_validation_option_reads_train_as_train_less_val_and_val():
     val = jepa3d_data.open_split(data, "test", 256, 16, False)
     train = jepa3d_data.open_split({"data": None, "dataset": None}, "train", 256, 16, False)
     assert len(fit) + len(val) == len(train) and not set(fit.indices) & set(val.indices)
-    assert "validation" in val.name and val.classes == train.classes
+    assert "validation" in val.name and val.validation and not fit.validation and val.classes == train.classes
     assert torch.equal(val[0][0], train[val.indices[0]][0]) and int(val.labels[0]) == int(train.labels[val.indices[0]])
     assert fit.fingerprint != val.fingerprint != train.fingerprint
 
