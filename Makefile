@@ -29,7 +29,8 @@ demo: install
 	$(PYTHON) -m jepa3d pretrain --out $(RUN) --resume --eval-every 370
 	$(PYTHON) -m jepa3d mask-preview --checkpoint $(RUN)/checkpoint.safetensors --out $(RUN)/mask_preview.ply
 	# did it help? the teacher's features against a random-init encoder, on held-out built-in shapes
-	$(PYTHON) -m jepa3d linear-probe --checkpoint $(RUN)/checkpoint.safetensors --against-random --out $(RUN)/probe
+	$(PYTHON) -m jepa3d linear-probe --checkpoint $(RUN)/checkpoint.safetensors --classifier evidence --against-random \
+		--out $(RUN)/probe
 
 test: install-test
 	$(PYTHON) -m pytest -q

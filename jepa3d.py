@@ -94,6 +94,7 @@ __all__ = [
     "epoch_batches", "shard", "distributed_env", "params_digest",
     # downstream
     "pool", "encode", "extract_features", "OneVsOne", "fit_svc", "fit_linear", "fit_classifier", "fit_and_score",
+    "VALIDATION_FRACTION", "VALIDATION_SEED", "validation_indices", "PROBE_C_GRID", "choose_C", "mcnemar", "PROBE_SETS",
     "accuracy", "video_accuracy", "sample_episode", "Relabelled", "draw_episodes",
     "ClassificationHead", "Classifier", "seg_layers", "part_miou", "restrict_to_category", "Segmenter", "make_head",
     "evaluate", "embed", "linear_probe", "point_features", "point_probe", "few_shot", "finetune",
@@ -394,10 +395,13 @@ class FinetuneRun:
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    classifier: str = _opt("svc", "svc: the peers' linear SVM (scikit-learn's SVC(kernel='linear'): hinge, "
-                           "one-vs-one, unpenalised intercept); linear-svc: LinearSVC's objective (squared hinge, "
-                           "one-vs-rest, usually higher on the same features); logreg: logistic regression; both: "
-                           "svc and logreg; all: the three", choices=("svc", "linear-svc", "logreg", "both", "all"))
+    classifier: str = _opt("svc", "svc: the peers' linear SVM at --C (scikit-learn's SVC(kernel='linear'): hinge, "
+                           "one-vs-one, unpenalised intercept); svc-val: the same SVM, its C chosen on the "
+                           "validation part of the train split; svc-val-z: so on z-scored features; linear-svc: "
+                           "LinearSVC's objective (squared hinge, one-vs-rest); logreg: logistic regression; both: "
+                           "svc and logreg; evidence: svc, svc-val, svc-val-z and logreg (a fixed C under-fits small "
+                           "features: report it beside the scale-free probes); all: the five",
+                           choices=("svc", "svc-val", "svc-val-z", "linear-svc", "logreg", "both", "evidence", "all"))
     C: float = _opt(0.012, "SVM regularisation: larger C fits the train split harder (JEPA lineage: 0.012, "
                     "from Point-M2AE)", min=0.0, min_open=True)
     logreg_C: float = _opt(1.0, "logistic-regression regularisation (scikit-learn's default)", min=0.0, min_open=True)
@@ -2411,6 +2415,27 @@ def extract_features(encoder: Encoder, cfg: ModelConfig, dataset, device: torch.
     return {k: torch.cat(v) for k, v in out.items() if v}
 
 
+VALIDATION_FRACTION = 0.1  # of each class of a train split, held out for every choice
+VALIDATION_SEED = 0
+
+
+def validation_indices(labels: torch.Tensor, groups: torch.Tensor | None = None,
+                       fraction: float = VALIDATION_FRACTION, seed: int = VALIDATION_SEED) -> torch.Tensor:
+    """The validation part of a train split: per class a seeded ~`fraction` of its units (its
+    items, or with `groups` the videos its clips are cut from, so no video sits on both sides),
+    at least one unit of every class that has two. labels (N,), groups (N,) -> sorted indices."""
+    labels = torch.as_tensor(labels).long()
+    units = torch.arange(len(labels)) if groups is None else torch.as_tensor(groups).long()
+    g = torch.Generator().manual_seed(seed)
+    chosen = [torch.empty(0, dtype=torch.long)]
+    for c in torch.unique(labels).tolist():
+        members = torch.unique(units[labels == c])                            # sorted: the draw is reproducible
+        if len(members) >= 2:
+            chosen.append(members[torch.randperm(len(members), generator=g)[:max(1, round(fraction * len(members)))]])
+    return torch.isin(units, torch.cat(chosen)).nonzero().flatten()
+
+
+
 @dataclass
 class OneVsOne:
     """A linear SVC of libsvm's kind: one binary SVM per pair of classes, decision
@@ -2527,27 +2552,76 @@ def fit_classifier(kind: str, x: torch.Tensor, y: torch.Tensor, num_classes: int
     return lambda features: (features @ W + b).argmax(-1)
 
 
-def fit_and_score(kind: str, train: dict, test: dict, num_classes: int, probe: ProbeConfig = ProbeConfig()) -> dict:
+PROBE_C_GRID = tuple(float(f"{10 ** (e / 2):.2g}") for e in range(-8, 5))  # 1e-4, 3.2e-4, ..., 100: half decades
+
+
+def choose_C(train: dict, num_classes: int, grid: tuple = PROBE_C_GRID, patience: int = 2) -> tuple[float, dict]:
+    """The SVC's C chosen on the train split alone: fit on it less its validation part
+    (validation_indices; clips grouped by video), scored on that part, walking `grid` upwards
+    until the accuracy has been below its best `patience` steps in a row (a plateau of tiny C,
+    where every multiplier sits at its bound, walks on) or is 100; the best C, the smaller on ties.
+    train {'features' (N, F), 'labels' (N,)} -> (C, {C: validation accuracy in %})."""
+    x, y = train["features"], train["labels"]
+    val = validation_indices(y, train.get("videos"))
+    fit = torch.ones(len(y), dtype=torch.bool)
+    fit[val] = False
+    curve, best, below = {}, grid[0], 0
+    for C in grid:
+        curve[C] = 100 * (fit_svc(x[fit], y[fit], num_classes, C=C).predict(x[val]) == y[val]).float().mean().item()
+        best = C if curve[C] > curve[best] else best
+        below = below + 1 if curve[C] < curve[best] else 0
+        if below >= patience or curve[best] == 100:
+            break
+    return best, curve
+
+
+def mcnemar(correct_a: torch.Tensor, correct_b: torch.Tensor) -> dict:
+    """The exact McNemar test of two classifiers scored on the same items, correct_a/b (N,) bool:
+    of the items only one gets right, is A's share different from one half? -> {'a_only',
+    'b_only', 'p_value' (two-sided, the binomial's exact tail)}."""
+    b, c = int((correct_a & ~correct_b).sum()), int((~correct_a & correct_b).sum())
+    n = b + c
+    tail = sum(math.exp(math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) - n * math.log(2))
+               for i in range(min(b, c) + 1))
+    return {"a_only": b, "b_only": c, "p_value": min(1.0, 2 * tail) if n else 1.0}
+
+
+def fit_and_score(kind: str, train: dict, test: dict, num_classes: int, probe: ProbeConfig = ProbeConfig(),
+                  keep_predictions: bool = False) -> dict:
     """Fit classifier `kind` on train features {'features', 'labels'} and score it -> {'accuracy',
-    'class_mean_accuracy', 'per_class_accuracy' (by class index; None where the test split has
-    none) on test, 'train_accuracy', 'fit_seconds'} (in %). Every probe uses it."""
-    t = time.time()
+    'standard_error' (of the accuracy over the test items), 'class_mean_accuracy',
+    'per_class_accuracy' (by class index; None where the test split has none) on test,
+    'train_accuracy', 'fit_seconds'} (in %), with 'C' and its 'validation_curve' for svc-val[-z]
+    and the test 'predictions' (N,) with keep_predictions. Every probe uses it."""
+    t, chosen = time.time(), {}
+    if kind.endswith("-z"):  # z-scored by the train split's mean and deviation: no feature's scale counts
+        mean, std = train["features"].mean(0), train["features"].std(0).clamp_min(1e-6)
+        train, test = ({**d, "features": (d["features"] - mean) / std} for d in (train, test))
+    if kind.startswith("svc-val"):
+        C, curve = choose_C(train, num_classes)
+        kind, probe, chosen = "svc", dataclasses.replace(probe, C=C), {"C": C, "validation_curve": curve}
     predict = fit_classifier(kind, train["features"], train["labels"], num_classes, probe)
     pred = predict(test["features"])
     oa, macc = accuracy(pred, test["labels"], num_classes)
     train_oa, _ = accuracy(predict(train["features"]), train["labels"], num_classes)
     y = test["labels"]
-    result = {"accuracy": oa, "class_mean_accuracy": macc, "train_accuracy": train_oa,
+    result = {"accuracy": oa, "standard_error": math.sqrt(oa * (100 - oa) / len(y)), "class_mean_accuracy": macc,
+              "train_accuracy": train_oa, **chosen,
               "per_class_accuracy": [round(100 * (pred[y == c] == c).float().mean().item(), 2) if (y == c).any()
                                      else None for c in range(num_classes)]}
     if "videos" in test:  # clips of videos: also the vote of each video's clips
         result["video_accuracy"], result["video_class_mean_accuracy"] = video_accuracy(
             F.one_hot(pred, num_classes), test["videos"], test["video_labels"], num_classes)
-    return {**result, "fit_seconds": round(time.time() - t, 2)}
+    return {**result, "fit_seconds": round(time.time() - t, 2), **({"predictions": pred} if keep_predictions else {})}
 
 
+PROBE_SETS = {"both": ("svc", "logreg"), "evidence": ("svc", "svc-val", "svc-val-z", "logreg"),
+              "all": ("svc", "svc-val", "svc-val-z", "linear-svc", "logreg")}
 _PROBE_PROTOCOLS = {  # what each classifier of the probe is, as the results record it
     "svc": "libsvm SVC(kernel='linear', C={C}): hinge loss, one-vs-one voting, unpenalised intercept, tol 1e-3",
+    "svc-val": "the same SVC, C from {grid} chosen on the train split's own validation part (10%, seeded), then "
+               "refit on all of it",
+    "svc-val-z": "svc-val on features z-scored by the train split's mean and deviation",
     "linear-svc": "LinearSVC's objective (C={C}): squared hinge, one-vs-rest, penalised intercept",
     "logreg": "multinomial logistic regression (C={logreg_C})",
 }
@@ -2828,43 +2902,51 @@ def embed(encoder: Encoder, cfg: ModelConfig, dataset, *, device: torch.device =
 def linear_probe(encoder: Encoder, cfg: ModelConfig, train_set, test_set, probe: ProbeConfig = ProbeConfig(), *,
                  device: torch.device = torch.device("cpu"), seed: int = 0, precision: str = "auto") -> dict:
     """Frozen encoder, concat(max, mean) features of both splits, a linear classifier fit on
-    the train split (probe.classifier: svc, linear-svc, logreg or both) -> the result `jepa3d
-    linear-probe` prints: test accuracy and class-mean accuracy per classifier, and the protocol.
-    probe.against_random: also the same probe of a random-init encoder of the same configuration
-    and seed, and the gain (did pretraining help?)."""
-    feats = {}
-    for split, ds in (("train", train_set), ("test", test_set)):
-        print(f"features of {len(ds)} {split} clouds ({optional(ds, 'name')})", file=sys.stderr)
-        feats[split] = embed(encoder, cfg, ds, device=device, seed=seed, precision=precision,
-                             batch_size=probe.batch_size)
-    train, test = feats["train"], feats["test"]
-    check_classes(train["labels"], optional(train_set, "name"))
-    n = len(train_set.classes)
-    split = _scored_split(test_set)
+    the train split (probe.classifier: one kind or a set of PROBE_SETS) -> the result `jepa3d
+    linear-probe` prints: per classifier the test accuracy, its standard error and the class-mean
+    accuracy, and the protocol. probe.against_random: also the same probes of a random-init
+    encoder of the same configuration and seed, the gain, and McNemar's paired test of the two
+    on the same test items (did pretraining help?)."""
+    n, split = len(train_set.classes), _scored_split(test_set)
+    kinds = PROBE_SETS.get(probe.classifier, (probe.classifier,))
+    encoders = {"pretrained": encoder, **({"random_init": random_encoder(cfg, seed)} if probe.against_random else {})}
+    scores: dict[str, dict] = {}
+    for name, enc in encoders.items():
+        if name == "random_init":
+            print(f"random-init encoder (seed {seed}), same configuration:", file=sys.stderr)
+        feats = {}
+        for part, ds in (("train", train_set), ("test", test_set)):
+            print(f"features of {len(ds)} {part} clouds ({optional(ds, 'name')})", file=sys.stderr)
+            feats[part] = embed(enc, cfg, ds, device=device, seed=seed, precision=precision,
+                                batch_size=probe.batch_size)
+        check_classes(feats["train"]["labels"], optional(train_set, "name"))
+        scores[name] = {}
+        for kind in kinds:
+            score = scores[name][kind.replace("-", "_")] = fit_and_score(kind, feats["train"], feats["test"], n,
+                                                                         probe, keep_predictions=True)
+            chosen = f" (C={score['C']:g} chosen on validation)" if "C" in score else ""
+            print(f"{kind}{chosen}: {split} accuracy {score['accuracy']:.2f} +- {score['standard_error']:.2f} "
+                  f"(class mean {score['class_mean_accuracy']:.2f}), train {score['train_accuracy']:.2f}",
+                  file=sys.stderr)
+    y = feats["test"]["labels"]
+    right = {name: {k: v.pop("predictions") == y for k, v in by_kind.items()} for name, by_kind in scores.items()}
     result = {"data": optional(train_set, "name"), "scored_on": optional(test_set, "name"),
-              "train_clouds": len(train["labels"]), "test_clouds": len(test["labels"]),
+              "train_clouds": len(feats["train"]["labels"]), "test_clouds": len(y),
               "protocol": {"features": "concat(max, mean) of the last-layer tokens, frozen",
                            "num_points": cfg.num_points, "num_groups": cfg.num_groups,
-                           "group_size": cfg.group_size, "seed": seed}}
-    kinds = {"both": ("svc", "logreg"), "all": ("svc", "linear-svc", "logreg")}.get(probe.classifier,
-                                                                                   (probe.classifier,))
-    for kind in kinds:
-        score = result[kind.replace("-", "_")] = fit_and_score(kind, train, test, n, probe)
-        result["protocol"][kind] = _PROBE_PROTOCOLS[kind].format(C=probe.C, logreg_C=probe.logreg_C)
-        print(f"{kind}: {split} accuracy {score['accuracy']:.2f} (class mean {score['class_mean_accuracy']:.2f}), "
-              f"train {score['train_accuracy']:.2f}", file=sys.stderr)
-    result["classes"] = list(optional(train_set, "classes"))
+                           "group_size": cfg.group_size, "seed": seed,
+                           **{k: _PROBE_PROTOCOLS[k].format(C=probe.C, logreg_C=probe.logreg_C, grid=PROBE_C_GRID)
+                              for k in kinds}},
+              **scores["pretrained"], "classes": list(optional(train_set, "classes"))}
     if probe.against_random:
-        print(f"random-init encoder (seed {seed}), same configuration:", file=sys.stderr)
-        baseline = linear_probe(random_encoder(cfg, seed), cfg, train_set, test_set,
-                                dataclasses.replace(probe, against_random=False), device=device, seed=seed,
-                                precision=precision)
-        kinds = [k for k in ("svc", "linear_svc", "logreg") if k in result]
-        result["random_init"] = {k: baseline[k] for k in kinds}
-        result["gain_over_random_init"] = {k: result[k]["accuracy"] - baseline[k]["accuracy"] for k in kinds}
+        pre = scores["pretrained"]
+        rand = result["random_init"] = scores["random_init"]
+        result["gain_over_random_init"] = {k: pre[k]["accuracy"] - rand[k]["accuracy"] for k in pre}
+        result["mcnemar_vs_random_init"] = {  # a_only: the items only the pretrained encoder's probe gets right
+            k: mcnemar(right["pretrained"][k], right["random_init"][k]) for k in pre}
         print("pretrained vs random init: " + ", ".join(
-            f"{k} {result[k]['accuracy']:.2f} vs {baseline[k]['accuracy']:.2f} "
-            f"({result['gain_over_random_init'][k]:+.2f})" for k in kinds), file=sys.stderr)
+            f"{k} {pre[k]['accuracy']:.2f} vs {rand[k]['accuracy']:.2f} ({result['gain_over_random_init'][k]:+.2f}, "
+            f"McNemar p={result['mcnemar_vs_random_init'][k]['p_value']:.2g})" for k in pre), file=sys.stderr)
     return result
 
 

@@ -67,7 +67,7 @@ __all__ = [
     # augmentation
     "scale_translate", "rotate_up", "jitter", "AUGMENTATIONS", "augmentation",
     # the validation split
-    "VALIDATION_FRACTION", "VALIDATION_SEED", "validation_indices", "Holdout", "holdout",
+    "Holdout", "holdout",
     # outputs
     "write_result", "write_mask_ply", "plot_run", "plot_or_say",
 ]
@@ -2733,26 +2733,6 @@ def visible_share(out: str | Path) -> float:
 
 
 # ----------------------------------------------------------------------------- the validation split
-VALIDATION_FRACTION = 0.1  # of each class of a train split, held out for every choice
-VALIDATION_SEED = 0
-
-
-def validation_indices(labels: torch.Tensor, groups: torch.Tensor | None = None,
-                       fraction: float = VALIDATION_FRACTION, seed: int = VALIDATION_SEED) -> torch.Tensor:
-    """The validation part of a train split: per class a seeded ~`fraction` of its units (its
-    items, or with `groups` the videos its clips are cut from, so no video sits on both sides),
-    at least one unit of every class that has two. labels (N,), groups (N,) -> sorted indices."""
-    labels = torch.as_tensor(labels).long()
-    units = torch.arange(len(labels)) if groups is None else torch.as_tensor(groups).long()
-    g = torch.Generator().manual_seed(seed)
-    chosen = [torch.empty(0, dtype=torch.long)]
-    for c in torch.unique(labels).tolist():
-        members = torch.unique(units[labels == c])                            # sorted: the draw is reproducible
-        if len(members) >= 2:
-            chosen.append(members[torch.randperm(len(members), generator=g)[:max(1, round(fraction * len(members)))]])
-    return torch.isin(units, torch.cat(chosen)).nonzero().flatten()
-
-
 class Holdout(jepa3d.PointDataset):
     """The items `indices` of a train split `base`: its validation part or the rest (open_split
     with the validation option). Keeps base's declared attributes, restricted to those items."""
@@ -2787,9 +2767,10 @@ def holdout(train, split: str):
     """A train split's validation part (split "test") or the rest ("train"), as Holdout."""
     labels = next((v for v in (jepa3d.optional(train, "labels"), jepa3d.optional(train, "category"))
                    if v is not None), torch.zeros(len(train), dtype=torch.long))
-    val = validation_indices(labels, jepa3d.optional(train, "videos_of"))
+    val = jepa3d.validation_indices(labels, jepa3d.optional(train, "videos_of"))  # in jepa3d: the probes use it too
     if split == "test":
-        return Holdout(train, val, f"validation: {VALIDATION_FRACTION:.0%} of train, seed {VALIDATION_SEED}", True)
+        part = f"validation: {jepa3d.VALIDATION_FRACTION:.0%} of train, seed {jepa3d.VALIDATION_SEED}"
+        return Holdout(train, val, part, True)
     rest = torch.ones(len(train), dtype=torch.bool)
     rest[val] = False
     return Holdout(train, rest.nonzero().flatten(), "train less the validation split")

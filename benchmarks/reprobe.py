@@ -1,13 +1,19 @@
 """Re-probe the frozen features a headline run left behind, without re-training:
 
-    python benchmarks/reprobe.py benchmarks/features_tw40_bf16_s0.npz [--classifier all] [--C 0.012]
-    python benchmarks/reprobe.py --export R/checkpoint.safetensors --data DIR --out F.npz   # make one
+    python benchmarks/reprobe.py F.npz [--classifier evidence] [--C 0.012] [--on validation|test]
+    python benchmarks/reprobe.py F.npz --against G.npz        # paired: McNemar on the same items
+    python benchmarks/reprobe.py --export R/checkpoint.safetensors --data DIR --out F.npz [--random-init]
 
 A features file holds, per split (train, test), `<split>_features` (N, 2D) float16 (the
-concat(max, mean) pooled tokens of the EMA teacher, as `jepa3d linear-probe` fits) and
-`<split>_labels` (N,), plus `classes` and `source` (the checkpoint and command). The probe is
-jepa3d's own (`fit_and_score`), so it gives `linear-probe`'s numbers on these features up to
-their fp16 rounding.
+concat(max, mean) pooled tokens of an encoder, as `jepa3d linear-probe` fits) and
+`<split>_labels` (N,), plus `classes` and `source` (the checkpoint and command). The validation
+split is not stored: it is the train split's own seeded 10% (jepa3d.validation_indices), so
+`--on validation` fits train-less-validation and scores validation, the split every choice is
+made on; `--on test` fits all of train and scores test (read it once per reported run). The
+probe is jepa3d's own (`fit_and_score`), so it gives `linear-probe`'s numbers on these features
+up to their fp16 rounding. `--random-init` exports a random-init encoder of the checkpoint's
+configuration (seed 0, what `linear-probe --against-random` compares with), `--encoder context`
+the student instead of the EMA teacher.
 """
 import argparse
 import json
@@ -22,11 +28,14 @@ sys.path.insert(0, str(ROOT))
 import jepa3d  # noqa: E402
 
 
-def export(checkpoint: str, data: str, out: str) -> None:
-    """Embed train and test of `data` with the checkpoint's teacher into one fp16 npz."""
+def export(checkpoint: str, data: str, out: str, random_init: bool = False, which: str = "target") -> None:
+    """Embed train and test of `data` with the checkpoint's teacher (which='context': its
+    student; random_init: a random-init encoder of its configuration) into one fp16 npz."""
     import jepa3d_data
 
-    encoder, cfg, source = jepa3d.load_encoder(checkpoint)
+    encoder, cfg, source = jepa3d.load_encoder(checkpoint, which)
+    if random_init:
+        encoder, source = jepa3d.random_encoder(cfg, 0), f"random-init encoder (seed 0) of {checkpoint}'s config"
     arrays = {"source": np.array(f"{source}; jepa3d.embed, batch {jepa3d.ProbeConfig.batch_size}, seed 0")}
     for split in ("train", "test"):
         ds = jepa3d_data.open_dataset(data, split, num_points=cfg.num_points)
@@ -38,33 +47,74 @@ def export(checkpoint: str, data: str, out: str) -> None:
     print(f"{out}: {Path(out).stat().st_size / 1e6:.1f} MB", file=sys.stderr)
 
 
-def reprobe(path: str, classifier: str, C: float) -> dict:
+def splits(path: str, on: str) -> tuple[dict, dict, np.lib.npyio.NpzFile]:
+    """(fit, scored) feature dicts of a features file: train -> test, or train less its
+    validation part -> that part."""
     z = np.load(path)
-    split = {s: {"features": torch.from_numpy(z[f"{s}_features"].astype(np.float32)),
-                 "labels": torch.from_numpy(z[f"{s}_labels"].astype(np.int64))} for s in ("train", "test")}
-    probe = jepa3d.ProbeConfig(classifier=classifier, C=C)
-    kinds = {"both": ("svc", "logreg"), "all": ("svc", "linear-svc", "logreg")}.get(classifier, (classifier,))
-    result = {"file": path, "source": str(z["source"]), "train": len(split["train"]["labels"]),
-              "test": len(split["test"]["labels"])}
-    for kind in kinds:
-        score = jepa3d.fit_and_score(kind, split["train"], split["test"], len(z["classes"]), probe)
-        result[kind] = {k: score[k] for k in ("accuracy", "class_mean_accuracy", "train_accuracy")}
+    part = {s: {"features": torch.from_numpy(z[f"{s}_features"].astype(np.float32)),
+                "labels": torch.from_numpy(z[f"{s}_labels"].astype(np.int64))} for s in ("train", "test")}
+    if on == "test":
+        return part["train"], part["test"], z
+    val = jepa3d.validation_indices(part["train"]["labels"])
+    rest = torch.ones(len(part["train"]["labels"]), dtype=torch.bool)
+    rest[val] = False
+    return ({k: v[rest] for k, v in part["train"].items()}, {k: v[val] for k, v in part["train"].items()}, z)
+
+
+def reprobe(path: str, classifier: str, C: float, on: str = "test", against: str | None = None) -> dict:
+    """The probes of `classifier` (a kind or a set of jepa3d.PROBE_SETS) on a features file; with
+    `against` also on a second file of the same items, the difference and McNemar's test."""
+    probe = jepa3d.ProbeConfig(C=C)
+    result = {"file": path, "on": on}
+    scored = {}
+    for name, file in (("a", path), ("b", against)):
+        if file is None:
+            continue
+        fit, test, z = splits(file, on)
+        result.update({f"source_{name}" if against else "source": str(z["source"]), "fit": len(fit["labels"]),
+                       "scored": len(test["labels"])})
+        if name == "b" and not torch.equal(test["labels"], scored["labels"]):
+            raise SystemExit(f"{against}: not the same items as {path} (labels differ); a paired test needs both")
+        scored = {"labels": test["labels"]}
+        for kind in jepa3d.PROBE_SETS.get(classifier, (classifier,)):
+            score = jepa3d.fit_and_score(kind, fit, test, len(z["classes"]), probe, keep_predictions=True)
+            scored[kind] = score.pop("predictions") == test["labels"]
+            keep = ("accuracy", "standard_error", "class_mean_accuracy", "train_accuracy", "C", "validation_curve")
+            result.setdefault(kind, {})[name if against else "score"] = {k: score[k] for k in keep if k in score}
+        if name == "a":
+            first = scored
+    if against:
+        for kind in jepa3d.PROBE_SETS.get(classifier, (classifier,)):
+            r = result[kind]
+            r["difference"] = r["a"]["accuracy"] - r["b"]["accuracy"]
+            r["mcnemar"] = jepa3d.mcnemar(first[kind], scored[kind])
+    else:
+        result = {**{k: v for k, v in result.items() if not isinstance(v, dict)},
+                  **{k: v["score"] for k, v in result.items() if isinstance(v, dict)}}
     return result
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("features", nargs="?", help="a features .npz to probe")
-    ap.add_argument("--classifier", default="all", choices=("svc", "linear-svc", "logreg", "both", "all"))
-    ap.add_argument("--C", type=float, default=jepa3d.ProbeConfig.C)
+    ap.add_argument("--classifier", default="all", choices=tuple(jepa3d.ProbeConfig.__dataclass_fields__[
+        "classifier"].metadata["choices"]))
+    ap.add_argument("--C", type=float, default=jepa3d.ProbeConfig.C, help="the fixed C of svc and linear-svc")
+    ap.add_argument("--on", default="test", choices=("validation", "test"),
+                    help="validation: fit train less the validation split, score it (for choices); test: fit "
+                         "train, score test (once per reported run)")
+    ap.add_argument("--against", metavar="NPZ", help="a second features file of the same items: paired test")
     ap.add_argument("--export", metavar="CHECKPOINT", help="write a features file from a checkpoint instead")
+    ap.add_argument("--random-init", action="store_true", help="with --export: a random-init encoder of its config")
+    ap.add_argument("--encoder", default="target", choices=("target", "context"),
+                    help="with --export: the EMA teacher or the student (context encoder)")
     ap.add_argument("--data", help="with --export: the labelled data (train and test splits)")
     ap.add_argument("--out", help="with --export: the .npz to write")
     args = ap.parse_args()
     if args.export:
-        export(args.export, args.data, args.out)
+        export(args.export, args.data, args.out, args.random_init, args.encoder)
     else:
-        print(json.dumps(reprobe(args.features, args.classifier, args.C)))
+        print(json.dumps(reprobe(args.features, args.classifier, args.C, args.on, args.against)))
 
 
 if __name__ == "__main__":
