@@ -39,7 +39,7 @@ __all__ = [
     "DEFAULT_VARIANT", "SCANOBJECTNN_FILES",
     # datasets and the built-in shapes
     "digest", "files_digest", "ArrayDataset", "normalize", "normalize_batch", "BUILTIN_CLASSES", "PART_ROLES",
-    "make_shape", "builtin_dataset", "builtin_parts_dataset",
+    "make_shape", "builtin_dataset", "make_scan", "builtin_scan_dataset", "builtin_parts_dataset",
     # single files
     "read_npy", "read_npz", "read_text_points", "read_ply", "read_pcd", "read_off", "read_obj", "CLOUD_SUFFIXES",
     "MESH_SUFFIXES", "read_cloud", "resample",
@@ -330,7 +330,8 @@ def _table(rng):
         r = rng.uniform(0.7, 1.1)
         return [("cylinder", (0, h + top / 2, 0), r, top), ("cylinder", (0, h / 2, 0), 0.08, h),
                 ("cylinder", (0, 0.03, 0), r * 0.5, 0.06)]
-    return [("box", (0, h + top / 2, 0), (w, top, d))] + _legs(rng, w, d, h, rng.uniform(0.06, 0.12), rng.random() < 0.5)
+    return [("box", (0, h + top / 2, 0), (w, top, d))] + \
+        _legs(rng, w, d, h, rng.uniform(0.06, 0.12), rng.random() < 0.5)
 
 
 def _lamp(rng):
@@ -378,7 +379,8 @@ def _car(rng):
     wheel = rng.uniform(0.3, 0.42)
     cabin = rng.uniform(0.4, 0.6)
     parts = [("box", (0, wheel + height / 2, 0), (length, height, width)),
-             ("box", (-rng.uniform(0, 0.4), wheel + height + cabin / 2, 0), (length * rng.uniform(0.4, 0.6), cabin, width * 0.9))]
+             ("box", (-rng.uniform(0, 0.4), wheel + height + cabin / 2, 0),
+              (length * rng.uniform(0.4, 0.6), cabin, width * 0.9))]
     for sx in (-1, 1):
         for sz in (-1, 1):
             parts.append(("cylinder", (sx * length * 0.32, wheel, sz * width / 2), wheel, 0.2, 2))
@@ -468,6 +470,51 @@ def builtin_dataset(split: str = "train", num_points: int = 1024, per_class: int
     points = np.stack([make_shape(c, num_points, rng) for c in names for _ in range(per_class)])
     labels = np.repeat(np.arange(len(names)), per_class)
     return ArrayDataset(points, labels, names, name=f"builtin-{split}", source="built-in procedural shapes")
+
+
+def make_scan(name: str, num_points: int, rng: np.random.Generator, grid: int = 32) -> np.ndarray:
+    """One built-in object as a depth sensor sees it in a room, what makes ScanObjectNN hard: only
+    the side facing a random camera (a z-buffer of `grid` x `grid` cells across the scene), the
+    floor under it and, every other scan, part of another object beside it inside the crop
+    (~16% background points), 1% noise. -> (num_points, 3) float32, unit sphere, y up."""
+    obj = make_shape(name, 4 * num_points, rng)                                         # (4P, 3) unit sphere
+    floor = np.stack([rng.uniform(-2, 2, num_points), np.full(num_points, obj[:, 1].min()),
+                      rng.uniform(-2, 2, num_points)], 1)
+    scene = [obj, floor]
+    if rng.uniform() < 0.5:
+        other = make_shape(str(rng.choice(sorted(BUILTIN_CLASSES))), 4 * num_points, rng) * rng.uniform(0.4, 0.9)
+        a = rng.uniform(0, 2 * math.pi)
+        scene.append(other + [rng.uniform(1.0, 1.5) * math.cos(a), obj[:, 1].min() - other[:, 1].min(),  # beside it,
+                              rng.uniform(1.0, 1.5) * math.sin(a)])                                   # same floor
+    scene = np.concatenate(scene)                                                       # (S, 3)
+    yaw, pitch = rng.uniform(0, 2 * math.pi), rng.uniform(math.radians(10), math.radians(45))
+    view = np.array([math.cos(pitch) * math.cos(yaw), math.sin(pitch), math.cos(pitch) * math.sin(yaw)])
+    right = np.cross(view, [0.0, 1.0, 0.0])
+    right /= np.linalg.norm(right)
+    depth, uv = scene @ -view, scene @ np.stack([right, np.cross(right, view)], 1)      # the camera looks along -view
+    cell = np.clip(((uv + 2.5) / 5 * grid).astype(int), 0, grid - 1)
+    cell = cell[:, 0] * grid + cell[:, 1]
+    nearest = np.full(grid * grid, np.inf)
+    np.minimum.at(nearest, cell, depth)
+    seen = depth <= nearest[cell] + 0.08                                                # the first surface of each cell
+    seen &= np.abs(scene - obj.mean(0)).max(1) <= rng.uniform(0.9, 1.1)                 # the crop around the object
+    pts = scene[seen][rng.choice(int(seen.sum()), num_points, replace=int(seen.sum()) < num_points)]
+    return (normalize(pts) + rng.normal(scale=0.01, size=pts.shape)).astype(np.float32)
+
+
+def builtin_scan_dataset(split: str = "train", num_points: int = 1024, per_class: int | None = None,
+                         seed: int = 0) -> ArrayDataset:
+    """The built-in shapes as scans (make_scan): one side, a floor and clutter, noise; the same
+    12 classes and split sizes as builtin_dataset, as deterministic, and a harder probe."""
+    if split not in ("train", "test"):
+        raise DataError(f"built-in data has splits train and test, not {split!r}")
+    per_class = per_class or (100 if split == "train" else 25)
+    rng = np.random.default_rng([seed, 2 if split == "train" else 3])
+    names = sorted(BUILTIN_CLASSES)
+    points = np.stack([make_scan(c, num_points, rng) for c in names for _ in range(per_class)])
+    labels = np.repeat(np.arange(len(names)), per_class)
+    return ArrayDataset(points, labels, names, name=f"builtin-scan-{split}",
+                        source="built-in procedural shapes, scanned: one side, floor, clutter, noise")
 
 
 # ----------------------------------------------------------------------------- single files
@@ -1376,7 +1423,7 @@ def _animate(action: str, n: int, frames: int, rng: np.random.Generator) -> tupl
         pts[:, sel] = np.einsum("tij,tnj->tni", _rot(axis, angle), pts[:, sel] - pivot) + pivot
     centre = rest.mean(axis=0)
     pts = np.einsum("tij,tnj->tni", body, pts - centre) + centre + move[:, None]
-    yaw = _rot(1, np.full(frames, rng.uniform(-0.6, 0.6)))                                     # faces the sensor, roughly
+    yaw = _rot(1, np.full(frames, rng.uniform(-0.6, 0.6)))                      # faces the sensor, roughly
     return np.einsum("tij,tnj->tni", yaw, pts), part, rest
 
 
@@ -1924,7 +1971,8 @@ def bilinear_lookup(features: torch.Tensor, uv: torch.Tensor, stride: float | tu
     def cell(row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
         return flat[base + row * w + col]                                     # (M, C)
 
-    value = (cell(y0, x0) * (1 - fx) + cell(y0, x1) * fx) * (1 - fy) + (cell(y1, x0) * (1 - fx) + cell(y1, x1) * fx) * fy
+    value = (cell(y0, x0) * (1 - fx) + cell(y0, x1) * fx) * (1 - fy) + \
+        (cell(y1, x0) * (1 - fx) + cell(y1, x1) * fx) * fy
     out = features.new_zeros(B, N, C)
     out[b, n] = value
     return out
@@ -1948,7 +1996,8 @@ def pixel_features(points: torch.Tensor, cameras: list[dict], features: list[tor
     for i, cam in enumerate(cameras):  # a handful of cameras; each call is batched over the clouds
         uv, depth, inside = project_points(points, cam["K"], cam["to_camera"], cam["image_size"])
         if occlusion == "feature":
-            sx, sy = cam.get("stride", 1.0) if isinstance(cam.get("stride", 1.0), tuple) else (cam.get("stride", 1.0),) * 2
+            stride = cam.get("stride", 1.0)
+            sx, sy = stride if isinstance(stride, tuple) else (stride,) * 2
             h, w = features[i].shape[-2:]
             cells = torch.stack([(uv[..., 0] + 0.5) / sx - 0.5, (uv[..., 1] + 0.5) / sy - 0.5], dim=-1)
             seen = zbuffer_visible(cells, depth, inside, (h, w), tol, 0) & (which < 0)
@@ -2784,6 +2833,7 @@ LAYOUT_TABLE: dict[str, Layout] = {
     # the built-in clouds carry at least 1024 points, like a sensor's or ShapeNet's 8192: a model taking fewer
     # draws a new subset every step (--subsample random), which is what makes short pretraining runs generalise
     "builtin": Layout(None, lambda root, split, o: builtin_dataset(split, max(o.num_points, 1024))),
+    "builtin-scan": Layout(None, lambda root, split, o: builtin_scan_dataset(split, max(o.num_points, 1024))),
     "builtin-parts": Layout(None, lambda root, split, o: builtin_parts_dataset(split, o.num_points)),
     "builtin4d": Layout(None, lambda root, split, o: builtin4d_dataset(split, o.num_points, o.frames), clips=True),
     "shapenet55": Layout(lambda p: (p / "shapenet_pc").is_dir() and (p / "ShapeNet-55").is_dir(),
@@ -2887,7 +2937,7 @@ def open_split(data: dict, split: str, num_points: int, frames: int, clip_model:
 TASK_LAYOUTS = {"modelnet40": ("modelnet40-h5", "modelnet40-resampled", "modelnet40-pickle", "npz"),
                 "scanobjectnn": ("scanobjectnn",), "shapenetpart": ("shapenetpart",),
                 "msr-action3d": ("msr-action3d",)}
-BUILTIN_TASKS = ("builtin", "builtin-parts", "builtin4d")   # the built-in data as a task of its own
+BUILTIN_TASKS = ("builtin", "builtin-scan", "builtin-parts", "builtin4d")   # the built-in data as a task of its own
 
 
 def task_data(task: str, path: str | None, dataset: str | None) -> tuple[str | None, str | None]:
@@ -3017,7 +3067,8 @@ def _inspect_paired(root: Path, layout: str, num_points: int | None = None, intr
         cameras = []
         for image, name, (K, T) in zip(frame.images, frame.names, frame.cameras):
             h, w = image.shape[:2]
-            _, _, inside = project_points(torch.from_numpy(frame.points)[None], torch.tensor(K, dtype=torch.float32)[None],
+            _, _, inside = project_points(torch.from_numpy(frame.points)[None],
+                                          torch.tensor(K, dtype=torch.float32)[None],
                                           torch.tensor(T, dtype=torch.float32)[None], (h, w))
             cameras.append({"image": name, "size": [w, h], "intrinsics": [round(float(v), 2) for v in
                                                                          (K[0, 0], K[1, 1], K[0, 2], K[1, 2])],

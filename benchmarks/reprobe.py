@@ -2,6 +2,7 @@
 
     python benchmarks/reprobe.py F.npz [--classifier evidence] [--C 0.012] [--on validation|test]
     python benchmarks/reprobe.py F.npz --against G.npz        # paired: McNemar on the same items
+    python benchmarks/reprobe.py F.npz --few-shot [--against G.npz]   # 5w10s 5w20s 10w10s 10w20s, 10 folds
     python benchmarks/reprobe.py --export R/checkpoint.safetensors --data DIR --out F.npz [--random-init]
 
 A features file holds, per split (train, test), `<split>_features` (N, 2D) float16 (the
@@ -13,7 +14,10 @@ made on; `--on test` fits all of train and scores test (read it once per reporte
 probe is jepa3d's own (`fit_and_score`), so it gives `linear-probe`'s numbers on these features
 up to their fp16 rounding. `--random-init` exports a random-init encoder of the checkpoint's
 configuration (seed 0, what `linear-probe --against-random` compares with), `--encoder context`
-the student instead of the EMA teacher.
+the student instead of the EMA teacher. `--few-shot` draws the peers' four settings' episodes
+(support from train, 20 queries per class from test; jepa3d.sample_episode, seed 0) on the
+stored features and fits the SVC (C=0.012) and logreg per episode: frozen features, not the
+peers' per-episode fine-tuning; with `--against` both files get the same episodes (paired).
 """
 import argparse
 import json
@@ -94,6 +98,35 @@ def reprobe(path: str, classifier: str, C: float, on: str = "test", against: str
     return result
 
 
+FEW_SHOT = ((5, 10), (5, 20), (10, 10), (10, 20))  # (way, shot): the peers' table
+
+
+def few_shot(path: str, against: str | None = None, folds: int = 10, query: int = 20, seed: int = 0) -> dict:
+    """Mean and std over `folds` episodes of each FEW_SHOT setting; with `against` the same
+    episodes on a second file, and the paired difference (mean and its standard error over folds)."""
+    files = {"a": path, **({"b": against} if against else {})}
+    data = {k: splits(f, "test")[:2] for k, f in files.items()}
+    result = {"file": path, "against": against, "protocol": "frozen features; per episode the SVC (C=0.012) and "
+              "logreg fit on the support, scored on the queries; episodes by jepa3d.sample_episode, seed 0"}
+    for way, shot in FEW_SHOT:
+        g = torch.Generator().manual_seed(seed)
+        train, test = data["a"]
+        eps = [jepa3d.sample_episode(train["labels"], test["labels"], way, shot, query, g) for _ in range(folds)]
+        row = {}
+        for name, (tr, te) in data.items():
+            for kind in ("svc", "logreg"):
+                accs = torch.tensor([jepa3d.fit_and_score(
+                    kind, {"features": tr["features"][e["support"]], "labels": e["support_y"]},
+                    {"features": te["features"][e["query"]], "labels": e["query_y"]}, way)["accuracy"] for e in eps])
+                row.setdefault(kind, {})[name] = {"mean": accs.mean().item(), "std": accs.std().item(),
+                                                  "per_fold": [round(a, 2) for a in accs.tolist()]}
+                if name == "b":
+                    d = torch.tensor(row[kind]["a"]["per_fold"]) - accs
+                    row[kind]["difference"] = {"mean": d.mean().item(), "se": (d.std() / folds ** 0.5).item()}
+        result[f"{way}w{shot}s"] = row
+    return result
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("features", nargs="?", help="a features .npz to probe")
@@ -104,6 +137,7 @@ def main():
                     help="validation: fit train less the validation split, score it (for choices); test: fit "
                          "train, score test (once per reported run)")
     ap.add_argument("--against", metavar="NPZ", help="a second features file of the same items: paired test")
+    ap.add_argument("--few-shot", action="store_true", help="the peers' four few-shot settings on the features")
     ap.add_argument("--export", metavar="CHECKPOINT", help="write a features file from a checkpoint instead")
     ap.add_argument("--random-init", action="store_true", help="with --export: a random-init encoder of its config")
     ap.add_argument("--encoder", default="target", choices=("target", "context"),
@@ -111,7 +145,9 @@ def main():
     ap.add_argument("--data", help="with --export: the labelled data (train and test splits)")
     ap.add_argument("--out", help="with --export: the .npz to write")
     args = ap.parse_args()
-    if args.export:
+    if args.few_shot:
+        print(json.dumps(few_shot(args.features, args.against)))
+    elif args.export:
         export(args.export, args.data, args.out, args.random_init, args.encoder)
     else:
         print(json.dumps(reprobe(args.features, args.classifier, args.C, args.on, args.against)))

@@ -20,6 +20,30 @@ def test_builtin_has_many_classes_is_deterministic_and_normalised():
     assert not torch.allclose(a.points[0], a.points[1])
 
 
+def test_builtin_scan_is_one_side_of_an_object_on_a_floor_and_deterministic(monkeypatch):
+    a = jepa3d_data.builtin_scan_dataset("train", 512, per_class=2)
+    assert torch.equal(a.points, jepa3d_data.builtin_scan_dataset("train", 512, per_class=2).points)
+    assert a.classes == jepa3d_data.builtin_dataset("train", 512, per_class=2).classes and len(a) == 24
+    assert a.points.shape == (24, 512, 3) and a.points.norm(dim=-1).amax() < 1.1
+    y = a.points[..., 1]
+    on_floor = (y < y.amin(-1, keepdim=True) + 0.05).float().mean(-1)    # the lowest plane of each scan
+    assert on_floor.median() > 0.05
+    # a sphere as the object, no clutter: the sensor sees one cap of it, not the whole surface
+    rng = np.random.default_rng(0)
+    sphere = rng.normal(size=(4096, 3))
+    sphere /= np.linalg.norm(sphere, axis=1, keepdims=True)
+    monkeypatch.setattr(jepa3d_data, "make_shape", lambda *args: sphere.copy())
+    monkeypatch.setattr(jepa3d_data, "BUILTIN_CLASSES", {"ball": None})
+    for seed in range(4):
+        scan = jepa3d_data.make_scan("ball", 1024, np.random.default_rng(seed)).astype(np.float64)
+        ball = scan[scan[:, 1] > scan[:, 1].min() + 0.1]                    # not the floor it stands on
+        # the sphere through them (|p|^2 = 2 p.c + r^2 - |c|^2, least squares), and where on it they lie
+        solution = np.linalg.lstsq(np.c_[2 * ball, np.ones(len(ball))], (ball ** 2).sum(1), rcond=None)[0]
+        directions = ball - solution[:3]
+        directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+        assert np.linalg.norm(directions.mean(0)) > 0.4                     # a whole sphere: ~0; a half: 0.5
+
+
 def test_each_class_is_a_distinct_shape():
     rng = np.random.default_rng(0)
     clouds = {c: jepa3d_data.make_shape(c, 512, rng) for c in jepa3d_data.BUILTIN_CLASSES}
