@@ -3360,7 +3360,8 @@ def _preset_option(click, help: str):
                  help="run folder: checkpoint.safetensors, metrics.jsonl, run.json"),
     _preset_option(click, "named configuration; the options below override it"),
     click.option("--eval-data", type=click.Path(), default=None,
-                 help="labelled data (train and test splits) for --eval-every; the built-in shapes when not given"),
+                 help="labelled data (train and test splits) for --eval-every; the built-in shapes (the scans when "
+                      "the run pretrains on them) when not given"),
     *_config_options(ModelConfig, True), *_config_options(TrainConfig, True)))
 def _pretrain(ctx, data, run, out, preset, eval_data, **overrides):
     """Pretrain a 3D-JEPA encoder (self-supervised; labels are ignored).
@@ -3371,7 +3372,8 @@ def _pretrain(ctx, data, run, out, preset, eval_data, **overrides):
 
     model_cfg, train_cfg, data, run = _usage(_pretrain_configs, ctx, out, preset, data, run, overrides)
     ds = _load_data(data, "train", _usage(model_cfg.check_masking), model_cfg.frames)
-    evals = tuple(_load_data({**data, "data": eval_data, "dataset": None, "validation": True}, split, model_cfg)
+    own = data["dataset"] if eval_data is None and data["dataset"] in ("builtin", "builtin-scan") else None
+    evals = tuple(_load_data({**data, "data": eval_data, "dataset": own, "validation": True}, split, model_cfg)
                   for split in ("train", "test")) if run.eval_every else None  # the curve: train less val -> val
     recorded = {**data, "data": None if data["data"] is None else str(Path(data["data"]).resolve())}
     result = pretrain(ds, out, model_cfg, train_cfg, **dataclasses.asdict(run), eval_sets=evals,

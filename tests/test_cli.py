@@ -181,3 +181,10 @@ def test_pretrain_draws_its_learning_curve_and_resumes_it(tmp_path):
     probe = [json.loads(line) for line in (out / "probe.jsonl").read_text().splitlines()]
     assert [p["step"] for p in probe] == [0, 2, 4, 6]
     assert json.loads(jepa3d("plot", out).stdout)["curves"].endswith("curves.png")
+
+
+def test_a_run_on_the_built_in_scans_draws_its_curve_on_them(tmp_path):
+    jepa3d("pretrain", "--dataset", "builtin-scan", "--preset", "tiny", *SMALL_FLAGS, "--max-steps", "1",
+           "--eval-every", "1", "--out", tmp_path)
+    probe = json.loads((tmp_path / "probe.jsonl").read_text().splitlines()[0])
+    assert "builtin-scan-train (validation" in probe["probe"], probe["probe"]
