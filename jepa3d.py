@@ -3359,9 +3359,8 @@ def _preset_option(click, help: str):
     click.option("--out", type=click.Path(file_okay=False), default="runs/pretrain",
                  help="run folder: checkpoint.safetensors, metrics.jsonl, run.json"),
     _preset_option(click, "named configuration; the options below override it"),
-    click.option("--eval-data", type=click.Path(), default=None,
-                 help="labelled data (train and test splits) for --eval-every; the built-in shapes (the scans when "
-                      "the run pretrains on them) when not given"),
+    click.option("--eval-data", type=click.Path(), default=None, help="labelled data (train and test splits) "
+                 "for --eval-every; the built-in shapes (scans if the run reads them) when not given"),
     *_config_options(ModelConfig, True), *_config_options(TrainConfig, True)))
 def _pretrain(ctx, data, run, out, preset, eval_data, **overrides):
     """Pretrain a 3D-JEPA encoder (self-supervised; labels are ignored).
