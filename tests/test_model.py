@@ -126,7 +126,8 @@ def test_configs_reject_unknown_and_inconsistent_options():
 def test_tiny_wide_is_tiny_at_twice_the_width():
     """The README's CPU recipe for ModelNet40 (issue 13's long runs) is measured as `tiny --dim 192
     --pred-dim 192 --epochs 40`: the preset must stay exactly that."""
-    assert jepa3d.make_configs("tiny-wide") == jepa3d.make_configs("tiny", dim=192, pred_dim=192, epochs=40)
+    assert jepa3d.make_configs("tiny-wide") == jepa3d.make_configs("tiny", dim=192, pred_dim=192, epochs=40,
+                                                                                  ema_end=0.999)
     assert jepa3d.make_configs("tiny")[0].dim == 96
 
 
