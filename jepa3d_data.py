@@ -39,7 +39,7 @@ __all__ = [
     "DEFAULT_VARIANT", "SCANOBJECTNN_FILES",
     # datasets and the built-in shapes
     "digest", "files_digest", "ArrayDataset", "normalize", "normalize_batch", "BUILTIN_CLASSES", "PART_ROLES",
-    "make_shape", "builtin_dataset", "make_scan", "builtin_scan_dataset", "builtin_parts_dataset",
+    "make_shape", "builtin_dataset", "make_scan", "builtin_parts_dataset",
     # single files
     "read_npy", "read_npz", "read_text_points", "read_ply", "read_pcd", "read_off", "read_obj", "CLOUD_SUFFIXES",
     "MESH_SUFFIXES", "read_cloud", "resample",
@@ -463,17 +463,20 @@ def make_shape(name: str, num_points: int, rng: np.random.Generator, with_parts:
 
 
 def builtin_dataset(split: str = "train", num_points: int = 1024, per_class: int | None = None,
-                    seed: int = 0) -> ArrayDataset:
-    """The built-in procedural dataset: 12 classes, 100 train / 25 test clouds each by default.
-    Deterministic: the same (split, num_points, per_class, seed) always gives the same clouds."""
+                    seed: int = 0, scan: bool = False) -> ArrayDataset:
+    """The built-in procedural dataset: 12 classes, 100 train / 25 test clouds each by default;
+    with `scan` each cloud as a depth sensor sees it (make_scan: one side, floor, clutter, a
+    harder probe). Deterministic: the same arguments always give the same clouds."""
     if split not in ("train", "test"):
         raise DataError(f"built-in data has splits train and test, not {split!r}")
     per_class = per_class or (100 if split == "train" else 25)
-    rng = np.random.default_rng([seed, 0 if split == "train" else 1])
+    rng = np.random.default_rng([seed, (0 if split == "train" else 1) + 2 * scan])
     names = sorted(BUILTIN_CLASSES)
-    points = np.stack([make_shape(c, num_points, rng) for c in names for _ in range(per_class)])
+    make = make_scan if scan else make_shape
+    points = np.stack([make(c, num_points, rng) for c in names for _ in range(per_class)])
     labels = np.repeat(np.arange(len(names)), per_class)
-    return ArrayDataset(points, labels, names, name=f"builtin-{split}", source="built-in procedural shapes")
+    return ArrayDataset(points, labels, names, name=f"builtin{'-scan' * scan}-{split}",
+                        source="built-in procedural shapes" + (", scanned: one side, floor, clutter" * scan))
 
 
 def make_scan(name: str, num_points: int, rng: np.random.Generator, grid: int = 32) -> np.ndarray:
@@ -504,21 +507,6 @@ def make_scan(name: str, num_points: int, rng: np.random.Generator, grid: int = 
     seen &= np.abs(scene - obj.mean(0)).max(1) <= rng.uniform(0.9, 1.1)                 # the crop around the object
     pts = scene[seen][rng.choice(int(seen.sum()), num_points, replace=int(seen.sum()) < num_points)]
     return (normalize(pts) + rng.normal(scale=0.01, size=pts.shape)).astype(np.float32)
-
-
-def builtin_scan_dataset(split: str = "train", num_points: int = 1024, per_class: int | None = None,
-                         seed: int = 0) -> ArrayDataset:
-    """The built-in shapes as scans (make_scan): one side, a floor and clutter, noise; the same
-    12 classes and split sizes as builtin_dataset, as deterministic, and a harder probe."""
-    if split not in ("train", "test"):
-        raise DataError(f"built-in data has splits train and test, not {split!r}")
-    per_class = per_class or (100 if split == "train" else 25)
-    rng = np.random.default_rng([seed, 2 if split == "train" else 3])
-    names = sorted(BUILTIN_CLASSES)
-    points = np.stack([make_scan(c, num_points, rng) for c in names for _ in range(per_class)])
-    labels = np.repeat(np.arange(len(names)), per_class)
-    return ArrayDataset(points, labels, names, name=f"builtin-scan-{split}",
-                        source="built-in procedural shapes, scanned: one side, floor, clutter, noise")
 
 
 # ----------------------------------------------------------------------------- single files
@@ -2897,7 +2885,7 @@ LAYOUT_TABLE: dict[str, Layout] = {
     # the built-in clouds carry at least 1024 points, like a sensor's or ShapeNet's 8192: a model taking fewer
     # draws a new subset every step (--subsample random), which is what makes short pretraining runs generalise
     "builtin": Layout(None, lambda root, split, o: builtin_dataset(split, max(o.num_points, 1024))),
-    "builtin-scan": Layout(None, lambda root, split, o: builtin_scan_dataset(split, max(o.num_points, 1024))),
+    "builtin-scan": Layout(None, lambda root, split, o: builtin_dataset(split, max(o.num_points, 1024), scan=True)),
     "builtin-parts": Layout(None, lambda root, split, o: builtin_parts_dataset(split, o.num_points)),
     "builtin4d": Layout(None, lambda root, split, o: builtin4d_dataset(split, o.num_points, o.frames), clips=True),
     "shapenet55": Layout(lambda p: (p / "shapenet_pc").is_dir() and (p / "ShapeNet-55").is_dir(),

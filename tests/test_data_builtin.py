@@ -21,8 +21,8 @@ def test_builtin_has_many_classes_is_deterministic_and_normalised():
 
 
 def test_builtin_scan_is_one_side_of_an_object_on_a_floor_and_deterministic(monkeypatch):
-    a = jepa3d_data.builtin_scan_dataset("train", 512, per_class=2)
-    assert torch.equal(a.points, jepa3d_data.builtin_scan_dataset("train", 512, per_class=2).points)
+    a = jepa3d_data.builtin_dataset("train", 512, per_class=2, scan=True)
+    assert torch.equal(a.points, jepa3d_data.builtin_dataset("train", 512, per_class=2, scan=True).points)
     assert a.classes == jepa3d_data.builtin_dataset("train", 512, per_class=2).classes and len(a) == 24
     assert a.points.shape == (24, 512, 3) and a.points.norm(dim=-1).amax() < 1.1
     y = a.points[..., 1]
