@@ -1,4 +1,4 @@
-# `make demo`: install, then a real 3D-JEPA pretraining run on the built-in scans (CPU: ~10 min).
+# `make demo`: install, then a real 3D-JEPA pretraining run on the built-in scans (2 CPU cores: ~16 min).
 # `make test`: install with the test extras, then the test suite (CI runs exactly this).
 # `make bench-speed`: the speed benchmark of this machine (benchmarks/README.md).
 PYTHON ?= python3
