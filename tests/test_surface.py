@@ -12,7 +12,7 @@ import jepa3d_data
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI_MARK = "# ----------------------------------------------------------------------------- command line"
-BUDGET = {"function": 60, "cli": 365, "jepa3d.py": 3560}  # lines; see the note on the CLI budget below
+BUDGET = {"function": 60, "cli": 365, "jepa3d.py": 3563}  # lines; see the note on the CLI budget below
 
 
 def _tree(name: str) -> tuple[ast.Module, list[str]]:
@@ -53,7 +53,7 @@ def test_imports_point_one_way():
     used = {n.attr for n in ast.walk(data_tree)
             if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "jepa3d"}
     assert used <= {"farthest_point_sample", "PointDataset", "optional", "DataError", "lock_folder",
-                    "validation_indices", "VALIDATION_FRACTION", "VALIDATION_SEED"}, used
+                    "validation_split", "VALIDATION_FRACTION", "VALIDATION_SEED"}, used
 
 
 def test_the_dataset_contract_is_declared_once():
