@@ -15,6 +15,7 @@ Bad input raises DataError with one line naming the file and what is wrong.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -149,8 +150,9 @@ class TeacherFeaturesConfig:
     teacher_size: tuple | None = _opt(None, "resize images to H x W for the teacher (TorchScript and hub teachers; "
                                       "hub: default the image's size rounded down to the patch size); points map to "
                                       "the map by its own stride", nargs=2, kind=int, min=14, max=8192)
-    num_points: int = _opt(FRAME_POINTS, "points kept per frame (drawn at random from the depth pixels or the "
-                           "sweep)", min=16, max=1 << 20)
+    num_points: int | None = _opt(None, "points kept per frame (drawn at random from the depth pixels or the "
+                                  "sweep) or per rendered cloud  [default: 256 per frame, 1024 per cloud]", min=16,
+                                  max=1 << 20, kind=int)
     frames: int = _opt(ReadOptions.frames, "built-in RGB-D data: frames per video", min=1, max=4096)
     intrinsics: tuple | None = _opt(None, "TUM data: pinhole intrinsics FX FY CX CY  [default: freiburg1's]",
                                     nargs=4, kind=float)
@@ -159,8 +161,28 @@ class TeacherFeaturesConfig:
                                    "the sensor's saturation value 65535]", min=0.0, kind=float)
     occlusion: str = _opt("feature", "z-buffer on the teacher's feature cells (a point behind its cell's nearest "
                           "would read the occluder's feature) or on the image's pixels", choices=("feature", "pixel"))
-    per_class: int | None = _opt(None, "built-in RGB-D data: videos per action  [default: 50 train, 20 test]",
+    per_class: int | None = _opt(None, "built-in data: videos per action, shapes per class  [default: the split's "
+                                 "own count]",
                                  min=1, max=10_000, kind=int)
+    project: int = _opt(0, "random-project the teacher's channels to this width before the lookup (a seeded "
+                        "Gaussian matrix; Cross4D-JEPA: as good as PCA), so a large cache fits; 0 keeps them",
+                        min=0, max=1 << 16)
+    precision: str = _opt("fp32", "the teacher's arithmetic: fp32, or bf16 autocast (2-4x faster where the CPU or "
+                          "GPU computes bf16; features within bf16's rounding), auto = bf16 where it is native",
+                          choices=("fp32", "bf16", "auto"))
+    # clouds without cameras (any point-cloud dataset: ModelNet40, ShapeNet, a folder) are rendered
+    views: int = _opt(6, "rendered clouds: views per cloud, cameras evenly spaced on a ring around the object",
+                      min=1, max=64)
+    image_size: int = _opt(128, "rendered clouds: image side in pixels", min=32, max=1024)
+    elevation: float = _opt(30.0, "rendered clouds: the ring's elevation above the horizon, degrees", min=-89.0,
+                            max=89.0)
+    up: str = _opt("y", "rendered clouds: their up axis (ShapeNet, the built-in shapes: y; ModelNet40 as the "
+                   "original OFF files: z)", choices=("x", "y", "z"))
+    splat: float = _opt(0.02, "rendered clouds: a point's splat radius, as a fraction of the image side", min=0.0,
+                        max=0.2)
+    shading: str = _opt("normal", "rendered clouds: a splat's grey level, Lambert shading by the depth map's "
+                        "screen-space normals (a headlight) or the depth (nearer is darker)",
+                        choices=("normal", "depth"))
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -1971,9 +1993,11 @@ def bilinear_lookup(features: torch.Tensor, uv: torch.Tensor, stride: float | tu
 
 
 def pixel_features(points: torch.Tensor, cameras: list[dict], features: list[torch.Tensor],
-                   tol: float = 0.1, radius: int = 1,
-                   occlusion: str = "pixel") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Each point's teacher feature from the first camera that sees it. points (B, N, 3);
+                   tol: float = 0.1, radius: int = 1, occlusion: str = "pixel",
+                   combine: str = "first") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each point's teacher feature from the first camera that sees it (combine 'first': cameras
+    that look different ways, a car's six), or the mean over every camera that sees it ('mean':
+    views of one object from around it). points (B, N, 3);
     cameras: per camera {'K' (B, 3, 3), 'to_camera' (B, 4, 4), 'image_size' (H, W), 'stride'
     (s or (sx, sy))}; features: per camera its feature map (B, C, h, w) -> feats (B, N, C) (zeros
     where unseen), visible (B, N) bool, camera (B, N) long (the camera used, -1 where none sees it).
@@ -1984,7 +2008,7 @@ def pixel_features(points: torch.Tensor, cameras: list[dict], features: list[tor
     B, N, _ = points.shape
     C = features[0].shape[1]
     which = torch.full((B, N), -1, dtype=torch.long, device=points.device)
-    uvs = []
+    uvs, sees = [], []
     for i, cam in enumerate(cameras):  # a handful of cameras; each call is batched over the clouds
         uv, depth, inside = project_points(points, cam["K"], cam["to_camera"], cam["image_size"])
         if occlusion == "feature":
@@ -1992,14 +2016,17 @@ def pixel_features(points: torch.Tensor, cameras: list[dict], features: list[tor
             sx, sy = stride if isinstance(stride, tuple) else (stride,) * 2
             h, w = features[i].shape[-2:]
             cells = torch.stack([(uv[..., 0] + 0.5) / sx - 0.5, (uv[..., 1] + 0.5) / sy - 0.5], dim=-1)
-            seen = zbuffer_visible(cells, depth, inside, (h, w), tol, 0) & (which < 0)
+            seen = zbuffer_visible(cells, depth, inside, (h, w), tol, 0)
         else:
-            seen = zbuffer_visible(uv, depth, inside, cam["image_size"], tol, radius) & (which < 0)
-        which = torch.where(seen, torch.full_like(which, i), which)
+            seen = zbuffer_visible(uv, depth, inside, cam["image_size"], tol, radius)
+        which = torch.where(seen & (which < 0), torch.full_like(which, i), which)
         uvs.append(uv)
+        sees.append(seen if combine == "mean" else which == i)
     feats = points.new_zeros(B, N, C)
     for i, (cam, fmap) in enumerate(zip(cameras, features)):  # one lookup per camera, of its own points only
-        feats += bilinear_lookup(fmap, uvs[i], cam.get("stride", 1.0), which == i).to(feats.dtype)
+        feats += bilinear_lookup(fmap, uvs[i], cam.get("stride", 1.0), sees[i]).to(feats.dtype)
+    if combine == "mean":
+        feats /= torch.stack(sees).sum(0).clamp_min(1)[..., None].to(feats.dtype)
     return feats, which >= 0, which
 
 
@@ -2138,9 +2165,11 @@ class EfficientNetFeatures(nn.Module):
                 strides.append(64 // x.shape[-1])
         stop = -1 if layer == "head" else max(i for i, s in enumerate(strides) if s == int(layer[6:]))
         self.register_buffer("stop", torch.tensor(stop))  # the block read last (-1: the head): part of the identity
+        self.net.to(memory_format=torch.channels_last)      # depthwise convolutions: 1.5x faster on a CPU
         self.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)
         if self.stop < 0:
             return self.net.extract_features(x)                                # (B, 1280, H/32, W/32)
         x = self.net._swish(self.net._bn0(self.net._conv_stem(x)))
@@ -2213,6 +2242,7 @@ class PairedData:
     video_names: list
     part_names: list | None = None
     keep: DepthKeep | None = None       # depth readers: what the frames read so far dropped (DepthKeep.report)
+    combine: str = "first"              # pixel_features' combine: 'mean' for rendered views around an object
 
 
 def read_rgb(path) -> np.ndarray:
@@ -2242,6 +2272,101 @@ def _check_image_size(im, path) -> None:
 
 def _pinhole(fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
     return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+
+
+# Rendered views (MVCNN, CrossJEPA): datasets without cameras get V virtual ones on a ring around
+# the object, looking at its centre; the cloud is drawn as z-buffered point splats, shaded, and a
+# 2D teacher sees the images as it would photographs. Each point's pixel and visibility then come
+# from the same projection and z-buffer as the RGB-D readers' (project_points, zbuffer_visible).
+RENDER_DISTANCE = 2.5   # camera distance from the centre, in units of the cloud's radius (1 after normalize)
+UP_AXES = {"x": 0, "y": 1, "z": 2}
+RENDER_FIELDS = ("views", "image_size", "elevation", "up", "splat", "shading")  # of TeacherFeaturesConfig
+
+
+def view_cameras(cfg: TeacherFeaturesConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ring's cameras -> K (3, 3) (the unit sphere fills 95% of the image) and to_camera (V,
+    4, 4): OpenCV axes, camera v at azimuth 360 v / V degrees, looking at the origin, the
+    image's up along the cloud's up axis."""
+    V, s = cfg.views, cfg.image_size
+    up = torch.zeros(3, dtype=torch.float64)
+    up[UP_AXES[cfg.up]] = 1.0
+    a, b = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)  # the horizon's axes
+    a[(UP_AXES[cfg.up] + 2) % 3], b[(UP_AXES[cfg.up] + 1) % 3] = 1.0, 1.0
+    az = torch.arange(V, dtype=torch.float64) * (2 * math.pi / V)
+    el = math.radians(cfg.elevation)
+    eye = RENDER_DISTANCE * (math.cos(el) * (az.sin()[:, None] * b + az.cos()[:, None] * a) + math.sin(el) * up)
+    forward = F.normalize(-eye, dim=-1)                                       # (V, 3)
+    right = F.normalize(torch.cross(forward, up.expand_as(forward), dim=-1), dim=-1)
+    down = torch.cross(forward, right, dim=-1)
+    R = torch.stack([right, down, forward], dim=1)                            # (V, 3, 3) rows: camera axes
+    to_camera = torch.eye(4, dtype=torch.float64).repeat(V, 1, 1)
+    to_camera[:, :3, :3], to_camera[:, :3, 3] = R, -(R @ eye[..., None])[..., 0]
+    f = 0.95 * (s / 2) * math.sqrt(RENDER_DISTANCE ** 2 - 1)                 # tan(half angle of the sphere) = 1/sqrt(d^2-1)
+    K = torch.tensor([[f, 0, (s - 1) / 2], [0, f, (s - 1) / 2], [0, 0, 1]], dtype=torch.float64)
+    return K.float(), to_camera.float()
+
+
+def render_views(points: torch.Tensor, cfg: TeacherFeaturesConfig) -> torch.Tensor:
+    """Draw clouds (B, P, 3) (centred, in the unit sphere) from the ring's cameras -> grey images
+    (B, V, S, S) in [0, 1], white background: every point a disc of cfg.splat x S pixels, the
+    nearest wins each pixel; shaded by depth or by the normals of the resulting depth map."""
+    K, to_camera = view_cameras(cfg)
+    B, P, _ = points.shape
+    V, S = cfg.views, cfg.image_size
+    pts = points.float().repeat_interleave(V, 0)                              # (B*V, P, 3)
+    uv, depth, inside = project_points(pts, K.expand(B * V, 3, 3), to_camera.repeat(B, 1, 1), (S, S))
+    r = cfg.splat * S
+    ri = int(math.floor(r))
+    off = torch.tensor([(dx, dy) for dx in range(-ri, ri + 1) for dy in range(-ri, ri + 1)
+                        if dx * dx + dy * dy <= r * r + 1e-9] or [(0, 0)])    # (O, 2) the disc's pixels
+    pix = uv.round().long()[:, :, None] + off                                 # (B*V, P, O, 2)
+    ok = inside[..., None] & (pix >= 0).all(-1) & (pix < S).all(-1)
+    flat = (pix[..., 1] * S + pix[..., 0]).clamp(0, S * S - 1).flatten(1)     # (B*V, P*O)
+    far = torch.finfo(torch.float32).max
+    zbuf = torch.full((B * V, S * S), far).scatter_reduce_(
+        1, flat, torch.where(ok, depth[..., None], far).flatten(1), reduce="amin").view(B * V, S, S)
+    hit = zbuf < far
+    lo, hi = RENDER_DISTANCE - 1, RENDER_DISTANCE + 1                         # the sphere's depth range
+    if cfg.shading == "depth":
+        grey = 0.15 + 0.6 * ((zbuf - lo) / (hi - lo)).clamp(0, 1)
+    else:
+        z = torch.where(hit, zbuf, torch.full_like(zbuf, hi + 1))             # empty pixels: a far backdrop
+        f = K[0, 0]
+        dzdu = (z[:, :, 2:] - z[:, :, :-2])[:, 1:-1] / 2                       # central differences (B*V, S-2, S-2)
+        dzdv = (z[:, 2:] - z[:, :-2])[:, :, 1:-1] / 2
+        zc = z[:, 1:-1, 1:-1]
+        n = torch.stack([-dzdu * f / zc, -dzdv * f / zc, torch.ones_like(zc)], -1)  # (dz/dx, dz/dy) of the surface
+        n = F.normalize(n, dim=-1)
+        lit = F.pad(n[..., 2].clamp(0, 1), (1, 1, 1, 1), value=1.0)           # headlight: cos to the view ray
+        edge = F.pad((dzdu.abs() + dzdv.abs()) * f / zc > 8, (1, 1, 1, 1), value=False)  # depth jumps: outlines
+        grey = torch.where(edge, torch.full_like(lit, 0.15), 0.1 + 0.75 * lit)
+    return torch.where(hit, grey, torch.ones_like(grey)).view(B, V, S, S)
+
+
+def rendered_paired(ds, cfg: TeacherFeaturesConfig) -> PairedData:
+    """A dataset of clouds (no cameras) as paired data: each cloud one frame (normalised into the
+    unit sphere; cfg.num_points, default 1024, drawn at random), seen by cfg.views rendered cameras
+    (render_views, grey images as RGB), its points' features averaged over the views that see them."""
+    K, to_camera = view_cameras(cfg)
+    cameras = [(K.double().numpy(), T.double().numpy()) for T in to_camera]
+    name = jepa3d.optional(ds, "name") or "clouds"
+
+    def frame(i: int) -> PairedFrame:
+        points = ds[i][0]
+        if points.ndim != 2:
+            raise DataError(f"{name}: item {i} is a clip {tuple(points.shape)}; teacher-features renders single "
+                            "clouds (a sequence folder needs its own cameras: TUM RGB-D, LiDAR + cameras)")
+        points = fit_frame(points.numpy(), cfg.num_points or ReadOptions.num_points, np.random.default_rng(i))
+        points = normalize(points).astype(np.float32)
+        grey = (render_views(torch.from_numpy(points)[None], cfg)[0] * 255).round().to(torch.uint8)  # (V, S, S)
+        images = [g[..., None].expand(-1, -1, 3).numpy() for g in grey]
+        return PairedFrame(points, images, cameras, [f"{name}_{i:06d}_view{v}" for v in range(cfg.views)])
+
+    labels = jepa3d.optional(ds, "labels")
+    labels = [int(x) for x in (labels if labels is not None else [ds[i][1] for i in range(len(ds))])]
+    return PairedData([[functools.partial(frame, i)] for i in range(len(ds))], labels,
+                      list(jepa3d.optional(ds, "classes") or sorted({str(x) for x in labels})), f"rendered {name}",
+                      [f"{i:06d}" for i in range(len(ds))], combine="mean")
 
 
 # The built-in RGB-D data: the 4D figures (ACTIONS) seen by a pinhole RGB-D camera. A small
@@ -2479,9 +2604,19 @@ def _atomic_json(path: Path, obj: dict) -> None:
     tmp.replace(path)
 
 
-def _frame_features(frames: list[PairedFrame], teacher, occlusion: str, device: torch.device, batch: int = 64):
-    """Run the teacher (on `device`) on every image of `frames`, batched by image size, and look
-    up each point's feature (on the CPU) -> feat (F, P, C) float16, visible (F, P) bool."""
+def random_projection(channels: int, width: int) -> torch.Tensor:
+    """The seeded Gaussian matrix (channels, width) / sqrt(width) a cache projects its teacher's
+    channels with (lengths and angles kept up to ~1/sqrt(width), Johnson-Lindenstrauss)."""
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(channels, width, generator=g) / math.sqrt(width)
+
+
+def _frame_features(frames: list[PairedFrame], teacher, occlusion: str, device: torch.device, batch: int = 64,
+                    combine: str = "first", project: int = 0, amp_dtype: torch.dtype | None = None):
+    """Run the teacher (on `device`, under autocast to amp_dtype when given) on every image of
+    `frames`, batched by image size, random-project its maps to `project` channels (0: keep them),
+    and look up each point's feature (on the CPU; `combine` over cameras as pixel_features)
+    -> feat (F, P, C) float16, visible (F, P) bool."""
     images = [(i, j, img, name) for i, f in enumerate(frames) for j, (img, name) in enumerate(zip(f.images, f.names))]
     maps: dict = {}
     for shape in sorted({img.shape for _, _, img, _ in images}):
@@ -2489,9 +2624,11 @@ def _frame_features(frames: list[PairedFrame], teacher, occlusion: str, device: 
         for k in range(0, len(group), batch):
             part = group[k:k + batch]
             x = torch.from_numpy(np.stack([img for _, _, img, _ in part])).to(device).permute(0, 3, 1, 2).float() / 255
-            with torch.no_grad():
+            with torch.no_grad(), jepa3d.autocast(device, amp_dtype):
                 out = teacher(x, [name for *_, name in part]).float().cpu()
             _check_maps(out, [name for *_, name in part])
+            if project:
+                out = torch.einsum("bchw,cn->bnhw", out, random_projection(out.shape[1], project))
             for (i, j, _, _), fmap in zip(part, out):
                 maps[i, j] = fmap
     feats, visible = [], []
@@ -2504,7 +2641,8 @@ def _frame_features(frames: list[PairedFrame], teacher, occlusion: str, device: 
                          "to_camera": torch.tensor(to_camera, dtype=torch.float32)[None],
                          "image_size": (H, W), "stride": (W / w, H / h)})
             fmaps.append(maps[i, j][None])
-        feat, seen, _ = pixel_features(torch.from_numpy(f.points)[None], cams, fmaps, occlusion=occlusion)
+        feat, seen, _ = pixel_features(torch.from_numpy(f.points)[None], cams, fmaps, occlusion=occlusion,
+                                       combine=combine)
         feats.append(feat[0].half().numpy())
         visible.append(seen[0].numpy())
     if not any(v.any() for v in visible):
@@ -2526,8 +2664,10 @@ def _check_maps(maps: torch.Tensor, names: list[str]) -> None:
 
 def write_teacher_features(out: str | Path, splits: dict, teacher, made_by: dict, occlusion: str = "feature",
                            progress: Callable[[int, int], None] | None = None,
-                           device: torch.device = torch.device("cpu"), note: dict | None = None) -> dict:
-    """Cache per-point teacher features of paired data (`splits`: split -> PairedData) in `out`,
+                           device: torch.device = torch.device("cpu"), note: dict | None = None, *,
+                           project: int = 0, amp_dtype: torch.dtype | None = None) -> dict:
+    """Cache per-point teacher features of paired data (`splits`: split -> PairedData) in `out`
+    (the teacher's channels random-projected to `project`, its arithmetic autocast to amp_dtype),
     resuming a stopped run (its `made_by` must match: teacher, data, points; `note` is recorded,
     not compared). One run writes a folder at a time (a lock on out/.lock). -> the metadata."""
     out = Path(out)
@@ -2545,7 +2685,7 @@ def write_teacher_features(out: str | Path, splits: dict, teacher, made_by: dict
             for split, d in splits.items()}}
         _atomic_json(meta_path, meta)
         try:
-            _write_chunks(out, splits, meta, teacher.to(device), occlusion, progress, device)
+            _write_chunks(out, splits, meta, teacher.to(device), occlusion, progress, device, project, amp_dtype)
         except BaseException:
             if old is None and not any(out.glob("*/chunk_*.npz")):   # bad input before anything was cached
                 meta_path.unlink(missing_ok=True)
@@ -2583,7 +2723,8 @@ def _old_meta(meta_path: Path, made_by: dict) -> dict | None:
     return old
 
 
-def _write_chunks(out: Path, splits: dict, meta: dict, teacher, occlusion: str, progress, device) -> None:
+def _write_chunks(out: Path, splits: dict, meta: dict, teacher, occlusion: str, progress, device, project: int = 0,
+                  amp_dtype: torch.dtype | None = None) -> None:
     """write_teacher_features' work: every missing chunk, each whole or not at all."""
     total = sum(m["chunks"] for m in meta["splits"].values())
     done = 0
@@ -2596,7 +2737,8 @@ def _write_chunks(out: Path, splits: dict, meta: dict, teacher, occlusion: str, 
                 rows = [(v, f) for v in range(first, min(first + CACHE_VIDEOS, len(data.videos)))
                         for f in data.videos[v]]
                 frames = [f() for _, f in rows]
-                feat, visible = _frame_features(frames, teacher, occlusion, device)
+                feat, visible = _frame_features(frames, teacher, occlusion, device, combine=data.combine,
+                                                project=project, amp_dtype=amp_dtype)
                 arrays = {"xyz": np.stack([f.points for f in frames]).astype(np.float32), "feat": feat,
                           "visible": visible, "video": np.array([v for v, _ in rows], dtype=np.int32)}
                 if frames[0].parts is not None:
@@ -2710,14 +2852,19 @@ PAIRED_TABLE: dict[str, Layout] = {
 
 
 def open_paired(path: str | Path | None, split: str = "train", dataset: str | None = None,
-                num_points: int = TeacherFeaturesConfig.num_points, frames: int = TeacherFeaturesConfig.frames,
+                num_points: int | None = None, frames: int = TeacherFeaturesConfig.frames,
                 intrinsics: tuple | None = None, per_class: int | None = None, min_depth: float = 0.0,
-                max_depth: float | None = None) -> PairedData:
+                max_depth: float | None = None, render: TeacherFeaturesConfig | None = None) -> PairedData:
     """Paired RGB + points for `jepa3d teacher-features`: the built-in RGB-D videos when path is
-    None, else the PAIRED_TABLE layout detected at path (or forced by `dataset`)."""
-    options = ReadOptions(num_points=num_points, frames=frames, intrinsics=intrinsics, per_class=per_class,
-                          min_depth=min_depth, max_depth=max_depth)
+    None, else the PAIRED_TABLE layout detected at path (or forced by `dataset`); a dataset of
+    clouds without cameras (a RENDERED_LAYOUTS one, the built-in shapes with --dataset builtin)
+    is rendered from `render`'s views (rendered_paired)."""
+    options = ReadOptions(num_points=num_points or FRAME_POINTS, frames=frames, intrinsics=intrinsics,
+                          per_class=per_class, min_depth=min_depth, max_depth=max_depth)
+    render = render or TeacherFeaturesConfig(num_points=num_points)
     if path is None:
+        if dataset in RENDERED_LAYOUTS and LAYOUT_TABLE[dataset].detect is None:   # the built-in shapes
+            return rendered_paired(builtin_dataset(split, per_class=per_class, scan=dataset == "builtin-scan"), render)
         if dataset not in (None, "builtin-rgbd"):
             raise DataError(f"--dataset {dataset} needs --data PATH")
         return PAIRED_TABLE["builtin-rgbd"].read(None, split, options)
@@ -2725,11 +2872,15 @@ def open_paired(path: str | Path | None, split: str = "train", dataset: str | No
     if not root.is_dir():
         raise DataError(f"{root}: no such folder")
     layout = dataset or next((name for name, layout in PAIRED_TABLE.items()
-                              if layout.detect is not None and layout.detect(root)), None)
-    if layout is None:
-        raise DataError(f"{root}: no paired RGB + points here; teacher-features reads {', '.join(PAIRED_TABLE)} "
-                        "(a TUM folder with rgb/ and depth/, or calib.json with a LiDAR file and camera images)")
-    return PAIRED_TABLE[layout].read(root, split, options)
+                              if layout.detect is not None and layout.detect(root)), None) or detect_layout(root)
+    if layout in PAIRED_TABLE:
+        return PAIRED_TABLE[layout].read(root, split, options)
+    if layout not in RENDERED_LAYOUTS:
+        raise DataError(f"{root}: {layout} data has no cameras to pair and is not single clouds to render; "
+                        f"teacher-features reads {', '.join(PAIRED_TABLE)} (a TUM folder with rgb/ and depth/, or "
+                        "calib.json with a LiDAR file and camera images) or renders clouds "
+                        f"({', '.join(RENDERED_LAYOUTS)})")
+    return rendered_paired(open_dataset(root, split, layout, num_points=num_points or ReadOptions.num_points), render)
 
 
 def _open_teacher(spec: str, weights: str | None, size: tuple | None) -> nn.Module:
@@ -2751,19 +2902,25 @@ def cache_teacher_features(out: str | Path, data: str | None = None, dataset: st
     for split in ("train", "test"):
         try:
             splits[split] = open_paired(data, split, dataset, cfg.num_points, cfg.frames, cfg.intrinsics,
-                                        cfg.per_class, cfg.min_depth, cfg.max_depth)
+                                        cfg.per_class, cfg.min_depth, cfg.max_depth, render=cfg)
         except DataError:
             if split == "train":
                 raise
     model = _open_teacher(cfg.teacher, cfg.teacher_weights, cfg.teacher_size)
     made_by = {"teacher": teacher_identity(model, cfg.teacher), "teacher_size": list(cfg.teacher_size or []),
                "data": None if data is None else str(Path(data).resolve()), "dataset": dataset,
-               "num_points": cfg.num_points, "frames": cfg.frames if data is None else None,
+               "num_points": cfg.num_points or (ReadOptions.num_points if splits["train"].combine == "mean"
+                                                else FRAME_POINTS), "frames": cfg.frames if data is None else None,
                "intrinsics": list(cfg.intrinsics or []), "occlusion": cfg.occlusion, "per_class": cfg.per_class,
-               **({"depth_range": [cfg.min_depth, cfg.max_depth]} if cfg.min_depth or cfg.max_depth else {})}
+               **({"depth_range": [cfg.min_depth, cfg.max_depth]} if cfg.min_depth or cfg.max_depth else {}),
+               **({"project": cfg.project} if cfg.project else {}),
+               **({"precision": cfg.precision} if cfg.precision != "fp32" else {}),
+               **({"render": {k: getattr(cfg, k) for k in RENDER_FIELDS}} if splits["train"].combine == "mean" else {})}
     note = {"teacher_spec": cfg.teacher, "teacher_weights": None if cfg.teacher_weights is None
             else str(Path(cfg.teacher_weights).resolve())}
-    meta = write_teacher_features(out, splits, model, made_by, cfg.occlusion, progress, device, note)
+    amp_dtype = jepa3d.resolve_precision(cfg.precision, device)
+    meta = write_teacher_features(out, splits, model, made_by, cfg.occlusion, progress, device, note,
+                                  project=cfg.project, amp_dtype=None if amp_dtype == torch.float16 else amp_dtype)
     for split in splits.values():
         if split.keep is not None:
             split.keep.report(f"{data} ({split.name})")
@@ -2909,6 +3066,7 @@ LAYOUT_TABLE: dict[str, Layout] = {
     "folder": Layout(lambda p: True, lambda root, split, o: read_folder(root, split, o.num_points, o.skip_bad)),
 }
 LAYOUTS = tuple(LAYOUT_TABLE)
+RENDERED_LAYOUTS = tuple(k for k, v in LAYOUT_TABLE.items() if not v.clips)  # teacher-features renders these
 
 
 def detect_layout(path: Path) -> str:
