@@ -3483,12 +3483,10 @@ def _embed(ctx, spec, data, how, out):
 
 
 @_command("teacher-features", options=lambda click, jd: (
-    click.option("--data", type=click.Path(), default=None, help="paired RGB + points: a TUM RGB-D folder, or a "
-                 "LiDAR + cameras folder (calib.json, as nuScenes); or clouds without cameras (ModelNet40, ShapeNet, "
-                 "a folder), rendered from --views cameras around each; the built-in RGB-D videos when not given"),
+    click.option("--data", type=click.Path(), default=None, help="a TUM RGB-D or LiDAR + cameras folder (calib.json"
+                 "); clouds (ModelNet40, ...) are rendered from --views cameras; default: the built-in RGB-D videos"),
     click.option("--dataset", type=click.Choice([*jd.PAIRED_TABLE, *jd.RENDERED_LAYOUTS]), default=None,
-                 help="force the layout instead of detecting it (builtin, builtin-scan: the built-in shapes, "
-                 "rendered)"),
+                 help="force the layout (builtin, builtin-scan: the built-in shapes, rendered)"),
     click.option("--out", type=click.Path(file_okay=False), default="runs/teacher-features",
                  help="cache folder (pretrain reads it with --data); an interrupted run resumes"),
     *_config_options(jd.TeacherFeaturesConfig)))

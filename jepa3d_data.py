@@ -167,9 +167,9 @@ class TeacherFeaturesConfig:
     project: int = _opt(0, "random-project the teacher's channels to this width before the lookup (a seeded "
                         "Gaussian matrix; Cross4D-JEPA: as good as PCA), so a large cache fits; 0 keeps them",
                         min=0, max=1 << 16)
-    precision: str = _opt("fp32", "the teacher's arithmetic: fp32, or bf16 autocast (2-4x faster where the CPU or "
-                          "GPU computes bf16; features within bf16's rounding), auto = bf16 where it is native",
-                          choices=("fp32", "bf16", "auto"))
+    teacher_precision: str = _opt("fp32", "the teacher's arithmetic: fp32, or bf16 autocast (2-4x faster where "
+                                  "the CPU or GPU computes bf16; features within bf16's rounding), auto = bf16 where "
+                                  "it is native", choices=("fp32", "bf16", "auto"))
     # clouds without cameras (any point-cloud dataset: ModelNet40, ShapeNet, a folder) are rendered
     views: int = _opt(6, "rendered clouds: views per cloud, cameras evenly spaced on a ring around the object",
                       min=1, max=64)
@@ -2301,7 +2301,7 @@ def view_cameras(cfg: TeacherFeaturesConfig) -> tuple[torch.Tensor, torch.Tensor
     R = torch.stack([right, down, forward], dim=1)                            # (V, 3, 3) rows: camera axes
     to_camera = torch.eye(4, dtype=torch.float64).repeat(V, 1, 1)
     to_camera[:, :3, :3], to_camera[:, :3, 3] = R, -(R @ eye[..., None])[..., 0]
-    f = 0.95 * (s / 2) * math.sqrt(RENDER_DISTANCE ** 2 - 1)                 # tan(half angle of the sphere) = 1/sqrt(d^2-1)
+    f = 0.95 * (s / 2) * math.sqrt(RENDER_DISTANCE ** 2 - 1)                 # fits the unit sphere at distance d
     K = torch.tensor([[f, 0, (s - 1) / 2], [0, f, (s - 1) / 2], [0, 0, 1]], dtype=torch.float64)
     return K.float(), to_camera.float()
 
@@ -2914,11 +2914,11 @@ def cache_teacher_features(out: str | Path, data: str | None = None, dataset: st
                "intrinsics": list(cfg.intrinsics or []), "occlusion": cfg.occlusion, "per_class": cfg.per_class,
                **({"depth_range": [cfg.min_depth, cfg.max_depth]} if cfg.min_depth or cfg.max_depth else {}),
                **({"project": cfg.project} if cfg.project else {}),
-               **({"precision": cfg.precision} if cfg.precision != "fp32" else {}),
+               **({"teacher_precision": cfg.teacher_precision} if cfg.teacher_precision != "fp32" else {}),
                **({"render": {k: getattr(cfg, k) for k in RENDER_FIELDS}} if splits["train"].combine == "mean" else {})}
     note = {"teacher_spec": cfg.teacher, "teacher_weights": None if cfg.teacher_weights is None
             else str(Path(cfg.teacher_weights).resolve())}
-    amp_dtype = jepa3d.resolve_precision(cfg.precision, device)
+    amp_dtype = jepa3d.resolve_precision(cfg.teacher_precision, device)
     meta = write_teacher_features(out, splits, model, made_by, cfg.occlusion, progress, device, note,
                                   project=cfg.project, amp_dtype=None if amp_dtype == torch.float16 else amp_dtype)
     for split in splits.values():

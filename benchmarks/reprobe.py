@@ -4,6 +4,8 @@
     python benchmarks/reprobe.py F.npz --against G.npz        # paired: McNemar on the same items
     python benchmarks/reprobe.py F.npz --few-shot [--against G.npz]   # 5w10s 5w20s 10w10s 10w20s, 10 folds
     python benchmarks/reprobe.py --export R/checkpoint.safetensors --data DIR --out F.npz [--random-init]
+    python benchmarks/reprobe.py --export-teacher efficientnet-lite0 --data DIR --up z --out T.npz  # MVCNN-style
+    python benchmarks/reprobe.py F.npz --concat T.npz          # both files' features, each z-scored, side by side
 
 A features file holds, per split (train, test), `<split>_features` (N, 2D) float16 (the
 concat(max, mean) pooled tokens of an encoder, as `jepa3d linear-probe` fits) and
@@ -18,6 +20,11 @@ the student instead of the EMA teacher. `--few-shot` draws the peers' four setti
 (support from train, 20 queries per class from test; jepa3d.sample_episode, seed 0) on the
 stored features and fits the SVC (C=0.012) and logreg per episode: frozen features, not the
 peers' per-episode fine-tuning; with `--against` both files get the same episodes (paired).
+`--export-teacher SPEC` writes the 2D teacher's own features of rendered views instead (the
+cloud drawn as `jepa3d teacher-features` draws it, every view's map mean-pooled, then the mean
+over views: MVCNN's descriptor, the ceiling of what distilling that teacher can pass on);
+`--concat G.npz` probes F's and G's features side by side, each z-scored by the fitted split
+(do two encoders know different things?).
 """
 import argparse
 import json
@@ -51,28 +58,68 @@ def export(checkpoint: str, data: str, out: str, random_init: bool = False, whic
     print(f"{out}: {Path(out).stat().st_size / 1e6:.1f} MB", file=sys.stderr)
 
 
-def splits(path: str, on: str) -> tuple[dict, dict, np.lib.npyio.NpzFile]:
+def export_teacher(spec: str, data: str, out: str, render: dict) -> None:
+    """The teacher's own pooled features of rendered views of train and test of `data`
+    (TeacherFeaturesConfig fields in `render`) into one fp16 npz, in the format above."""
+    import jepa3d_data
+
+    cfg = jepa3d_data.TeacherFeaturesConfig(teacher=spec, **render)
+    teacher = jepa3d_data.load_teacher(spec)
+    arrays = {"source": np.array(f"{spec} on {cfg.views} rendered views ({render}): maps mean-pooled, then the mean "
+                                 "over views")}
+    for split in ("train", "test"):
+        ds = jepa3d_data.open_dataset(data, split)
+        feats = []
+        for i in range(0, len(ds), 32):
+            points = torch.from_numpy(jepa3d_data.normalize_batch(np.stack(
+                [ds[j][0].numpy() for j in range(i, min(i + 32, len(ds)))]))).float()
+            grey = jepa3d_data.render_views(points, cfg)                          # (b, V, S, S)
+            with torch.no_grad():
+                fmap = teacher(grey.flatten(0, 1)[:, None].expand(-1, 3, -1, -1))  # (b*V, C, h, w)
+            feats.append(fmap.mean((-2, -1)).view(len(points), cfg.views, -1).mean(1))
+        arrays[f"{split}_features"] = torch.cat(feats).numpy().astype(np.float16)
+        arrays[f"{split}_labels"] = ds.labels.numpy().astype(np.int16)
+        arrays["classes"] = np.array(list(ds.classes))
+    np.savez_compressed(out, **arrays)
+    print(f"{out}: {Path(out).stat().st_size / 1e6:.1f} MB", file=sys.stderr)
+
+
+def splits(path: str, on: str, concat: str | None = None) -> tuple[dict, dict, np.lib.npyio.NpzFile]:
     """(fit, scored) feature dicts of a features file: train -> test, or train less its
-    validation part -> that part."""
+    validation part -> that part; with `concat` a second file's features beside them, both
+    z-scored by the fitted split."""
     z = np.load(path)
     part = {s: {"features": torch.from_numpy(z[f"{s}_features"].astype(np.float32)),
                 "labels": torch.from_numpy(z[f"{s}_labels"].astype(np.int64))} for s in ("train", "test")}
     if on == "test":
-        return part["train"], part["test"], z
-    rest, val = jepa3d.validation_split(part["train"]["labels"])
-    return ({k: v[rest] for k, v in part["train"].items()}, {k: v[val] for k, v in part["train"].items()}, z)
+        fit, scored = part["train"], part["test"]
+    else:
+        rest, val = jepa3d.validation_split(part["train"]["labels"])
+        fit, scored = ({k: v[rest] for k, v in part["train"].items()}, {k: v[val] for k, v in part["train"].items()})
+    if concat:
+        other_fit, other_scored, _ = splits(concat, on)
+        if not (torch.equal(other_fit["labels"], fit["labels"]) and torch.equal(other_scored["labels"],
+                                                                                 scored["labels"])):
+            raise SystemExit(f"{concat}: not the same items as {path} (labels differ)")
+        for a, b in ((fit, other_fit), (scored, other_scored)):
+            a["features"] = torch.cat([a["features"], b["features"]], 1)
+        mean, std = fit["features"].mean(0), fit["features"].std(0).clamp_min(1e-6)
+        for d in (fit, scored):
+            d["features"] = (d["features"] - mean) / std
+    return fit, scored, z
 
 
-def reprobe(path: str, classifier: str, C: float, on: str = "test", against: str | None = None) -> dict:
+def reprobe(path: str, classifier: str, C: float, on: str = "test", against: str | None = None,
+            concat: str | None = None) -> dict:
     """The probes of `classifier` (a kind or a set of jepa3d.PROBE_SETS) on a features file; with
     `against` also on a second file of the same items, the difference and McNemar's test."""
     probe = jepa3d.ProbeConfig(C=C)
-    result = {"file": path, "on": on}
+    result = {"file": path, "on": on, **({"concat": concat} if concat else {})}
     scored = {}
     for name, file in (("a", path), ("b", against)):
         if file is None:
             continue
-        fit, test, z = splits(file, on)
+        fit, test, z = splits(file, on, concat if name == "a" else None)
         result.update({f"source_{name}" if against else "source": str(z["source"]), "fit": len(fit["labels"]),
                        "scored": len(test["labels"])})
         if name == "b" and not torch.equal(test["labels"], scored["labels"]):
@@ -142,13 +189,21 @@ def main():
                     help="with --export: the EMA teacher or the student (context encoder)")
     ap.add_argument("--data", help="with --export: the labelled data (train and test splits)")
     ap.add_argument("--out", help="with --export: the .npz to write")
+    ap.add_argument("--export-teacher", metavar="SPEC", help="write the 2D teacher's pooled features of rendered views")
+    ap.add_argument("--views", type=int, default=6, help="with --export-teacher: views per cloud")
+    ap.add_argument("--image-size", type=int, default=128, help="with --export-teacher: image side")
+    ap.add_argument("--up", default="y", choices=("x", "y", "z"), help="with --export-teacher: the clouds' up axis")
+    ap.add_argument("--concat", metavar="NPZ", help="probe these features beside the file's, each z-scored")
     args = ap.parse_args()
     if args.few_shot:
         print(json.dumps(few_shot(args.features, args.against)))
     elif args.export:
         export(args.export, args.data, args.out, args.random_init, args.encoder)
+    elif args.export_teacher:
+        export_teacher(args.export_teacher, args.data, args.out,
+                       {"views": args.views, "image_size": args.image_size, "up": args.up})
     else:
-        print(json.dumps(reprobe(args.features, args.classifier, args.C, args.on, args.against)))
+        print(json.dumps(reprobe(args.features, args.classifier, args.C, args.on, args.against, args.concat)))
 
 
 if __name__ == "__main__":

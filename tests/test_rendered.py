@@ -124,3 +124,28 @@ def test_real_modelnet40_text_files_render_and_cache(tmp_path):
     frame = data.videos[0][0]()
     assert len(frame.images) == 2 and frame.images[0].shape == (128, 128, 3) and frame.images[0].dtype == np.uint8
     assert np.abs(np.linalg.norm(frame.points, axis=1).max() - 1) < 1e-5        # normalised into the unit sphere
+
+
+def test_reprobe_exports_the_teachers_view_features_and_probes_them_beside_others(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(D.Path(__file__).resolve().parents[1] / "benchmarks"))
+    import reprobe
+
+    folder = tmp_path / "npz"
+    folder.mkdir()
+    train, test = D.builtin_dataset("train", 256, per_class=5), D.builtin_dataset("test", 256, per_class=2)
+    for split, ds in (("train", train), ("test", test)):
+        np.savez(folder / f"shapes_{split}.npz", points=ds.points.numpy(), labels=ds.labels.numpy())
+    reprobe.export_teacher("builtin", str(folder), str(tmp_path / "t.npz"), {"views": 2, "image_size": 48})
+    t = np.load(tmp_path / "t.npz")
+    assert t["train_features"].shape == (60, 32) and t["test_features"].shape == (24, 32)
+    assert t["train_features"].dtype == np.float16 and "rendered views" in str(t["source"])
+    # pooling is linear: the features are the mean over views of each view's mean-pooled map
+    cfg = D.TeacherFeaturesConfig(views=2, image_size=48)
+    grey = D.render_views(torch.from_numpy(D.normalize_batch(train.points[:1].numpy())), cfg)
+    fmap = D.load_teacher("builtin")(grey[0][:, None].expand(-1, 3, -1, -1))
+    assert np.allclose(t["train_features"][0], fmap.mean((0, 2, 3)).numpy(), atol=2e-3)
+    alone = reprobe.reprobe(str(tmp_path / "t.npz"), "logreg", 1.0, on="validation")
+    both = reprobe.reprobe(str(tmp_path / "t.npz"), "logreg", 1.0, on="validation", concat=str(tmp_path / "t.npz"))
+    assert both["concat"] and both["scored"] == alone["scored"] == 6                # the train split's own 10%
