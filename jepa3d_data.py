@@ -60,7 +60,8 @@ __all__ = [
     "load_teacher", "PairedFrame", "PairedData", "read_rgb",
     "MAX_IMAGE_PIXELS",
     "BODY_PARTS", "PART_COLOURS", "PART_STRIPES", "render_rgbd", "builtin_rgbd", "paired_tum", "paired_lidar_cameras",
-    "PAIRED_TABLE", "open_paired", "write_teacher_features", "cache_meta", "read_teacher_cache",
+    "RENDER_DISTANCE", "UP_AXES", "RENDER_FIELDS", "view_cameras", "render_views", "rendered_paired",
+    "RENDERED_LAYOUTS", "random_projection", "PAIRED_TABLE", "open_paired", "write_teacher_features", "cache_meta", "read_teacher_cache",
     "cache_teacher_features", "teacher_identity", "builtin_distill_data", "cache_summary", "visible_share",
     "probed_features",
     # opening datasets

@@ -41,7 +41,8 @@ def test_all_lists_exactly_the_public_names(module):
 
 def test_imports_point_one_way():
     # the model file reads jepa3d_data only in its command-line layer; the readers use of the model
-    # file only its geometry, the dataset contract, the folder lock and the validation split
+    # file only its geometry, the dataset contract, the folder lock, the validation split and the
+    # precision helpers (the 2D teacher's autocast)
     tree, lines = _tree("jepa3d.py")
     cli_start = lines.index(CLI_MARK) + 1
     for node in ast.walk(tree):
@@ -53,7 +54,8 @@ def test_imports_point_one_way():
     used = {n.attr for n in ast.walk(data_tree)
             if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "jepa3d"}
     assert used <= {"farthest_point_sample", "PointDataset", "optional", "DataError", "lock_folder",
-                    "validation_split", "VALIDATION_FRACTION", "VALIDATION_SEED"}, used
+                    "validation_split", "VALIDATION_FRACTION", "VALIDATION_SEED", "autocast",
+                    "resolve_precision"}, used
 
 
 def test_the_dataset_contract_is_declared_once():
