@@ -59,3 +59,18 @@ def test_teacher_features_caches_the_real_teachers_maps_and_names_it(tmp_path):
     again = run_cli("teacher-features", "--out", cache, "--teacher", "efficientnet-lite0", "--frames", "2",
                     "--per-class", "1", "--num-points", "64")
     assert again.returncode == 1 and "Traceback" not in again.stderr     # another layer is another teacher
+
+
+def test_a_bf16_teacher_gives_the_fp32_features_within_its_rounding(tmp_path):
+    import jepa3d_data as D
+
+    base = dict(teacher="efficientnet-lite0", views=2, image_size=64, num_points=128, per_class=1)
+    for precision in ("fp32", "bf16"):
+        D.cache_teacher_features(tmp_path / precision, dataset="builtin",
+                                 cfg=D.TeacherFeaturesConfig(**base, teacher_precision=precision))
+    fp32, bf16 = (D.read_teacher_cache(tmp_path / p, "train", D.ReadOptions(frames=1)).teacher for p in ("fp32", "bf16"))
+    assert torch.equal(fp32[..., 0], bf16[..., 0])                               # the same points seen
+    seen = fp32[..., 0] > 0
+    cos = F.cosine_similarity(fp32[..., 1:][seen].float(), bf16[..., 1:][seen].float(), dim=-1)
+    assert cos.mean() > 0.98 and cos.min() > 0.9, (cos.mean(), cos.min())
+    assert D.cache_meta(tmp_path / "bf16")["made_by"]["teacher_precision"] == "bf16"
