@@ -61,7 +61,8 @@ __all__ = [
     "MAX_IMAGE_PIXELS",
     "BODY_PARTS", "PART_COLOURS", "PART_STRIPES", "render_rgbd", "builtin_rgbd", "paired_tum", "paired_lidar_cameras",
     "RENDER_DISTANCE", "UP_AXES", "RENDER_FIELDS", "view_cameras", "render_views", "rendered_paired",
-    "RENDERED_LAYOUTS", "random_projection", "PAIRED_TABLE", "open_paired", "write_teacher_features", "cache_meta", "read_teacher_cache",
+    "RENDERED_LAYOUTS", "random_projection", "PAIRED_TABLE", "open_paired", "write_teacher_features", "cache_meta",
+    "read_teacher_cache",
     "cache_teacher_features", "teacher_identity", "builtin_distill_data", "cache_summary", "visible_share",
     "probed_features",
     # opening datasets
@@ -2339,7 +2340,8 @@ def render_views(points: torch.Tensor, cfg: TeacherFeaturesConfig) -> torch.Tens
         n = torch.stack([-dzdu * f / zc, -dzdv * f / zc, torch.ones_like(zc)], -1)  # (dz/dx, dz/dy) of the surface
         n = F.normalize(n, dim=-1)
         lit = F.pad(n[..., 2].clamp(0, 1), (1, 1, 1, 1), value=1.0)           # headlight: cos to the view ray
-        edge = F.pad((dzdu.abs() + dzdv.abs()) * f / zc > 8, (1, 1, 1, 1), value=False)  # depth jumps: outlines
+        # a surface seen nearly edge-on (slope > 8: > 83 degrees) or a jump to the backdrop: a dark outline
+        edge = F.pad((dzdu.abs() + dzdv.abs()) * f / zc > 8, (1, 1, 1, 1), value=False)
         grey = torch.where(edge, torch.full_like(lit, 0.15), 0.1 + 0.75 * lit)
     return torch.where(hit, grey, torch.ones_like(grey)).view(B, V, S, S)
 
@@ -2908,15 +2910,16 @@ def cache_teacher_features(out: str | Path, data: str | None = None, dataset: st
             if split == "train":
                 raise
     model = _open_teacher(cfg.teacher, cfg.teacher_weights, cfg.teacher_size)
+    rendered = splits["train"].combine == "mean"  # rendered_paired's clouds: views around an object
     made_by = {"teacher": teacher_identity(model, cfg.teacher), "teacher_size": list(cfg.teacher_size or []),
                "data": None if data is None else str(Path(data).resolve()), "dataset": dataset,
-               "num_points": cfg.num_points or (ReadOptions.num_points if splits["train"].combine == "mean"
-                                                else FRAME_POINTS), "frames": cfg.frames if data is None else None,
+               "num_points": cfg.num_points or (ReadOptions.num_points if rendered else FRAME_POINTS),
+               "frames": cfg.frames if data is None and not rendered else None,
                "intrinsics": list(cfg.intrinsics or []), "occlusion": cfg.occlusion, "per_class": cfg.per_class,
                **({"depth_range": [cfg.min_depth, cfg.max_depth]} if cfg.min_depth or cfg.max_depth else {}),
                **({"project": cfg.project} if cfg.project else {}),
                **({"teacher_precision": cfg.teacher_precision} if cfg.teacher_precision != "fp32" else {}),
-               **({"render": {k: getattr(cfg, k) for k in RENDER_FIELDS}} if splits["train"].combine == "mean" else {})}
+               **({"render": {k: getattr(cfg, k) for k in RENDER_FIELDS}} if rendered else {})}
     note = {"teacher_spec": cfg.teacher, "teacher_weights": None if cfg.teacher_weights is None
             else str(Path(cfg.teacher_weights).resolve())}
     amp_dtype = jepa3d.resolve_precision(cfg.teacher_precision, device)
