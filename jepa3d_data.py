@@ -163,6 +163,8 @@ class TeacherFeaturesConfig:
                                    "the sensor's saturation value 65535]", min=0.0, kind=float)
     occlusion: str = _opt("feature", "z-buffer on the teacher's feature cells (a point behind its cell's nearest "
                           "would read the occluder's feature) or on the image's pixels", choices=("feature", "pixel"))
+    colours: str = _opt("parts", "built-in RGB-D videos: colours that follow the body parts, or a random texture "
+                        "that ignores them", choices=("parts", "texture"))
     per_class: int | None = _opt(None, "built-in data: videos per action, shapes per class  [default: the split's "
                                  "own count]",
                                  min=1, max=10_000, kind=int)
@@ -2428,25 +2430,31 @@ PART_COLOURS = np.array([[0.85, 0.25, 0.2], [0.95, 0.8, 0.55], [0.2, 0.45, 0.9],
 PART_STRIPES = np.array([0.0, 0.0, 25.0, 25.0, 12.0, 12.0, 40.0])   # cycles per unit along the part (0 = plain)
 
 
-def _rgbd_video(action: str, frames: int, num_points: int, seed: tuple, name: str) -> list[PairedFrame]:
+def _rgbd_video(action: str, frames: int, num_points: int, seed: tuple, name: str,
+                colours: str = "parts") -> list[PairedFrame]:
     rng = np.random.default_rng(seed)
     pts, part, rest = _animate(action, 6000, frames, rng)
     palette = np.clip(PART_COLOURS * rng.uniform(0.75, 1.2) + rng.normal(scale=0.05, size=PART_COLOURS.shape), 0, 1)
     stripes = 0.75 + 0.25 * np.sign(np.sin(2 * math.pi * rest[:, 1] * PART_STRIPES[part]))  # texture along each part
-    colours = palette[part] * stripes[:, None]
+    colour = palette[part] * stripes[:, None]
+    if colours == "texture":  # a per-video pattern painted on the body, blind to where one part ends
+        freq, phase = rng.normal(scale=4.0, size=(3, 3)), rng.uniform(0, 2 * math.pi, 3)
+        colour = 0.5 + 0.4 * np.sin(rest @ freq + phase)                         # (N, 3) RGB in [0.1, 0.9]
     background = rng.uniform(0.2, 0.6, 3)
     out = []
     for t in range(frames):
-        depth, rgb, parts, K = render_rgbd(pts[t], colours, part, background=background, rng=rng)
+        depth, rgb, parts, K = render_rgbd(pts[t], colour, part, background=background, rng=rng)
         out.append(_rgbd_frame(depth, rgb, parts, K, num_points, rng, f"{name}_{t:02d}.png"))
     return out
 
 
 def builtin_rgbd(split: str = "train", frames: int = ReadOptions.frames, num_points: int = FRAME_POINTS,
-                 per_class: int | None = None,
-                 seed: int = 0) -> PairedData:
+                 per_class: int | None = None, seed: int = 0, colours: str = "parts") -> PairedData:
     """The built-in RGB-D videos: 10 actions (ACTIONS) x per_class (50 train / 20 test by
-    default) of `frames` 96x96 frames; frames are rendered when read. Deterministic by seed."""
+    default) of `frames` 96x96 frames; frames are rendered when read. Deterministic by seed.
+    colours 'parts': each body part has its colour and stripes (the image tells the parts apart,
+    the points do not); 'texture': a per-video random pattern over the body that ignores the
+    parts, so a teacher's features say nothing about them beyond shape."""
     if split not in ("train", "test"):
         raise DataError(f"built-in RGB-D data has splits train and test, not {split!r}")
     per_class = per_class or (50 if split == "train" else 20)
@@ -2459,7 +2467,7 @@ def builtin_rgbd(split: str = "train", frames: int = ReadOptions.frames, num_poi
 
         def frame(t, v=v, name=name, label=label, cache=cache):
             if "frames" not in cache:
-                cache["frames"] = _rgbd_video(ACTIONS[label], frames, num_points, (seed, split_id, v), name)
+                cache["frames"] = _rgbd_video(ACTIONS[label], frames, num_points, (seed, split_id, v), name, colours)
             return cache.pop("frames")[t] if t == frames - 1 else cache["frames"][t]
         videos.append([lambda t=t, f=frame: f(t) for t in range(frames)])
     return PairedData(videos, labels, list(ACTIONS), f"builtin-rgbd-{split}", names, list(BODY_PARTS))
@@ -2870,7 +2878,7 @@ def open_paired(path: str | Path | None, split: str = "train", dataset: str | No
             return rendered_paired(builtin_dataset(split, per_class=per_class, scan=dataset == "builtin-scan"), render)
         if dataset not in (None, "builtin-rgbd"):
             raise DataError(f"--dataset {dataset} needs --data PATH")
-        return PAIRED_TABLE["builtin-rgbd"].read(None, split, options)
+        return builtin_rgbd(split, frames, options.num_points, per_class, colours=render.colours)
     root = Path(path)
     if not root.is_dir():
         raise DataError(f"{root}: no such folder")
@@ -2919,6 +2927,7 @@ def cache_teacher_features(out: str | Path, data: str | None = None, dataset: st
                **({"depth_range": [cfg.min_depth, cfg.max_depth]} if cfg.min_depth or cfg.max_depth else {}),
                **({"project": cfg.project} if cfg.project else {}),
                **({"teacher_precision": cfg.teacher_precision} if cfg.teacher_precision != "fp32" else {}),
+               **({"colours": cfg.colours} if cfg.colours != "parts" else {}),
                **({"render": {k: getattr(cfg, k) for k in RENDER_FIELDS}} if rendered else {})}
     note = {"teacher_spec": cfg.teacher, "teacher_weights": None if cfg.teacher_weights is None
             else str(Path(cfg.teacher_weights).resolve())}

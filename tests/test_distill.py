@@ -498,3 +498,27 @@ def test_a_teacher_that_raises_is_one_line():
 
     with pytest.raises(D.TeacherError, match="teacher mine failed on images .*wants 5 channels"):
         D.ModuleTeacher(Broken(), "mine", normalize=False)(torch.rand(1, 3, 8, 8))
+
+
+def test_texture_colours_no_longer_tell_the_parts_apart():
+    """--colours texture (issue 32): the image's colour at a point predicts its body part from the
+    part colours, hardly from a texture that ignores the parts (nearest class mean over RGB)."""
+    def colour_part_accuracy(colours: str) -> float:
+        rgb, part = [], []
+        for video in D.builtin_rgbd("train", 2, 256, 1, colours=colours).videos:
+            f = video[0]()
+            K, T = (torch.tensor(m, dtype=torch.float32)[None] for m in f.cameras[0])
+            image = torch.from_numpy(f.images[0]).permute(2, 0, 1)[None].float() / 255
+            cams = [{"K": K, "to_camera": T, "image_size": image.shape[-2:]}]
+            feats, seen, _ = D.pixel_features(torch.from_numpy(f.points)[None], cams, [image])
+            rgb.append(feats[0][seen[0]])
+            part.append(torch.from_numpy(f.parts)[seen[0]])
+        rgb, part = torch.cat(rgb), torch.cat(part)
+        means = torch.stack([rgb[part == p].mean(0) for p in range(len(D.BODY_PARTS))])
+        return ((rgb[:, None] - means).norm(dim=-1).argmin(1) == part).float().mean().item()
+
+    parts, texture = colour_part_accuracy("parts"), colour_part_accuracy("texture")
+    assert parts > 0.7 and texture < 0.45, (parts, texture)
+    frames = D.builtin_rgbd("train", 2, 64, 1).videos[0][0]()
+    again = D.builtin_rgbd("train", 2, 64, 1, colours="parts").videos[0][0]()
+    assert np.array_equal(frames.images[0], again.images[0])                     # the default stream is unchanged
