@@ -247,6 +247,7 @@ class ModelConfig:
                         "teacher's feature at its pixel, from the encoder's tokens carried back to the points) or "
                         "global (one pooled teacher embedding per cloud or clip, the coarse baseline)",
                         choices=("dense", "global"))
+    distill_points: int = _opt(0, "dense: predict at n random points per cloud or frame (0: all)", min=0, max=1 << 20)
     distill_weight: float = _opt(1.0, "jepa+distill: weight of the distillation term next to the latent "
                                  "prediction's", min=0.0, max=1e6)
     teacher_dim: int = _opt(0, "width C of the 2D teacher's features the distill head predicts; set from the "
@@ -1399,6 +1400,10 @@ def _distill_objective(model: JEPA, batch: Batch) -> tuple[torch.Tensor, dict]:
         raise ValueError(f"--objective {cfg.objective} needs {cfg.teacher_dim}-wide teacher features with "
                          f"every point, got {have}: pretrain on a `jepa3d teacher-features` cache")
     tokens = model.encoder(batch.patches, batch.centres)                      # (B, N, D)
+    points, n = batch.points, cfg.distill_points
+    if cfg.distill == "dense" and 0 < n < points.shape[-2]:                   # a random n of each cloud's points
+        idx = fit_index(points, n, batch.generator, "random")
+        points, teacher = take_points(points, idx), take_points(teacher, idx)
     visible, target = teacher[..., 0] > 0.5, F.normalize(teacher[..., 1:].float(), dim=-1)
     if cfg.distill == "global":
         w = visible.flatten(1).float()                                        # (B, [T*]P)
@@ -1406,7 +1411,7 @@ def _distill_objective(model: JEPA, batch: Batch) -> tuple[torch.Tensor, dict]:
         seen = w.sum(1) > 0
         pred, target = model.distill_head(tokens.mean(1))[seen], target[seen]  # (B', C)
     else:
-        per_point = tokens_to_points(tokens, batch.centres, batch.points, cfg.num_groups)  # (B, [T,] P, D)
+        per_point = tokens_to_points(tokens, batch.centres, points, cfg.num_groups)  # (B, [T,] P, D)
         pred, target = model.distill_head(per_point[visible]), target[visible]  # (V, C)
     loss = cosine_distance(pred, target)
     with torch.no_grad():
@@ -1437,16 +1442,11 @@ class Objective:
     masked: bool = True
 
 
-def _add_teacher_and_head(model: JEPA) -> None:
-    _add_teacher(model)
-    _add_distill_head(model)
-
-
 OBJECTIVES: dict[str, Objective] = {
     "jepa": Objective(_add_teacher, _jepa_objective, "target_std"),
     "reconstruct": Objective(_add_point_head, _reconstruct_objective, "feature_std"),
     "distill": Objective(_add_distill_head, _distill_objective, "feature_std", masked=False),
-    "jepa+distill": Objective(_add_teacher_and_head, _jepa_distill_objective, "target_std"),
+    "jepa+distill": Objective(lambda m: [_add_teacher(m), _add_distill_head(m)], _jepa_distill_objective, "target_std"),
 }
 
 

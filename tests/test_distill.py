@@ -2,6 +2,7 @@
 torch.hub clone, precomputed .npy maps, the built-in one), paired data (built-in RGB-D, TUM,
 LiDAR + cameras), the teacher-features cache (round trip, resume, refusal to mix), the distill
 objectives, and the per-point probe."""
+import dataclasses
 import json
 
 import numpy as np
@@ -246,6 +247,24 @@ def test_distill_objectives_learn_a_batch(objective, distill, frames, tokens):
         model(xyz, torch.Generator())
     with pytest.raises(ValueError, match="pretrain on a `jepa3d teacher-features` cache"):
         jepa3d.make_configs("tiny", objective="distill")[0].check_masking()
+
+
+@pytest.mark.parametrize("frames", [1, 4])
+def test_dense_distillation_on_a_random_share_of_the_points(frames):
+    cfg, _ = jepa3d.make_configs("tiny", **{**SMALL, "epochs": 1}, objective="distill", teacher_dim=6, frames=frames)
+    torch.manual_seed(0)
+    model = jepa3d.JEPA(cfg)
+    shape = (4, 128) if frames == 1 else (4, frames, 128)
+    xyz = torch.randn(*shape, 3)
+    teacher = torch.cat([torch.ones(*shape, 1), xyz.sin(), xyz.cos()], -1)
+    every, _ = model(xyz, torch.Generator().manual_seed(0), teacher)
+    model.cfg = dataclasses.replace(cfg, distill_points=128)                   # as many as there are: the same loss
+    assert torch.equal(model(xyz, torch.Generator().manual_seed(0), teacher)[0], every)
+    model.cfg = dataclasses.replace(cfg, distill_points=16)
+    some, stats = model(xyz, torch.Generator().manual_seed(0), teacher)
+    assert some != every and abs(some.item() - every.item()) < 0.2 and stats["visible_share"] == 1.0
+    some.backward()
+    assert all(p.grad is not None for p in model.distill_head.parameters())
 
 
 def test_tokens_to_points_takes_each_frames_own_tokens():
