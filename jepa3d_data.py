@@ -61,7 +61,8 @@ __all__ = [
     "MAX_IMAGE_PIXELS",
     "BODY_PARTS", "PART_COLOURS", "PART_STRIPES", "render_rgbd", "builtin_rgbd", "paired_tum", "paired_lidar_cameras",
     "RENDER_DISTANCE", "UP_AXES", "RENDER_FIELDS", "view_cameras", "render_views", "rendered_paired",
-    "RENDERED_LAYOUTS", "random_projection", "PAIRED_TABLE", "open_paired", "write_teacher_features", "cache_meta",
+    "RENDERED_LAYOUTS", "random_projection", "box_labels", "PAIRED_TABLE", "open_paired", "write_teacher_features",
+    "cache_meta",
     "read_teacher_cache",
     "cache_teacher_features", "teacher_identity", "builtin_distill_data", "cache_summary", "visible_share",
     "probed_features",
@@ -2552,15 +2553,49 @@ def _check_intrinsics(image: np.ndarray, K: np.ndarray, path: Path, source: str)
                         f"and principal point ({cx:g}, {cy:g}), which is not inside it: wrong image or wrong K")
 
 
+def box_labels(points: np.ndarray, boxes: list, categories: int) -> np.ndarray:
+    """Each point's annotated object: 0 outside every box, else 1 + the category id of the last box
+    that holds it; label -1 (mmdetection3d's "none of the categories") is 'other', 1 + categories.
+    points (N, 3) in the LiDAR frame; boxes: calib.json's `boxes_lidar`, each {'box': x y z (the
+    box's geometric centre, as nuScenes stores it) dx dy dz yaw (about z), 'label': id} -> (N,) int64."""
+    label, points = np.zeros(len(points), np.int64), points.astype(np.float64)
+    for b in boxes:
+        x, y, z, dx, dy, dz, yaw = b["box"]
+        c, s = math.cos(yaw), math.sin(yaw)
+        px, py = points[:, 0] - x, points[:, 1] - y
+        lx, ly = c * px + s * py, c * py - s * px                                  # rotated by -yaw: the box's axes
+        inside = (np.abs(lx) <= dx / 2) & (np.abs(ly) <= dy / 2) & (np.abs(points[:, 2] - z) <= dz / 2)
+        label[inside] = 1 + b["label"] if b["label"] >= 0 else 1 + categories
+    return label
+
+
+def _boxes(calib: dict, path: Path) -> tuple[list | None, list | None]:
+    """calib.json's optional 3D boxes -> (boxes, label names 'background' + categories) or (None,
+    None); a malformed entry is a DataError naming the file."""
+    if "boxes_lidar" not in calib:
+        return None, None
+    cats, boxes = calib.get("categories"), calib["boxes_lidar"]
+    ok = isinstance(cats, dict) and sorted(cats.values()) == list(range(len(cats))) and isinstance(boxes, list) and all(
+        isinstance(b, dict) and isinstance(b.get("label"), int) and -1 <= b["label"] < len(cats)
+        and isinstance(b.get("box"), list) and len(b["box"]) == 7
+        and all(isinstance(v, (int, float)) and math.isfinite(v) for v in b["box"]) for b in boxes)
+    if not ok:
+        raise DataError(f"{path}: boxes_lidar needs categories {{name: id 0..K-1}} and boxes {{box: [x, y, z, dx, dy, "
+                        "dz, yaw], label: id or -1}}")
+    return boxes, ["background", *sorted(cats, key=cats.get), "other"]
+
+
 def paired_lidar_cameras(root: Path, split: str, num_points: int) -> PairedData:
     """Calibrated LiDAR + cameras (the nuScenes/mmdetection3d conventions, as in
     ../shared/data/nuscenes_sample): a folder with calib.json -- `lidar_file` (float32 records of
     `num_pts_feats` values, x y z first), and per camera its `image`, `cam2img` (intrinsics) and
     `lidar2cam` (LiDAR frame -> camera, OpenCV axes) -- or a folder of such folders. Each sample
-    is one frame; points stay in the LiDAR frame (metres, z up), num_points drawn at random."""
+    is one frame; points stay in the LiDAR frame (metres, z up), num_points drawn at random. With
+    annotated 3D boxes (`boxes_lidar`, `categories`) every point is labelled by its box (box_labels:
+    background or a category), for the per-point probe."""
     _no_test_split(root, split, "a LiDAR + cameras folder")
     samples = _sequence_roots(root, _is_lidar_cameras)
-    videos = []
+    videos, label_names = [], []
     for sample in samples:
         path = sample / "calib.json"
         try:
@@ -2578,11 +2613,17 @@ def paired_lidar_cameras(root: Path, split: str, num_points: int) -> PairedData:
                             "lidar_file and cameras{name: {image, cam2img, lidar2cam}}") from None
         if not cameras:
             raise DataError(f"{path}: names no camera (cameras is empty); teacher-features needs at least one")
+        boxes, labels = _boxes(calib, path)
+        label_names.append(labels)
+        if label_names[0] != labels:
+            raise DataError(f"{path}: its box categories ({labels}) differ from {samples[0] / 'calib.json'}'s "
+                            f"({label_names[0]}); one dataset needs one set of labels")
         if not (isinstance(width, int) and not isinstance(width, bool) and 3 <= width <= 64):
             raise DataError(f"{path}: num_pts_feats {width!r} is not a number of values per point in 3..64 "
                             "(nuScenes: 5, x y z intensity ring)")
 
-        def frame(lidar=lidar, width=width, cameras=cameras, index=len(videos)) -> PairedFrame:
+        def frame(lidar=lidar, width=width, cameras=cameras, index=len(videos), boxes=boxes,
+                  categories=len(labels) - 2 if labels else 0) -> PairedFrame:
             if not lidar.is_file():
                 raise DataError(f"{lidar}: the LiDAR file named in calib.json is missing")
             raw = np.fromfile(lidar, dtype="<f4")
@@ -2593,12 +2634,13 @@ def paired_lidar_cameras(root: Path, split: str, num_points: int) -> PairedData:
             images = [read_rgb(img) for img, _, _ in cameras]
             for image, (img, K, _) in zip(images, cameras):
                 _check_intrinsics(image, K, img, "cam2img in calib.json")
-            return PairedFrame(points, images, [(K, T) for _, K, T in cameras], [img.name for img, _, _ in cameras])
+            return PairedFrame(points, images, [(K, T) for _, K, T in cameras], [img.name for img, _, _ in cameras],
+                               None if boxes is None else box_labels(points, boxes, categories))
         videos.append([frame])
     if not videos:
         raise DataError(f"{root}: no calib.json here or one level down")
     names = [str(s.relative_to(root)) or s.name for s in samples]
-    return PairedData(videos, [0] * len(videos), ["unlabelled"], f"lidar-cameras-{split}", names)
+    return PairedData(videos, [0] * len(videos), ["unlabelled"], f"lidar-cameras-{split}", names, label_names[0])
 
 
 # The teacher-features cache: <out>/teacher_features.json (what made it, per split the videos,

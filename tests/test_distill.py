@@ -219,6 +219,19 @@ def test_nuscenes_sample_pairs_lidar_with_six_cameras(tmp_path):
     assert meta["teacher_dim"] == 32 and 0.3 < share < 1.0                 # the cameras see most of a sweep, not all
     with pytest.raises(D.DataError, match="no train/test split"):
         D.open_paired(NUSCENES, "test")
+    # every point labelled by its annotated 3D box (issue 29): against the box test written out here
+    calib = json.loads((NUSCENES / "calib.json").read_text())
+    want = np.zeros(len(frame.points), np.int64)
+    for b in calib["boxes_lidar"]:
+        x, y, z, dx, dy, dz, yaw = b["box"]
+        R = np.array([[np.cos(yaw), -np.sin(yaw)], [np.sin(yaw), np.cos(yaw)]])
+        local = (frame.points[:, :2] - [x, y]) @ R                                  # R^T (p - c), row vectors
+        label = 1 + b["label"] if b["label"] >= 0 else 11                        # -1: none of the 10 categories
+        want[(np.abs(local) <= [dx / 2, dy / 2]).all(1) & (np.abs(frame.points[:, 2] - z) <= dz / 2)] = label
+    assert np.array_equal(frame.parts, want) and 20 < (want > 0).sum() < 0.5 * len(want)
+    assert data.part_names[:2] == ["background", "car"] and data.part_names[-1] == "other"
+    assert len(data.part_names) == 12                                            # + 10 categories + other (label -1)
+    assert ds.part_names == data.part_names and torch.equal(ds.point_labels[0], torch.from_numpy(want))
 
 
 @pytest.mark.parametrize("objective,distill,frames,tokens", [
@@ -541,3 +554,20 @@ def test_texture_colours_no_longer_tell_the_parts_apart():
     frames = D.builtin_rgbd("train", 2, 64, 1).videos[0][0]()
     again = D.builtin_rgbd("train", 2, 64, 1, colours="parts").videos[0][0]()
     assert np.array_equal(frames.images[0], again.images[0])                     # the default stream is unchanged
+
+
+@pytest.mark.skipif(not NUSCENES.is_dir(), reason=f"{NUSCENES} is absent")
+def test_malformed_boxes_name_the_calibration(tmp_path):
+    import shutil
+
+    shutil.copytree(NUSCENES, tmp_path / "s")
+    calib = json.loads((tmp_path / "s" / "calib.json").read_text())
+    for bad in ({"categories": None}, {"boxes_lidar": [{"label": 3, "box": [0, 0, 0, 1, 1]}]},
+                {"boxes_lidar": [{"label": 10, "box": [0, 0, 0, 1, 1, 1, 0]}]}):
+        (tmp_path / "s" / "calib.json").write_text(json.dumps({**calib, **bad}))
+        with pytest.raises(D.DataError, match=r"calib.json: boxes_lidar needs categories"):
+            D.open_paired(tmp_path / "s")
+    del calib["boxes_lidar"]                                                     # no boxes: no labels, as before
+    (tmp_path / "s" / "calib.json").write_text(json.dumps(calib))
+    data = D.open_paired(tmp_path / "s", num_points=64)
+    assert data.part_names is None and data.videos[0][0]().parts is None

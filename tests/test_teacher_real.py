@@ -68,7 +68,8 @@ def test_a_bf16_teacher_gives_the_fp32_features_within_its_rounding(tmp_path):
     for precision in ("fp32", "bf16"):
         D.cache_teacher_features(tmp_path / precision, dataset="builtin",
                                  cfg=D.TeacherFeaturesConfig(**base, teacher_precision=precision))
-    fp32, bf16 = (D.read_teacher_cache(tmp_path / p, "train", D.ReadOptions(frames=1)).teacher for p in ("fp32", "bf16"))
+    fp32, bf16 = (D.read_teacher_cache(tmp_path / p, "train", D.ReadOptions(frames=1)).teacher
+                  for p in ("fp32", "bf16"))
     assert torch.equal(fp32[..., 0], bf16[..., 0])                               # the same points seen
     seen = fp32[..., 0] > 0
     cos = F.cosine_similarity(fp32[..., 1:][seen].float(), bf16[..., 1:][seen].float(), dim=-1)
